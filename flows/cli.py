@@ -1,0 +1,341 @@
+"""The ``crucible`` command line. Every command's --help carries an example."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from flows import configure_prefect
+from tasks.config import ConfigError, load_config
+from tasks.registry import ORDER, stage_range
+from warehouse.lineage import Warehouse, WarehouseError
+
+console = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160")))
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.toml"
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
+
+
+def _handle_errors(fn: Callable) -> Callable:
+    """Expected failures print one clear message and exit 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, WarehouseError, FileNotFoundError, ValueError) as err:
+            _fail(str(err))
+    return wrapper
+
+
+def warehouse_option(fn: Callable) -> Callable:
+    """--warehouse PATH or --config CONFIG: where the read commands find the DuckDB file."""
+    fn = click.option("-w", "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+                      envvar="CRUCIBLE_WAREHOUSE", help="DuckDB file [default: work/warehouse.duckdb].")(fn)
+    fn = click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                      help="Take the warehouse location from this config.")(fn)
+    return fn
+
+
+def _warehouse(warehouse_path: str | None, config_path: str | None) -> Warehouse:
+    if warehouse_path:
+        return Warehouse(warehouse_path)
+    if config_path:
+        cfg = load_config(config_path)
+        return Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    return Warehouse(Path("work") / "warehouse.duckdb")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in columns])
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="crucible")
+def main() -> None:
+    """Crucible: raw web crawls in, a trained and benchmarked small language model out, lineage in DuckDB.
+
+    \b
+    Example:
+        crucible demo                      # make the demo input and run every stage
+        crucible run configs/demo.toml     # run the pipeline (unchanged stages are cache hits)
+        crucible show latest               # what the last run did
+    """
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None) -> str:
+    configure_prefect(cfg.work_dir)
+    from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
+
+    return pipeline_flow(cfg, stages, trigger, upstream)
+
+
+def _after_run(cfg, run_id: str) -> None:
+    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    _print_run(wh, wh.resolve_run(run_id))
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "first", type=click.Choice(ORDER), help="Start at this stage, on its upstream's latest output.")
+@click.option("--to", "last", type=click.Choice(ORDER), help="Stop after this stage.")
+@click.option("--trigger", type=click.Choice(["manual", "schedule", "rerun"]), default="manual", show_default=True,
+              help="What started this run, as recorded in the warehouse.")
+@_handle_errors
+def run(config: str, first: str | None, last: str | None, trigger: str) -> None:
+    """Run the pipeline: every stage whose key changed is computed, the rest are cache hits.
+
+    \b
+    Example:
+        crucible run configs/demo.toml
+        crucible run configs/demo.toml --from extract --to extract
+    """
+    cfg = load_config(config)
+    stages = stage_range(first, last)
+    upstream = None
+    if first and ORDER.index(first) > 0:
+        from flows.pipeline import resolve_input
+
+        upstream = resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), first, "latest")
+    try:
+        run_id = _run_pipeline(cfg, stages, trigger, upstream)
+    except Exception as err:
+        _fail(f"pipeline failed: {err}")
+    _after_run(cfg, run_id)
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(ORDER))
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "input_ref", default=None, metavar="RUN_ID|DATASET_ID|latest",
+              help="The upstream dataset to read [default: latest]; ingest reads its configured files instead.")
+@_handle_errors
+def stage(stage: str, config: str, input_ref: str | None) -> None:
+    """Rerun one stage alone against a chosen upstream dataset (recorded as a 'rerun').
+
+    \b
+    Example:
+        crucible stage extract configs/demo.toml --input latest
+        crucible stage extract configs/demo.toml --input run-20261123-101500-ab12cd
+        crucible stage ingest configs/demo.toml
+    """
+    cfg = load_config(config)
+    upstream = None
+    if ORDER.index(stage) > 0:
+        from flows.pipeline import resolve_input
+
+        upstream = resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage,
+                                 input_ref or "latest")
+    elif input_ref:
+        raise click.UsageError("ingest reads the files in ingest.inputs; it takes no --input")
+    try:
+        run_id = _run_pipeline(cfg, [stage], "rerun", upstream)
+    except Exception as err:
+        _fail(f"stage failed: {err}")
+    _after_run(cfg, run_id)
+
+
+@main.command()
+@click.option("--pages", default=300, show_default=True, help="How many pydoc pages the demo WARC holds.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=str(DEMO_CONFIG),
+              show_default=True, help="The demo config.")
+@_handle_errors
+def demo(pages: int, config_path: str) -> None:
+    """Make the demo input (pydoc pages as a WARC, once) and run the whole pipeline on it.
+
+    \b
+    Example:
+        crucible demo
+        crucible demo --pages 50
+    """
+    cfg = load_config(config_path)
+    for pattern in cfg.ingest.inputs:
+        target = Path(pattern)
+        if "*" not in pattern and not target.exists():
+            console.print(f"writing demo input {target} ({pages} pydoc pages)")
+            subprocess.run([sys.executable, "-m", "tasks.demo_input", str(target), str(pages)], check=True,
+                           cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        run_id = _run_pipeline(cfg, stage_range(None, None), "manual", None)
+    except Exception as err:
+        _fail(f"pipeline failed: {err}")
+    _after_run(cfg, run_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the warehouse
+
+
+@main.command()
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
+@warehouse_option
+@_handle_errors
+def runs(limit: int, warehouse_path: str | None, config_path: str | None) -> None:
+    """List pipeline runs, newest first, with their status and cache hits.
+
+    \b
+    Example:
+        crucible runs
+        crucible runs -n 5 --config configs/demo.toml
+    """
+    rows = _warehouse(warehouse_path, config_path).runs(limit)
+    for r in rows:
+        r["stages"] = f"{r['stage_runs']} ({r['cache_hits']} cached)"
+    console.print(_table("pipeline runs", rows, ["run_id", "trigger", "status", "started_at", "ended_at", "stages",
+                                                 "code_version"]))
+
+
+def _print_run(wh: Warehouse, run: dict[str, Any]) -> None:
+    console.print(f"[bold]{run['run_id']}[/bold]  status={run['status']}  trigger={run['trigger']}  "
+                  f"code={run['code_version']}  config={run['config_path']}", highlight=False)
+    if run.get("error"):
+        console.print(f"[red]{run['error']}[/red]", highlight=False)
+    stages = wh.stage_runs(run["run_id"])
+    for s in stages:
+        s["cache"] = "hit" if s["cache_hit"] else ""
+        s["units"] = (f"{s['units']}" + (f" ({s['units_resumed']} resumed)" if s["units_resumed"] else "")
+                      if s["units"] is not None else "")
+        s["docs/s"] = (s["docs_in"] / s["seconds"]) if s["docs_in"] and s["seconds"] else None
+    console.print(_table("stages", stages, ["stage", "status", "cache", "docs_in", "docs_out", "bytes_in", "bytes_out",
+                                            "units", "shards_out", "seconds", "docs/s", "output_dataset_id"]))
+    failed = [s for s in stages if s["error"]]
+    for s in failed:
+        console.print(f"[red]{s['stage']}: {s['error']}[/red]", highlight=False)
+    funnel = wh.funnel(run["run_id"])
+    if funnel:
+        for f in funnel:
+            f["kind"] = "dropped" if f["dropped"] else "kept, noted"
+        console.print(_table("funnel (drops per stage and reason)", funnel,
+                             ["stage", "reason", "kind", "docs", "bytes"]))
+
+
+@main.command()
+@click.argument("run_ref", metavar="RUN", default="latest")
+@warehouse_option
+@_handle_errors
+def show(run_ref: str, warehouse_path: str | None, config_path: str | None) -> None:
+    """Show one run: its stages, counts, timings, cache hits and the drop funnel.
+
+    RUN is a run id, a unique prefix of one, or 'latest'.
+
+    \b
+    Example:
+        crucible show latest
+        crucible show run-20261123-101500-ab12cd
+    """
+    wh = _warehouse(warehouse_path, config_path)
+    _print_run(wh, wh.resolve_run(run_ref))
+
+
+@main.command()
+@click.argument("ref", metavar="DATASET|RUN")
+@click.option("--files", is_flag=True, help="Also list every shard and input file.")
+@warehouse_option
+@_handle_errors
+def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str | None) -> None:
+    """Show the chain of datasets from a dataset (or a run's last output) back to the input files.
+
+    \b
+    Example:
+        crucible lineage extract-3f2a9c1b0d4e
+        crucible lineage latest --files
+    """
+    wh = _warehouse(warehouse_path, config_path)
+    if wh.dataset(ref) is None:
+        run = wh.resolve_run(ref)
+        outputs = [s for s in wh.stage_runs(run["run_id"]) if s["output_dataset_id"]]
+        if not outputs:
+            raise WarehouseError(f"run {run['run_id']} produced no dataset")
+        ref = outputs[-1]["output_dataset_id"]
+    chain = wh.lineage(ref)
+    console.print(_table(f"lineage of {ref}", chain,
+                         ["depth", "dataset_id", "stage", "records", "bytes", "shards", "fingerprint", "uri"]))
+    if files:
+        for d in chain:
+            console.print(_table(d["dataset_id"], wh.dataset_files(d["dataset_id"]),
+                                 ["path", "records", "bytes", "content_hash"]))
+
+
+@main.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines.")
+@warehouse_option
+@_handle_errors
+def sql(query: str, as_json: bool, warehouse_path: str | None, config_path: str | None) -> None:
+    """Run a read-only SQL query on the warehouse, its tables and its document views.
+
+    The views docs_ingest, docs_extract, doc_drops and doc_lineage read the latest Parquet shards of each stage.
+
+    \b
+    Example:
+        crucible sql "SELECT stage, reason, sum(docs) FROM drops GROUP BY ALL ORDER BY 3 DESC"
+        crucible sql "SELECT * FROM doc_lineage WHERE NOT kept_extract LIMIT 5"
+    """
+    rows = _warehouse(warehouse_path, config_path).query(query)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, default=str))
+    elif rows:
+        console.print(_table("", rows, list(rows[0])))
+
+
+@main.group()
+def config() -> None:
+    """Inspect configuration files.
+
+    \b
+    Example:
+        crucible config show configs/demo.toml
+    """
+
+
+@config.command("show")
+@click.argument("config_file", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
+@_handle_errors
+def config_show(config_file: str) -> None:
+    """Print the resolved config, every default filled in, as TOML-like JSON.
+
+    \b
+    Example:
+        crucible config show configs/demo.toml
+    """
+    cfg = load_config(config_file)
+    click.echo(f"# {cfg.source}  (hash {cfg.digest()[:12]})")
+    click.echo(json.dumps(cfg.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

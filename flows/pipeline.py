@@ -1,0 +1,79 @@
+"""The pipeline flow: the stages in order, each a subflow, every run and stage run recorded in the warehouse.
+
+    crucible run configs/demo.toml                  # every stage; unchanged ones are cache hits
+    crucible run configs/demo.toml --from extract   # start at extract, on ingest's latest output
+    crucible stage extract configs/demo.toml --input latest
+"""
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.stages import StageFailed, stage_flow
+from tasks.config import Config
+from tasks.registry import stage_class
+from warehouse.lineage import Warehouse, WarehouseError
+
+TRIGGERS = ("manual", "schedule", "rerun")
+
+
+def code_version() -> str:
+    """The git commit of the checkout (with +dirty for uncommitted changes), or the installed package version."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return f"git:{sha}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return f"pkg:{metadata.version('crucible')}"
+
+
+def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
+    """The upstream dataset for a rerun of ``stage``: 'latest', a run id (prefix), or a dataset id."""
+    upstream = stage_class(stage).upstream
+    if upstream is None:
+        raise WarehouseError(f"stage {stage} reads the configured input files; it takes no --input")
+    if ref == "latest":
+        found = wh.latest_dataset(upstream)
+        if found is None:
+            raise WarehouseError(f"no completed {upstream} dataset yet: run `crucible run CONFIG --to {upstream}`")
+        return found
+    found = wh.dataset(ref)
+    if found is not None:
+        if found["stage"] != upstream:
+            raise WarehouseError(f"{ref} is a {found['stage']} dataset; {stage} reads a {upstream} dataset")
+        return found
+    run = wh.resolve_run(ref)
+    found = wh.run_dataset(run["run_id"], upstream)
+    if found is None:
+        raise WarehouseError(f"run {run['run_id']} produced no {upstream} dataset")
+    return found
+
+
+@flow(name="crucible-pipeline", log_prints=True, validate_parameters=False)
+def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
+                  upstream: dict[str, Any] | None = None) -> str:
+    """Run ``stages`` in order, each on the previous one's output (the first on ``upstream``); return the run id."""
+    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
+                          config_path=str(cfg.source) if cfg.source else None, code_version=code_version(),
+                          trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
+    print(f"pipeline run {run_id}: {' -> '.join(stages)}")
+    try:
+        for name in stages:
+            upstream = stage_flow(cfg, name, run_id, upstream)
+    except BaseException as err:
+        wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])
+        raise
+    wh.finish_run(run_id, "completed")
+    return run_id
+
+
+__all__ = ["pipeline_flow", "resolve_input", "code_version", "StageFailed", "TRIGGERS"]

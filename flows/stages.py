@@ -1,0 +1,181 @@
+"""One Prefect flow per stage run: cache lookup, one task per unit, failure propagation, warehouse records.
+
+The flow is the only place that decides whether a stage runs:
+1. key = hash(stage name, its config section, its code version, its input's fingerprint);
+2. a finished dataset with that key in the warehouse (and on disk) is a recorded cache hit;
+3. otherwise every unit is submitted to the configured task runner (units finished by a killed earlier attempt
+   return at once from their manifests), all are awaited, and a failed unit fails the stage with its name and
+   input file in the message.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flows.runners import task_runner
+from tasks.config import Config, stable_hash
+from tasks.ingest import IngestStage
+from tasks.registry import stage_class
+from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
+from tasks.stage import Stage, Unit, UnitFailed, prepare_output, run_unit
+from warehouse.lineage import Warehouse
+
+
+class StageFailed(RuntimeError):
+    """A stage whose units failed after their retries; the message names each failed unit and its input."""
+
+
+def _transient_io(task, task_run, state) -> bool:
+    """Retry only I/O that may succeed next time (a network blip), never deterministic compute or a missing file."""
+    try:
+        state.result()
+    except Exception as err:  # the failure we are deciding about
+        cause = err.__cause__ or err
+        permanent = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+        return isinstance(cause, OSError) and not isinstance(cause, permanent)
+    return False
+
+
+@task(name="run-unit", task_run_name="{label}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=_transient_io)
+def run_unit_task(stage: Stage, unit: Unit, out_dir: str, label: str) -> dict[str, Any]:
+    """Run one unit of a stage into its shards (or return the manifest of an earlier finished attempt)."""
+    return run_unit(stage, unit, Path(out_dir)).to_json()
+
+
+def dataset_dir(cfg: Config, stage: str, key: str) -> Path:
+    return cfg.work_dir / "datasets" / stage / key[:16]
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), disable=not sys.stderr.isatty())
+
+
+def _cached(wh: Warehouse, key: str) -> dict[str, Any] | None:
+    hit = wh.dataset_by_key(key)
+    if hit is None:
+        return None
+    try:
+        manifest = read_dataset_manifest(Path(hit["uri"]))
+    except (FileNotFoundError, ValueError):
+        return None  # recorded, but its files are gone: compute it again
+    return hit if manifest.fingerprint == hit["fingerprint"] else None
+
+
+def _record_sources(wh: Warehouse, stage: IngestStage, files: list, stage_run_id: str) -> None:
+    """The raw input files are a dataset too, so lineage ends at the WARC files themselves."""
+    fp = IngestStage.sources_fingerprint(files)
+    wh.record_dataset(dataset_id=f"source-{fp[:12]}", stage="source", stage_key=None,
+                      uri=";".join(stage.config.inputs), format="warc", fingerprint=fp,
+                      files=[(f.uri, None, f.size, f.version) for f in files], parents=[], created_by=stage_run_id)
+
+
+@flow(name="crucible-stage", flow_run_name="{stage_name}", log_prints=True, validate_parameters=False)
+def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one stage against an upstream dataset (None for ingest, which reads the configured inputs)."""
+    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    stage = stage_class(stage_name)(cfg.section(stage_name))
+    params = stage.config.model_dump(mode="json")
+    t0 = time.perf_counter()
+
+    if isinstance(stage, IngestStage):
+        files = stage.sources()
+        input_fp = IngestStage.sources_fingerprint(files)
+        input_ids = [f"source-{input_fp[:12]}"]
+    else:
+        if upstream is None or upstream["stage"] != stage.upstream:
+            got = upstream["dataset_id"] if upstream else "nothing"
+            raise StageFailed(f"stage {stage_name} reads a {stage.upstream} dataset, got {got}")
+        input_fp, input_ids = upstream["fingerprint"], [upstream["dataset_id"]]
+    key = stage.key(input_fp)
+    stage_run_id = wh.start_stage(run_id=run_id, stage=stage_name, stage_key=key, params=params,
+                                  params_hash=stable_hash(params), code_version=stage.code_version(),
+                                  input_dataset_ids=input_ids)
+    try:
+        hit = _cached(wh, key)
+        if hit is not None:
+            origin = wh.origin_stage_run(hit["dataset_id"]) or {}
+            wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
+                            units=origin.get("units"), shards_out=hit["shards"], docs_in=origin.get("docs_in"),
+                            docs_out=hit["records"], bytes_in=origin.get("bytes_in"), bytes_out=hit["bytes"],
+                            seconds=time.perf_counter() - t0)
+            print(f"{stage_name}: cache hit {hit['dataset_id']} ({hit['records']} records)")
+            return hit
+
+        if isinstance(stage, IngestStage):
+            _record_sources(wh, stage, files, stage_run_id)
+            units = stage.plan(files)
+            bytes_in = sum(f.size for f in files)
+        else:
+            units = stage.plan(Path(upstream["uri"]))
+            bytes_in = upstream["bytes"]
+        out_dir = dataset_dir(cfg, stage_name, key)
+        prepare_output(out_dir)
+        results, failures = _run_units(cfg, stage, units, out_dir)
+        if failures:
+            detail = "\n  ".join(failures[:20])
+            more = f"\n  … and {len(failures) - 20} more" if len(failures) > 20 else ""
+            raise StageFailed(f"stage {stage_name}: {len(failures)} of {len(units)} units failed:\n  {detail}{more}")
+
+        manifest = write_dataset_manifest(out_dir, stage_name, key, results)
+        dataset_id = f"{stage_name}-{key[:12]}"
+        wh.record_dataset(dataset_id=dataset_id, stage=stage_name, stage_key=key, uri=str(out_dir),
+                          format="parquet", fingerprint=manifest.fingerprint,
+                          files=[(str(out_dir / f.name), f.rows, f.bytes, f.sha256) for f in manifest.files],
+                          parents=input_ids, created_by=stage_run_id)
+        drops, drop_bytes, notes = Counter(), Counter(), Counter()
+        for r in results:
+            drops.update(r.drops)
+            drop_bytes.update(r.drop_bytes)
+            notes.update(r.notes)
+        wh.record_funnel(stage_run_id, stage_name, dict(drops), dict(drop_bytes), dict(notes))
+        wh.finish_stage(stage_run_id, status="completed", output_dataset_id=dataset_id, units=len(units),
+                        units_resumed=sum(r.resumed for r in results), shards_out=len(manifest.files),
+                        docs_in=sum(r.docs_in for r in results), docs_out=manifest.records, bytes_in=bytes_in,
+                        bytes_out=manifest.bytes, seconds=time.perf_counter() - t0)
+        resumed = sum(r.resumed for r in results)
+        print(f"{stage_name}: {manifest.records} records in {len(manifest.files)} shards from {len(units)} units"
+              f"{f' ({resumed} resumed)' if resumed else ''}, {sum(drops.values())} dropped, "
+              f"{time.perf_counter() - t0:.1f}s")
+        return wh.dataset(dataset_id)
+    except BaseException as err:
+        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
+                        seconds=time.perf_counter() - t0)
+        raise
+
+
+def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> tuple[list[ShardResult], list[str]]:
+    """Submit every unit to the task runner, await them all, and collect results and failure messages."""
+    results: list[ShardResult] = []
+    failures: list[str] = []
+    if not units:
+        return results, failures
+    runner_task = run_unit_task
+    t0 = time.perf_counter()
+    with task_runner(cfg.runner) as runner, _progress() as progress:
+        bar = progress.add_task(stage.name, total=len(units), rate="")
+        futures = {runner.submit(runner_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
+                                                          "label": f"{stage.name}:{u.name}"}): u for u in units}
+        docs = 0
+        for future in as_completed(list(futures)):
+            unit = futures[future]
+            try:
+                result = ShardResult.from_json(future.result())
+            except Exception as err:  # UnitFailed already names the unit and its input
+                failures.append(str(err) if isinstance(err, UnitFailed) else f"{unit.describe()}: {err!r}")
+            else:
+                results.append(result)
+                docs += result.docs_in
+            rate = docs / max(time.perf_counter() - t0, 1e-9)
+            progress.update(bar, advance=1, rate=f"{rate:,.0f} docs/s")
+    results.sort(key=lambda r: r.unit)
+    return results, failures

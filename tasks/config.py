@@ -1,0 +1,185 @@
+"""The typed configuration tree: one TOML file, one section per stage.
+
+Load it with ``load_config(path)``. Unknown keys, wrong types and out-of-range values fail here, before anything
+runs, with a ``ConfigError`` that names each bad key and says what is allowed. ``crucible config show CONFIG``
+prints the resolved tree with every default filled in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and every bad key."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors and a loaded config never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Infrastructure sections (not part of any stage key)
+
+
+class PathsConfig(Section):
+    work_dir: Path = Field(Path("work"), description="Datasets, Prefect state and the warehouse live here.")
+
+
+class WarehouseConfig(Section):
+    path: Path | None = Field(None, description="DuckDB file; default <work_dir>/warehouse.duckdb.")
+    lock_timeout_s: float = Field(60.0, gt=0, le=3600, description="How long to wait for another process's lock.")
+
+
+class RunnerConfig(Section):
+    kind: Literal["threads", "processes", "dask"] = "threads"
+    workers: int = Field(2, ge=1, le=4096, description="Threads, processes or Dask workers.")
+    address: str | None = Field(None, description="Dask scheduler address; unset starts a LocalCluster.")
+    threads_per_worker: int = Field(1, ge=1, le=256, description="Dask LocalCluster threads per worker process.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage sections: everything in one of these is hashed into that stage's cache key.
+
+
+class ShardedStageConfig(Section):
+    shard_max_docs: int = Field(2000, ge=1, le=10_000_000, description="Most documents in one output shard.")
+    shard_max_bytes: int = Field(128 * 2**20, ge=1024, description="Most uncompressed bytes in one output shard.")
+
+
+class IngestConfig(ShardedStageConfig):
+    inputs: list[str] = Field(default_factory=list, description="Paths, globs or fsspec URLs of WARC/ARC/WET files.")
+    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"], min_length=1)
+    http_statuses: list[int] = Field([200], description="HTTP statuses to keep; empty keeps every status.")
+    keep_conversions: bool = Field(True, description="Keep WET 'conversion' records (plain text) as documents.")
+    max_payload_bytes: int = Field(10 * 2**20, ge=1, description="Larger decoded payloads are skipped.")
+
+    @field_validator("mime_types")
+    @classmethod
+    def _lowercase_mime(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+    @field_validator("http_statuses")
+    @classmethod
+    def _valid_status(cls, value: list[int]) -> list[int]:
+        bad = [v for v in value if not 100 <= v <= 599]
+        if bad:
+            raise ValueError(f"HTTP statuses must be 100..599, got {bad}")
+        return value
+
+
+class ExtractConfig(ShardedStageConfig):
+    include_comments: bool = False
+    include_tables: bool = True
+    favor_precision: bool = False
+    favor_recall: bool = False
+    deduplicate: bool = False
+    min_text_chars: int = Field(1, ge=1, description="Shorter extractions are dropped as 'extract_empty'.")
+
+
+class Config(Section):
+    name: str = "crucible"
+    paths: PathsConfig = PathsConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
+    runner: RunnerConfig = RunnerConfig()
+    ingest: IngestConfig = IngestConfig()
+    extract: ExtractConfig = ExtractConfig()
+
+    source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
+
+    @property
+    def work_dir(self) -> Path:
+        return self.paths.work_dir
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.warehouse.path or self.paths.work_dir / "warehouse.duckdb"
+
+    def section(self, stage: str) -> BaseModel:
+        return getattr(self, stage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        return stable_hash(self.to_dict())
+
+
+def stable_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of a value: the same settings always give the same hash."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel]) -> list[str]:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(model, e["loc"][:-1])
+            allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
+            lines.append(f"{key}: unknown key; allowed keys here: {allowed}")
+        else:
+            got = e.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+            lines.append(f"{key}: {e['msg']}{shown}")
+    return lines
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _absolute(cfg: Config, base: Path) -> Config:
+    """Resolve relative paths against ``base`` so workers in other directories see the same files."""
+    work = cfg.paths.work_dir if cfg.paths.work_dir.is_absolute() else base / cfg.paths.work_dir
+    wh = cfg.warehouse.path
+    if wh is not None and not wh.is_absolute():
+        wh = base / wh
+    inputs = [i if ("://" in i or Path(i).is_absolute()) else str(base / i) for i in cfg.ingest.inputs]
+    return cfg.model_copy(update={
+        "paths": cfg.paths.model_copy(update={"work_dir": work.resolve()}),
+        "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
+        "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
+    })
+
+
+def parse_config(data: dict[str, Any], *, origin: str = "<config>", base: Path | None = None) -> Config:
+    """Validate a mapping into a Config; relative paths resolve against ``base`` (default: the current directory)."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        detail = "\n  ".join(_format_errors(err, Config))
+        raise ConfigError(f"invalid config {origin}:\n  {detail}") from None
+    return _absolute(cfg, (base or Path.cwd()).resolve())
+
+
+def load_config(path: str | Path, *, base: Path | None = None) -> Config:
+    """Load and validate one TOML file. Relative paths in it are taken from the current directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML in {path}: {err}") from None
+    cfg = parse_config(data, origin=str(path), base=base)
+    return cfg.model_copy(update={"source": path.resolve()})

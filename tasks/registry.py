@@ -1,0 +1,25 @@
+"""The stages in pipeline order. A new stage is a class in tasks/<stage>.py, added here and to the config tree."""
+from __future__ import annotations
+
+from tasks.extract import ExtractStage
+from tasks.ingest import IngestStage
+from tasks.stage import Stage
+
+STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (IngestStage, ExtractStage)}
+ORDER: list[str] = list(STAGES)
+
+
+def stage_class(name: str) -> type[Stage]:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise ValueError(f"unknown stage {name!r}; stages are: {', '.join(ORDER)}") from None
+
+
+def stage_range(first: str | None = None, last: str | None = None) -> list[str]:
+    """The stages from ``first`` to ``last`` inclusive, in pipeline order."""
+    lo = ORDER.index(stage_class(first).name) if first else 0
+    hi = ORDER.index(stage_class(last).name) if last else len(ORDER) - 1
+    if lo > hi:
+        raise ValueError(f"--from {first} comes after --to {last}")
+    return ORDER[lo:hi + 1]

@@ -1,0 +1,278 @@
+"""Parquet shards: atomic writes, per-unit manifests, dataset manifests and fingerprints.
+
+A stage's output directory holds ``part-NNNNN-KKK.parquet`` data shards, ``part-NNNNN.drops.parquet`` (one row per
+dropped document, with its reason) and ``part-NNNNN.json`` manifests. A unit is finished when its manifest exists:
+a rerun skips it. Every file is written under a temporary name and renamed, so a killed run never leaves a
+half-written shard behind a final name. ``_dataset.json`` lists the finished shards and the dataset fingerprint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATASET_MANIFEST = "_dataset.json"
+COMPRESSION = "zstd"
+ROW_GROUP_ROWS = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Delete the leftovers of a killed writer; they never carry a final name, so nothing reads them."""
+    removed = 0
+    for tmp in directory.glob(".tmp-*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results of one unit of work
+
+
+@dataclass
+class ShardFile:
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ShardResult:
+    """What one unit produced: small enough to pass between processes and into the warehouse."""
+
+    unit: str
+    files: list[ShardFile] = field(default_factory=list)
+    drops_file: str | None = None
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    drop_bytes: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)  # kept records with a repaired defect, by kind
+    seconds: float = 0.0
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "ShardResult":
+        value = dict(value)
+        value["files"] = [ShardFile(**f) for f in value.get("files", [])]
+        return cls(**value)
+
+
+def unit_manifest_path(out_dir: Path, unit: str) -> Path:
+    return out_dir / f"{unit}.json"
+
+
+def read_unit_manifest(out_dir: Path, unit: str) -> ShardResult | None:
+    """The finished result of a unit, or None when it has not finished (or its files were lost)."""
+    path = unit_manifest_path(out_dir, unit)
+    try:
+        result = ShardResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    for f in result.files:
+        shard = out_dir / f.name
+        if not shard.exists() or shard.stat().st_size != f.bytes:
+            return None
+    result.resumed = True
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing a unit's output
+
+
+class DropLog:
+    """One row per dropped record: the reason always, the doc_id and source where the record had them."""
+
+    SCHEMA = pa.schema([
+        ("doc_id", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()),
+        ("url", pa.string()), ("warc_file", pa.string()), ("warc_offset", pa.int64()), ("detail", pa.string()),
+    ])
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+
+    def add(self, reason: str, *, doc_id: str | None = None, nbytes: int = 0, url: str | None = None,
+            warc_file: str | None = None, warc_offset: int | None = None, detail: str | None = None) -> None:
+        self.counts[reason] += 1
+        self.bytes[reason] += nbytes
+        self.rows.append({"doc_id": doc_id, "reason": reason, "bytes": nbytes, "url": url,
+                          "warc_file": warc_file, "warc_offset": warc_offset,
+                          "detail": detail[:500] if detail else None})
+
+
+class ShardWriter:
+    """Buffers records and writes bounded Parquet shards: a new shard starts past max_docs or max_bytes."""
+
+    def __init__(self, out_dir: Path, unit: str, schema: pa.Schema, *, max_docs: int, max_bytes: int,
+                 size_column: str | None = None) -> None:
+        self.out_dir, self.unit, self.schema = out_dir, unit, schema
+        self.max_docs, self.max_bytes, self.size_column = max_docs, max_bytes, size_column
+        self.files: list[ShardFile] = []
+        self._rows: list[dict[str, Any]] = []
+        self._buffered_bytes = 0
+        self.docs_out = 0
+        self.bytes_out = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        size = len(record[self.size_column] or "") if self.size_column else 0
+        if self._rows and (len(self._rows) >= self.max_docs or self._buffered_bytes + size > self.max_bytes):
+            self.flush()
+        self._rows.append(record)
+        self._buffered_bytes += size
+        self.docs_out += 1
+        self.bytes_out += size
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        name = f"{self.unit}-{len(self.files):03d}.parquet"
+        path = self.out_dir / name
+        write_parquet_atomic(pa.Table.from_pylist(self._rows, schema=self.schema), path)
+        self.files.append(ShardFile(name, len(self._rows), path.stat().st_size, file_sha256(path)))
+        self._rows, self._buffered_bytes = [], 0
+
+
+def finish_unit(out_dir: Path, result: ShardResult, writer: ShardWriter, drops: DropLog) -> ShardResult:
+    """Flush the last shard, write the drop log, then the manifest that marks the unit finished."""
+    writer.flush()
+    result.files = writer.files
+    result.docs_out, result.bytes_out = writer.docs_out, writer.bytes_out
+    result.drops, result.drop_bytes = dict(drops.counts), dict(drops.bytes)
+    if drops.rows:
+        name = f"{result.unit}.drops.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(drops.rows, schema=DropLog.SCHEMA), out_dir / name)
+        result.drops_file = name
+    atomic_write_json(unit_manifest_path(out_dir, result.unit), result.to_json())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+@dataclass
+class DatasetManifest:
+    stage: str
+    stage_key: str
+    files: list[ShardFile]
+    drops_files: list[str]
+    fingerprint: str
+    records: int
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fingerprint(files: list[ShardFile]) -> str:
+    """A content hash over the dataset's shards: names and sha256s, in name order."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f"{f.name}\t{f.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def write_dataset_manifest(out_dir: Path, stage: str, stage_key: str, results: list[ShardResult]) -> DatasetManifest:
+    """Seal a dataset: list its shards, hash them together, and delete files no manifest claims."""
+    files = sorted((f for r in results for f in r.files), key=lambda f: f.name)
+    drops_files = sorted(r.drops_file for r in results if r.drops_file)
+    claimed = {f.name for f in files} | set(drops_files) | {f"{r.unit}.json" for r in results}
+    for stray in out_dir.glob("part-*"):
+        if stray.name not in claimed:  # output of a unit the plan no longer has, or of a killed attempt
+            stray.unlink(missing_ok=True)
+    remove_temp_files(out_dir)
+    manifest = DatasetManifest(stage, stage_key, files, drops_files, fingerprint(files),
+                               sum(f.rows for f in files), sum(f.bytes for f in files))
+    atomic_write_json(out_dir / DATASET_MANIFEST, manifest.to_json())
+    return manifest
+
+
+def read_dataset_manifest(directory: Path) -> DatasetManifest:
+    path = Path(directory) / DATASET_MANIFEST
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"dataset {directory} is not complete: {DATASET_MANIFEST} is missing") from None
+    value["files"] = [ShardFile(**f) for f in value["files"]]
+    return DatasetManifest(**value)
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, start: int = 0, stop: int | None = None,
+              batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+    """Rows start..stop of one shard, read a batch at a time so a large shard never sits whole in memory."""
+    pf = pq.ParquetFile(path)
+    stop = pf.metadata.num_rows if stop is None else stop
+    row = 0
+    for rg in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(rg).num_rows
+        if row + n <= start:
+            row += n
+            continue
+        if row >= stop:
+            break
+        table = pf.read_row_group(rg, columns=columns)
+        lo, hi = max(start - row, 0), min(stop - row, n)
+        for batch in table.slice(lo, hi - lo).to_batches(batch_rows):
+            yield from batch.to_pylist()
+        row += n

@@ -1,0 +1,149 @@
+"""The stage contract: plan units of work, run each unit into bounded shards, seal the dataset.
+
+A stage is a plain class, with no Prefect in it, so that it runs and is tested on its own:
+
+    stage = IngestStage(cfg.ingest)
+    units = stage.plan(stage.sources())            # or stage.plan(upstream_dataset_dir)
+    results = [run_unit(stage, u, out_dir) for u in units]
+    write_dataset_manifest(out_dir, stage.name, key, results)
+
+``flows/`` wraps exactly these calls into Prefect tasks and records them in the warehouse.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from abc import ABC, abstractmethod
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from tasks.config import stable_hash
+from tasks.shards import (DropLog, ShardResult, ShardWriter, finish_unit, iter_rows, read_dataset_manifest,
+                          read_unit_manifest, remove_temp_files)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A slice of input: rows [start, stop) of a shard, or a whole input file (stop None)."""
+
+    uri: str
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Prefect task's worth of work; it writes the shards ``part-<index>-*.parquet``."""
+
+    index: int
+    sources: tuple[Source, ...]
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}"
+
+    def describe(self) -> str:
+        first = self.sources[0].uri if self.sources else "?"
+        more = f" (+{len(self.sources) - 1} more)" if len(self.sources) > 1 else ""
+        return f"{self.name} <- {first}{more}"
+
+
+class UnitFailed(RuntimeError):
+    """A unit of work that could not finish; the message names the unit and its input."""
+
+
+class Stage(ABC):
+    """Base of every stage. Subclasses set the class attributes and implement ``process``."""
+
+    name: ClassVar[str]
+    upstream: ClassVar[str | None]
+    schema: ClassVar[pa.Schema]
+    size_column: ClassVar[str | None] = None  # the column whose length bounds a shard's bytes
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    # -- identity ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def code_version(cls) -> str:
+        """A hash of the stage's module and the shard machinery: editing either invalidates the cache."""
+        digest = hashlib.sha256()
+        for module in (sys.modules[cls.__module__], sys.modules[__name__], sys.modules["tasks.shards"]):
+            digest.update(inspect.getsource(module).encode())
+        return digest.hexdigest()[:16]
+
+    def key(self, input_fingerprint: str) -> str:
+        """The cache key: stage name, its config section, its code version and its input's fingerprint."""
+        return stable_hash({"stage": self.name, "config": self.config.model_dump(mode="json"),
+                            "code": self.code_version(), "input": input_fingerprint})
+
+    # -- planning ------------------------------------------------------------------------------------------------
+
+    def plan(self, input_dir: Path) -> list[Unit]:
+        """Cut the upstream dataset into units of at most shard_max_docs rows, whatever its shard sizes.
+
+        Consecutive small shards share a unit and large shards are split, so every downstream task has about the
+        same amount of work however unevenly the upstream files were sized.
+        """
+        manifest = read_dataset_manifest(input_dir)
+        target = self.config.shard_max_docs
+        units: list[Unit] = []
+        current: list[Source] = []
+        filled = 0
+        for f in manifest.files:
+            start = 0
+            while start < f.rows:
+                take = min(target - filled, f.rows - start)
+                current.append(Source(str(Path(input_dir) / f.name), start, start + take))
+                start += take
+                filled += take
+                if filled == target:
+                    units.append(Unit(len(units), tuple(current)))
+                    current, filled = [], 0
+        if current:
+            units.append(Unit(len(units), tuple(current)))
+        return units
+
+    def input_rows(self, unit: Unit, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        for src in unit.sources:
+            yield from iter_rows(Path(src.uri), columns, src.start, src.stop)
+
+    # -- work ----------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
+        """Read the unit's input, ``writer.add`` each kept record, ``drops.add`` each dropped one."""
+
+
+def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
+    """Run one unit, or return its recorded result when a previous attempt finished it."""
+    out_dir = Path(out_dir)
+    done = read_unit_manifest(out_dir, unit.name)
+    if done is not None:
+        return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    writer = ShardWriter(out_dir, unit.name, stage.schema, max_docs=stage.config.shard_max_docs,
+                         max_bytes=stage.config.shard_max_bytes, size_column=stage.size_column)
+    drops = DropLog()
+    result = ShardResult(unit.name)
+    try:
+        stage.process(unit, writer, drops, result)
+    except UnitFailed:
+        raise
+    except Exception as err:
+        raise UnitFailed(f"{stage.name} {unit.describe()}: {type(err).__name__}: {err}") from err
+    result.seconds = time.perf_counter() - t0
+    return finish_unit(out_dir, result, writer, drops)
+
+
+def prepare_output(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out_dir)

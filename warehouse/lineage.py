@@ -1,0 +1,345 @@
+"""The lineage warehouse: the only code that talks to DuckDB.
+
+DuckDB lets one process hold the file, and while a writer holds it nobody else can even read it. So every call
+here opens the file, does its work and closes it again within milliseconds, and an open that meets another
+process's lock retries until ``lock_timeout`` runs out. The orchestrator (flows/) is the only writer; the CLI's
+read commands and the dashboard open it read-only the same way, so they work while a pipeline runs.
+
+    wh = Warehouse("work/warehouse.duckdb")
+    for run in wh.runs():
+        print(run["run_id"], run["status"])
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+SCHEMA_VERSION_TABLE = "schema_version"
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse is missing, locked for too long, or asked for something it does not hold."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{_now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("warehouse") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Warehouse:
+    def __init__(self, path: str | Path, lock_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+
+    # -- connections ---------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits while another process holds the file."""
+        if read_only and not self.path.exists():
+            raise WarehouseError(f"no warehouse at {self.path}: run `crucible run CONFIG` first")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise WarehouseError(f"cannot open warehouse {self.path}: {err}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            if not read_only:
+                self._migrate(con)
+            yield con
+        finally:
+            con.close()
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_VERSION_TABLE} (version INTEGER, applied_at TIMESTAMPTZ)")
+        current = con.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_VERSION_TABLE}").fetchone()[0]
+        for version, sql in _migrations():
+            if version > current:
+                con.execute("BEGIN")
+                con.execute(sql)
+                con.execute(f"INSERT INTO {SCHEMA_VERSION_TABLE} VALUES (?, ?)", [version, _now()])
+                con.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self.connect(read_only=True) as con:
+            return con.execute(f"SELECT max(version) FROM {SCHEMA_VERSION_TABLE}").fetchone()[0]
+
+    @staticmethod
+    def _rows(cur: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Run read-only SQL (tables and the document views) and return rows as dicts."""
+        with self.connect(read_only=True) as con:
+            try:
+                return self._rows(con.execute(sql, params or []))
+            except duckdb.Error as err:
+                raise WarehouseError(f"query failed: {err}") from None
+
+    # -- pipeline runs -------------------------------------------------------------------------------------------
+
+    def start_run(self, *, config: dict[str, Any], config_hash: str, config_path: str | None, code_version: str,
+                  trigger: str, stages: list[str], flow_run_id: str | None = None, run_id: str | None = None) -> str:
+        run_id = run_id or new_id("run")
+        with self.connect() as con:
+            self._mark_crashed(con)
+            con.execute(
+                "INSERT INTO pipeline_runs (run_id, flow_run_id, config_path, config_json, config_hash, code_version,"
+                " trigger, stages, status, host, pid, started_at) VALUES (?,?,?,?,?,?,?,?,'running',?,?,?)",
+                [run_id, flow_run_id, config_path, json.dumps(config, sort_keys=True), config_hash, code_version,
+                 trigger, stages, socket.gethostname(), os.getpid(), _now()])
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE pipeline_runs SET status = ?, error = ?, ended_at = ? WHERE run_id = ?",
+                        [status, error, _now(), run_id])
+
+    def _mark_crashed(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Runs left 'running' by a process on this host that no longer exists were killed: say so."""
+        rows = con.execute("SELECT run_id, pid FROM pipeline_runs WHERE status = 'running' AND host = ?",
+                           [socket.gethostname()]).fetchall()
+        dead = [run_id for run_id, pid in rows if pid is None or not _pid_alive(pid)]
+        for run_id in dead:
+            con.execute("UPDATE pipeline_runs SET status = 'crashed', ended_at = coalesce(ended_at, ?) "
+                        "WHERE run_id = ?", [_now(), run_id])
+            con.execute("UPDATE stage_runs SET status = 'crashed', ended_at = coalesce(ended_at, ?) "
+                        "WHERE run_id = ? AND status = 'running'", [_now(), run_id])
+
+    # -- stage runs ----------------------------------------------------------------------------------------------
+
+    def start_stage(self, *, run_id: str, stage: str, stage_key: str, params: dict[str, Any], params_hash: str,
+                    code_version: str, input_dataset_ids: list[str]) -> str:
+        stage_run_id = new_id(stage)
+        with self.connect() as con:
+            con.execute(
+                "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash,"
+                " code_version, input_dataset_ids, status, started_at) VALUES (?,?,?,?,?,?,?,?,'running',?)",
+                [stage_run_id, run_id, stage, stage_key, json.dumps(params, sort_keys=True), params_hash,
+                 code_version, input_dataset_ids, _now()])
+        return stage_run_id
+
+    def finish_stage(self, stage_run_id: str, *, status: str, output_dataset_id: str | None = None,
+                     cache_hit: bool = False, error: str | None = None, units: int | None = None,
+                     units_resumed: int | None = None, shards_out: int | None = None, docs_in: int | None = None, docs_out: int | None = None,
+                     bytes_in: int | None = None, bytes_out: int | None = None, seconds: float | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "UPDATE stage_runs SET status=?, output_dataset_id=?, cache_hit=?, error=?, units=?,"
+                " units_resumed=?, shards_out=?, docs_in=?, docs_out=?, bytes_in=?, bytes_out=?, seconds=?, ended_at=?"
+                " WHERE stage_run_id=?",
+                [status, output_dataset_id, cache_hit, error, units, units_resumed, shards_out, docs_in, docs_out,
+                 bytes_in, bytes_out, seconds, _now(), stage_run_id])
+            if status == "completed":
+                self._refresh_views(con)
+
+    def record_funnel(self, stage_run_id: str, stage: str, drops: dict[str, int], drop_bytes: dict[str, int],
+                      notes: dict[str, int]) -> None:
+        rows = [(stage_run_id, stage, r, True, n, drop_bytes.get(r, 0)) for r, n in sorted(drops.items())]
+        rows += [(stage_run_id, stage, r, False, n, 0) for r, n in sorted(notes.items())]
+        if rows:
+            with self.connect() as con:
+                con.executemany("INSERT INTO drops VALUES (?,?,?,?,?,?)", rows)
+
+    def record_metrics(self, run_id: str, metrics: list[tuple[int | None, str, float]],
+                       stage_run_id: str | None = None) -> None:
+        now = _now()
+        with self.connect() as con:
+            con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
+                            [(run_id, stage_run_id, step, name, value, now) for step, name, value in metrics])
+
+    # -- datasets ------------------------------------------------------------------------------------------------
+
+    def record_dataset(self, *, dataset_id: str, stage: str, stage_key: str | None, uri: str, format: str,
+                       fingerprint: str, files: list[tuple[str, int | None, int | None, str | None]],
+                       parents: list[str], created_by: str | None, tokens: int | None = None) -> None:
+        """Insert a dataset, its files and its parent edges; a dataset that is already there is left as it is."""
+        with self.connect() as con:
+            if con.execute("SELECT 1 FROM datasets WHERE dataset_id = ?", [dataset_id]).fetchone():
+                return
+            con.execute("BEGIN")
+            con.execute("INSERT INTO datasets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        [dataset_id, stage, stage_key, uri, format, fingerprint,
+                         _total(f[1] for f in files), _total(f[2] for f in files), tokens, len(files),
+                         created_by, _now()])
+            if files:
+                con.executemany("INSERT INTO dataset_files VALUES (?,?,?,?,?)", [(dataset_id, *f) for f in files])
+            if parents:
+                con.executemany("INSERT OR IGNORE INTO dataset_edges VALUES (?,?,?)",
+                                [(p, dataset_id, created_by) for p in parents])
+            con.execute("COMMIT")
+
+    def dataset(self, dataset_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id])
+        return rows[0] if rows else None
+
+    def dataset_by_key(self, stage_key: str) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        rows = self.query("SELECT * FROM datasets WHERE stage_key = ? ORDER BY created_at DESC LIMIT 1", [stage_key])
+        return rows[0] if rows else None
+
+    def origin_stage_run(self, dataset_id: str) -> dict[str, Any] | None:
+        """The stage run that computed a dataset (not one that found it in the cache)."""
+        rows = self.query("SELECT * FROM stage_runs WHERE output_dataset_id = ? AND NOT cache_hit "
+                          "AND status = 'completed' ORDER BY ended_at LIMIT 1", [dataset_id])
+        return rows[0] if rows else None
+
+    def latest_dataset(self, stage: str) -> dict[str, Any] | None:
+        """The output of the most recent completed run of a stage (cache hits included)."""
+        rows = self.query(
+            "SELECT d.* FROM stage_runs s JOIN datasets d ON d.dataset_id = s.output_dataset_id "
+            "WHERE s.stage = ? AND s.status = 'completed' ORDER BY s.ended_at DESC LIMIT 1", [stage])
+        return rows[0] if rows else None
+
+    def run_dataset(self, run_id: str, stage: str) -> dict[str, Any] | None:
+        rows = self.query(
+            "SELECT d.* FROM stage_runs s JOIN datasets d ON d.dataset_id = s.output_dataset_id "
+            "WHERE s.run_id = ? AND s.stage = ? AND s.status = 'completed' ORDER BY s.ended_at DESC LIMIT 1",
+            [run_id, stage])
+        return rows[0] if rows else None
+
+    # -- reading runs --------------------------------------------------------------------------------------------
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT r.run_id, r.trigger, r.status, r.started_at, r.ended_at, r.code_version, r.config_path, "
+            "  r.stages, r.error, "
+            "  (SELECT count(*) FROM stage_runs s WHERE s.run_id = r.run_id) AS stage_runs, "
+            "  (SELECT count(*) FROM stage_runs s WHERE s.run_id = r.run_id AND s.cache_hit) AS cache_hits "
+            "FROM pipeline_runs r ORDER BY r.started_at DESC LIMIT ?", [limit])
+
+    def resolve_run(self, ref: str) -> dict[str, Any]:
+        """A run by id, unique id prefix, or 'latest'."""
+        if ref == "latest":
+            rows = self.query("SELECT * FROM pipeline_runs ORDER BY started_at DESC LIMIT 1")
+        else:
+            rows = self.query("SELECT * FROM pipeline_runs WHERE run_id LIKE ? || '%' ORDER BY started_at DESC",
+                              [ref])
+        if not rows:
+            raise WarehouseError(f"no pipeline run {ref!r} in {self.path} (see `crucible runs`)")
+        if len(rows) > 1 and rows[0]["run_id"] != ref:
+            raise WarehouseError(f"run prefix {ref!r} is ambiguous: {', '.join(r['run_id'] for r in rows[:5])}")
+        return rows[0]
+
+    def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id])
+
+    def funnel(self, run_id: str) -> list[dict[str, Any]]:
+        """Drops and notes per stage and reason for a run; a cache hit shows the funnel of the run that computed it."""
+        return self.query(
+            "SELECT s.stage, d.reason, d.dropped, d.docs, d.bytes FROM stage_runs s "
+            "JOIN stage_runs origin ON origin.output_dataset_id = s.output_dataset_id AND NOT origin.cache_hit "
+            "  AND origin.status = 'completed' "
+            "JOIN drops d ON d.stage_run_id = origin.stage_run_id "
+            "WHERE s.run_id = ? AND s.status = 'completed' ORDER BY s.started_at, d.dropped DESC, d.docs DESC",
+            [run_id])
+
+    def lineage(self, dataset_id: str) -> list[dict[str, Any]]:
+        """The dataset and every ancestor back to the raw inputs, nearest first, with the edge depth."""
+        return self.query(
+            "WITH RECURSIVE chain(dataset_id, depth) AS ("
+            "  SELECT ?::VARCHAR, 0 "
+            "  UNION SELECT e.parent_id, c.depth + 1 FROM dataset_edges e JOIN chain c ON e.child_id = c.dataset_id"
+            ") SELECT c.depth, d.* FROM chain c JOIN datasets d USING (dataset_id) ORDER BY c.depth, d.dataset_id",
+            [dataset_id])
+
+    def dataset_files(self, dataset_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM dataset_files WHERE dataset_id = ? ORDER BY path", [dataset_id])
+
+    # -- document views ------------------------------------------------------------------------------------------
+
+    def _refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """docs_<stage> and doc_drops over the Parquet shards of each stage's latest output; doc_lineage joins them.
+
+        One query then follows a document from its WARC record through every stage:
+            SELECT * FROM doc_lineage WHERE doc_id = '…'
+        """
+        latest = con.execute(
+            "SELECT s.stage, s.output_dataset_id, d.uri FROM stage_runs s JOIN datasets d "
+            "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' "
+            "QUALIFY row_number() OVER (PARTITION BY s.stage ORDER BY s.ended_at DESC) = 1").fetchall()
+        stages: list[str] = []
+        drop_files: list[tuple[str, str]] = []
+        for stage, dataset_id, uri in latest:
+            files = [r[0] for r in con.execute("SELECT path FROM dataset_files WHERE dataset_id = ? ORDER BY path",
+                                                [dataset_id]).fetchall()]
+            manifest = Path(uri) / "_dataset.json"
+            if manifest.exists():
+                drop_files += [(stage, str(Path(uri) / f)) for f in json.loads(manifest.read_text())["drops_files"]]
+            if not files or not all(Path(f).exists() for f in files):
+                continue
+            con.execute(f"CREATE OR REPLACE VIEW docs_{stage} AS SELECT * FROM read_parquet({_sql_list(files)})")
+            stages.append(stage)
+        union = " UNION ALL ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet('{_q(f)}')"
+                                   for stage, f in drop_files if Path(f).exists())
+        empty = ("SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS reason, NULL::BIGINT AS bytes,"
+                 " NULL::VARCHAR AS url, NULL::VARCHAR AS warc_file, NULL::BIGINT AS warc_offset,"
+                 " NULL::VARCHAR AS detail WHERE false")
+        con.execute(f"CREATE OR REPLACE VIEW doc_drops AS {union or empty}")
+        if "ingest" in stages:
+            cols = ["i.doc_id", "i.url", "i.warc_file", "i.warc_offset", "i.fetch_time"]
+            joins = []
+            for stage in stages:
+                if stage == "ingest":
+                    continue
+                cols.append(f"{stage}.doc_id IS NOT NULL AS kept_{stage}")
+                joins.append(f"LEFT JOIN (SELECT doc_id FROM docs_{stage}) {stage} USING (doc_id)")
+            cols.append("(SELECT string_agg(dd.stage || ':' || dd.reason, ', ') FROM doc_drops dd "
+                        "WHERE dd.doc_id = i.doc_id) AS drop_reasons")
+            con.execute(f"CREATE OR REPLACE VIEW doc_lineage AS SELECT {', '.join(cols)} "
+                        f"FROM docs_ingest i {' '.join(joins)}")
+
+
+def _total(values: Any) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _q(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join(f"'{_q(p)}'" for p in paths) + "]"
