@@ -12,6 +12,7 @@ archive at all fails its unit with a message naming the file.
 from __future__ import annotations
 
 import codecs
+import gzip
 import hashlib
 import io
 import re
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
+import brotli
 import fsspec
 import pyarrow as pa
 from warcio.archiveiterator import ArchiveIterator
+from warcio.bufferedreaders import ChunkedDataReader
 from warcio.recordloader import ArcWarcRecordLoader
 
 from tasks.config import IngestConfig, stable_hash
@@ -45,6 +48,8 @@ SCHEMA = pa.schema([
 ])
 
 MAX_RESYNCS = 10_000  # per file; past this the rest of a hopeless file is one counted skip
+MAX_MEMBER_BYTES = 256 * 2**20  # a larger gzip member means the file is one gzip stream, read as such
+_GZIP_MAGIC = b"\x1f\x8b\x08"
 _ARC_HEADER = re.compile(rb"^\S+://\S* \S+ \d{14} \S+ \d+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _RECORD_START = re.compile(rb"(?m)^(WARC/[0-9.]+\r?\n|\S+://\S* \S+ \d{14} \S+ \d+\r?\n)")
@@ -134,6 +139,29 @@ class _TolerantIterator(ArchiveIterator):
         self._note("multi_record_gzip_member")
 
 
+class _Unseekable(io.RawIOBase):
+    """A forward-only view of a stream, so the reader does not try to seek a gzip stream."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, b) -> int:
+        data = self._stream.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset == 0 and whence == 0:
+            return 0
+        raise io.UnsupportedOperation("forward-only stream")
+
+
 def _sniff(fh: IO[bytes]) -> bytes:
     head = fh.read(4096)
     fh.seek(0)
@@ -150,31 +178,125 @@ def is_archive(fh: IO[bytes]) -> bool:
     return head.startswith(b"WARC/") or bool(_ARC_HEADER.match(head))
 
 
-def _next_record_offset(fh: IO[bytes], after: int, gzipped: bool) -> int | None:
-    """The offset of the next plausible record start after a damaged region (a gzip member or a header line)."""
+def _next_header_offset(fh: IO[bytes], after: int) -> int | None:
+    """In an uncompressed stream, the offset of the next line that starts a WARC or ARC record."""
     fh.seek(after + 1)
-    pos = after + 1
-    carry = b""
+    pos, carry = after + 1, b""
     while True:
         block = fh.read(1 << 20)
         if not block:
             return None
         data = carry + block
-        base = pos - len(carry)
-        if gzipped:
-            idx = data.find(b"\x1f\x8b\x08")
-            while idx != -1:
-                try:  # a real member decompresses; a chance match of the magic bytes does not
-                    zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[idx:idx + 512])
-                    return base + idx
-                except zlib.error:
-                    idx = data.find(b"\x1f\x8b\x08", idx + 1)
-        else:
-            m = _RECORD_START.search(data)
-            if m:
-                return base + m.start()
-        carry = data[-64:]
+        m = _RECORD_START.search(data, 1 if pos - len(carry) == after + 1 else 0)
+        if m:
+            return pos - len(carry) + m.start()
+        carry = data[-256:]
         pos += len(block)
+
+
+@dataclass
+class Member:
+    """One gzip member of a record-per-member archive, or a damaged region between members."""
+
+    offset: int
+    data: bytes = b""
+    damage: str | None = None  # 'garbage' | 'corrupt' | 'truncated'
+    end: int = 0
+
+
+def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMBER_BYTES) -> Iterator[Member]:
+    """Split a .gz archive into its members, streaming; damaged regions come out as Members with ``damage`` set.
+
+    WARC and ARC files compress each record as its own gzip member, so a corrupt or truncated member costs one
+    record, and garbage between members is skipped by finding the next member header. A member that inflates past
+    ``max_member`` raises ``_SingleStream``: the whole file is one gzip stream and must be read as a stream.
+    """
+    buf = bytearray()
+    base = 0  # file offset of buf[0]
+    at_eof = False
+
+    def fill(n: int) -> None:
+        nonlocal at_eof
+        while len(buf) < n and not at_eof:
+            chunk = fh.read(block)
+            if not chunk:
+                at_eof = True
+            buf.extend(chunk)
+
+    while True:
+        fill(3)
+        if not buf:
+            return
+        if buf[:3] != _GZIP_MAGIC:
+            start = base
+            while True:  # skip to the next real member header
+                idx = buf.find(_GZIP_MAGIC, 1)
+                if idx != -1 and _inflates(bytes(buf[idx:idx + 512])):
+                    break
+                if at_eof and idx == -1:
+                    idx = len(buf)
+                    break
+                if idx == -1:
+                    keep = max(len(buf) - 2, 1)
+                    del buf[:keep]
+                    base += keep
+                    fill(block)
+                    continue
+                del buf[:idx]
+                base += idx
+                fill(block)
+                if buf[:3] == _GZIP_MAGIC and _inflates(bytes(buf[:512])):
+                    idx = 0
+                    break
+            del buf[:idx]
+            base += idx
+            yield Member(start, damage="garbage", end=base)
+            continue
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out: list[bytes] = []
+        size, used = 0, 0
+        damage = None
+        while not inflater.eof:
+            if used >= len(buf):
+                if at_eof:
+                    damage = "truncated"
+                    break
+                fill(len(buf) + block)
+                continue
+            piece = bytes(buf[used:used + block])
+            used += len(piece)
+            try:
+                data = inflater.decompress(piece)
+            except zlib.error:
+                damage = "corrupt"
+                break
+            out.append(data)
+            size += len(data)
+            if size > max_member:
+                raise _SingleStream(base)
+        if damage:
+            yield Member(base, damage=damage, end=base + used)
+            if damage == "truncated":
+                return
+            del buf[:1]  # step past this header and look for the next member
+            base += 1
+            continue
+        used -= len(inflater.unused_data)
+        yield Member(base, b"".join(out), end=base + used)
+        del buf[:used]
+        base += used
+
+
+class _SingleStream(Exception):
+    """The archive is one gzip stream, not a member per record."""
+
+
+def _inflates(head: bytes) -> bool:
+    try:
+        zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+        return True
+    except zlib.error:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,10 +384,37 @@ class IngestStage(Stage):
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""
-        gzipped = fh.read(2) == b"\x1f\x8b"
+        if fh.read(3) != _GZIP_MAGIC:
+            fh.seek(0)
+            yield from self._plain_records(fh, uri, 0, drops, result)
+            return
         fh.seek(0)
+        try:
+            for member in gzip_members(fh):
+                if member.damage:
+                    result.docs_in += 1
+                    drops.add("read_error", warc_file=uri, warc_offset=member.offset,
+                              detail=f"{member.damage} gzip data, bytes {member.offset}..{member.end} skipped")
+                else:
+                    yield from self._plain_records(io.BytesIO(member.data), uri, member.offset, drops, result,
+                                                   exact_offsets=False)
+        except _SingleStream as single:
+            result.notes["single_gzip_stream"] = result.notes.get("single_gzip_stream", 0) + 1
+            fh.seek(single.args[0])
+            with gzip.GzipFile(fileobj=fh) as stream:
+                yield from self._plain_records(_Unseekable(stream), uri, single.args[0], drops, result,
+                                               exact_offsets=False)
+
+    def _plain_records(self, fh: IO[bytes], uri: str, base: int, drops: DropLog, result: ShardResult,
+                       exact_offsets: bool = True) -> Iterator[dict[str, Any]]:
+        """Records of an uncompressed archive stream; after a parse error, resume at the next record header.
+
+        ``base`` is the stream's offset in the file. Inside a gzip member every record gets the member's offset,
+        the position a reader seeks to.
+        """
         notes = result.notes
-        start, resyncs = 0, 0
+        start: int | None = 0
+        resyncs = 0
         while start is not None:
             fh.seek(start)
             it = _TolerantIterator(fh, arc2warc=True)
@@ -273,23 +422,27 @@ class IngestStage(Stage):
             try:
                 for rec in it:
                     offset = it.offset  # where this record starts; warcio moves it on at the next record
+                    where = base + offset if exact_offsets else base
                     result.docs_in += 1
                     try:
-                        doc = self._record(rec, uri, offset, drops, notes)
+                        doc = self._record(rec, uri, where, drops, notes)
                     except Exception as err:  # one odd record must not cost the file
-                        drops.add("record_error", warc_file=uri, warc_offset=offset,
+                        drops.add("record_error", warc_file=uri, warc_offset=where,
                                   detail=f"{type(err).__name__}: {err}")
                         continue
                     if doc is not None:
                         yield doc
                 start = None
-            except Exception as err:  # truncated gzip, garbage between records, malformed headers
+            except Exception as err:  # garbage between records, malformed headers, a stream cut short
                 result.docs_in += 1
                 resyncs += 1
-                start = _next_record_offset(fh, max(offset, it.offset or 0), gzipped) if resyncs < MAX_RESYNCS else None
-                skipped = "rest of file" if start is None else f"bytes {offset}..{start}"
-                drops.add("read_error", warc_file=uri, warc_offset=offset,
+                seekable = fh.seekable() if hasattr(fh, "seekable") else False
+                nxt = _next_header_offset(fh, max(offset, it.offset or 0)) if seekable and resyncs < MAX_RESYNCS \
+                    else None
+                skipped = "the rest" if nxt is None else f"up to offset {base + nxt}"
+                drops.add("read_error", warc_file=uri, warc_offset=base + offset if exact_offsets else base,
                           detail=f"{type(err).__name__}: {err}; skipped {skipped}")
+                start = nxt
             for note, count in it.notes.items():
                 notes[note] = notes.get(note, 0) + count
 
@@ -328,7 +481,7 @@ class IngestStage(Stage):
             return None
 
         try:
-            body = rec.content_stream().read(cfg.max_payload_bytes + 1)
+            body = read_payload(rec, cfg.max_payload_bytes + 1)
         except Exception as err:  # a broken gzip/brotli/chunked body spoils this record only
             drops.add("content_decoding_error", detail=f"{type(err).__name__}: {err}", **where)
             return None
@@ -359,6 +512,22 @@ class IngestStage(Stage):
             "warc_file": uri, "warc_offset": offset, "fetch_time": fetch_time, "http_status": status,
             "content_type": mime, "charset": charset, "html": text,
         }
+
+
+def read_payload(rec, limit: int) -> bytes:
+    """The payload with transfer and content encodings undone, at most ``limit`` bytes.
+
+    warcio decodes chunked, gzip and deflate itself; its brotli path does not work with brotli >= 1.1, so that one
+    is done here.
+    """
+    http = rec.http_headers
+    encoding = (http.get_header("Content-Encoding") or "").strip().lower() if http else ""
+    if encoding != "br":
+        return rec.content_stream().read(limit)
+    raw = rec.raw_stream
+    if (http.get_header("Transfer-Encoding") or "").lower() == "chunked":
+        raw = ChunkedDataReader(raw, decomp_type=None)
+    return brotli.Decompressor().process(raw.read(limit))[:limit]
 
 
 def _size_of(uri: str) -> int:

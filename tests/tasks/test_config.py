@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from tasks.config import ConfigError, load_config, parse_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_fill_every_section(tmp_path):
+    cfg = load_config(write(tmp_path, ""), base=tmp_path)
+    assert cfg.runner.kind == "threads"
+    assert cfg.ingest.mime_types == ["text/html", "application/xhtml+xml"]
+    assert cfg.work_dir == (tmp_path / "work").resolve()
+    assert cfg.warehouse_path == cfg.work_dir / "warehouse.duckdb"
+
+
+def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[ingest]\nmax_payload = 5\n"))
+    message = str(err.value)
+    assert "ingest.max_payload: unknown key" in message
+    assert "max_payload_bytes" in message and str(tmp_path) in message
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"dedupe: unknown key; allowed keys here: .*extract.*ingest"):
+        load_config(write(tmp_path, "[dedupe]\nx = 1\n"))
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"runner.workers: Input should be a valid integer.*'two'"):
+        load_config(write(tmp_path, "[runner]\nworkers = 'two'\n"))
+
+
+def test_out_of_range_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"ingest.max_payload_bytes: Input should be greater than or equal to 1"):
+        load_config(write(tmp_path, "[ingest]\nmax_payload_bytes = 0\n"))
+
+
+def test_invalid_choice(tmp_path):
+    with pytest.raises(ConfigError, match=r"runner.kind: Input should be 'threads', 'processes' or 'dask'"):
+        load_config(write(tmp_path, "[runner]\nkind = 'ray'\n"))
+
+
+def test_bad_http_status(tmp_path):
+    with pytest.raises(ConfigError, match=r"ingest.http_statuses: Value error, HTTP statuses must be 100..599"):
+        load_config(write(tmp_path, "[ingest]\nhttp_statuses = [200, 999]\n"))
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "[runner]\nworkers = 0\nkind = 'x'\n"))
+    assert "runner.workers" in str(err.value) and "runner.kind" in str(err.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "[ingest\n"))
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_relative_paths_resolve_against_base_and_urls_stay(tmp_path):
+    cfg = parse_config({"ingest": {"inputs": ["data/*.warc.gz", "s3://bucket/x.warc.gz"]}}, base=tmp_path)
+    assert cfg.ingest.inputs == [str(tmp_path / "data/*.warc.gz"), "s3://bucket/x.warc.gz"]
+
+
+def test_digest_changes_with_any_setting(tmp_path):
+    a = parse_config({}, base=tmp_path)
+    b = parse_config({"extract": {"include_tables": False}}, base=tmp_path)
+    assert a.digest() != b.digest()
+    assert a.digest() == parse_config({}, base=tmp_path).digest()
+
+
+def test_demo_config_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.toml")
+    assert cfg.ingest.inputs
