@@ -1,0 +1,153 @@
+"""The orchestration contract: records, cache hits, reruns downstream of a change, failure propagation, runners."""
+from pathlib import Path
+
+import pytest
+
+from tasks.config import parse_config
+from tasks.registry import ORDER
+from tests.helpers import write_pages_warc
+from warehouse.lineage import Warehouse
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    write_pages_warc(d / "a.warc.gz", 23)
+    write_pages_warc(d / "b.warc.gz", 3, start=100, paras=100)  # ~27 kB pages
+    write_pages_warc(d / "c.warc.gz", 9, start=200)
+    return d
+
+
+def config(tmp_path, inputs, **sections):
+    data = {"paths": {"work_dir": str(tmp_path / "work")},
+            "ingest": {"inputs": [str(inputs / "*.warc.gz")], "shard_max_docs": 8},
+            "extract": {"shard_max_docs": 6}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data, base=tmp_path)
+
+
+def run(cfg, stages=None, trigger="manual", upstream=None):
+    from flows.pipeline import pipeline_flow
+
+    run_id = pipeline_flow(cfg, stages or ORDER, trigger, upstream)
+    return Warehouse(cfg.warehouse_path).stage_runs(run_id), run_id
+
+
+def by_stage(stage_runs):
+    return {s["stage"]: s for s in stage_runs}
+
+
+def test_run_records_runs_stages_datasets_and_lineage(tmp_path, inputs):
+    cfg = config(tmp_path, inputs)
+    stages, run_id = run(cfg)
+    wh = Warehouse(cfg.warehouse_path)
+    ingest, extract = by_stage(stages)["ingest"], by_stage(stages)["extract"]
+    assert ingest["status"] == extract["status"] == "completed"
+    assert not ingest["cache_hit"] and ingest["docs_out"] == 35 and ingest["units"] == 3
+    assert extract["units"] == 6  # 35 docs in units of at most 6, whatever the ingest shard sizes
+    assert extract["docs_out"] == 35
+
+    [run_row] = wh.runs()
+    assert run_row["run_id"] == run_id and run_row["status"] == "completed" and run_row["trigger"] == "manual"
+    assert run_row["code_version"].startswith(("git:", "pkg:"))
+    chain = wh.lineage(extract["output_dataset_id"])
+    assert [d["stage"] for d in chain] == ["extract", "ingest", "source"]
+    assert wh.dataset(ingest["output_dataset_id"])["records"] == 35
+    assert len(wh.dataset_files(chain[-1]["dataset_id"])) == 3  # the raw WARC files
+
+    funnel = {(f["stage"], f["reason"]): f["docs"] for f in wh.funnel(run_id)}
+    assert funnel == {}  # every synthetic page is clean HTML
+
+    # One SQL query follows a document from its WARC record through the stages.
+    [doc] = wh.query("SELECT * FROM doc_lineage WHERE url = 'http://site2.example.org/page/100'")
+    assert doc["kept_extract"] and doc["warc_file"].endswith("b.warc.gz")
+    text = wh.query("SELECT e.text FROM docs_extract e JOIN docs_ingest i USING (doc_id) WHERE i.url LIKE '%/page/0'")
+    assert "reading rooms" in text[0]["text"]
+
+
+def test_unchanged_config_is_all_cache_hits(tmp_path, inputs):
+    cfg = config(tmp_path, inputs)
+    first, _ = run(cfg)
+    shard = next((cfg.work_dir / "datasets" / "extract").glob("*/part-*.parquet"))
+    mtime = shard.stat().st_mtime_ns
+    second, _ = run(cfg)
+    assert all(s["cache_hit"] for s in second)
+    assert [s["output_dataset_id"] for s in second] == [s["output_dataset_id"] for s in first]
+    assert shard.stat().st_mtime_ns == mtime
+    assert by_stage(second)["extract"]["docs_in"] == by_stage(first)["extract"]["docs_in"]
+
+
+def test_changed_ingest_parameter_reruns_ingest_and_everything_after(tmp_path, inputs):
+    run(config(tmp_path, inputs))
+    cfg = config(tmp_path, inputs, ingest={"max_payload_bytes": 20_000})
+    stages, run_id = run(cfg)
+    assert not any(s["cache_hit"] for s in stages), [(s["stage"], s["stage_key"], s["params_json"]) for s in stages]
+    assert by_stage(stages)["ingest"]["docs_out"] == 32
+    funnel = {(f["stage"], f["reason"]): f["docs"] for f in Warehouse(cfg.warehouse_path).funnel(run_id)}
+    assert funnel == {("ingest", "payload_too_large"): 3}
+
+
+def test_changed_extract_parameter_reruns_only_extract(tmp_path, inputs):
+    first, _ = run(config(tmp_path, inputs))
+    stages, _ = run(config(tmp_path, inputs, extract={"include_tables": False}))
+    assert by_stage(stages)["ingest"]["cache_hit"]
+    assert not by_stage(stages)["extract"]["cache_hit"]
+    assert by_stage(stages)["extract"]["output_dataset_id"] != by_stage(first)["extract"]["output_dataset_id"]
+
+
+def test_runner_settings_are_not_part_of_the_key(tmp_path, inputs):
+    run(config(tmp_path, inputs))
+    stages, _ = run(config(tmp_path, inputs, runner={"workers": 1}))
+    assert all(s["cache_hit"] for s in stages)
+
+
+def test_rerun_one_stage_against_a_chosen_upstream(tmp_path, inputs):
+    from flows.pipeline import resolve_input
+
+    cfg = config(tmp_path, inputs)
+    _, first_run = run(cfg)
+    cfg_small = config(tmp_path, inputs, ingest={"max_payload_bytes": 20_000})
+    run(cfg_small, ["ingest"])
+    wh = Warehouse(cfg.warehouse_path)
+    latest = resolve_input(wh, "extract", "latest")
+    assert latest["records"] == 32
+    old = resolve_input(wh, "extract", first_run)
+    assert old["records"] == 35
+    assert resolve_input(wh, "extract", old["dataset_id"]) == old
+
+    stages, rerun_id = run(cfg, ["extract"], "rerun", old)
+    assert stages[0]["cache_hit"] and stages[0]["input_dataset_ids"] == [old["dataset_id"]]
+    stages, _ = run(cfg, ["extract"], "rerun", latest)
+    assert not stages[0]["cache_hit"] and stages[0]["docs_out"] == 32
+    assert wh.resolve_run(rerun_id)["trigger"] == "rerun"
+
+
+def test_a_failed_unit_fails_the_run_and_names_the_file(tmp_path, inputs):
+    from flows.stages import StageFailed
+
+    (inputs / "broken.warc.gz").write_bytes(b"this is not an archive")
+    cfg = config(tmp_path, inputs)
+    with pytest.raises(StageFailed, match=r"1 of 4 units failed:\n  ingest part-00002: .*broken.warc.gz is not a WARC"):
+        run(cfg)
+    wh = Warehouse(cfg.warehouse_path)
+    [run_row] = wh.runs()
+    assert run_row["status"] == "failed" and "broken.warc.gz" in run_row["error"]
+    [stage] = wh.stage_runs(run_row["run_id"])
+    assert stage["status"] == "failed" and "broken.warc.gz" in stage["error"]
+    assert not list((cfg.work_dir / "datasets" / "ingest").glob("*/_dataset.json"))  # nothing sealed
+    assert len(list((cfg.work_dir / "datasets" / "ingest").glob("*/part-*.json"))) == 3  # the rest resume later
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dask", "processes"])
+def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
+    threads, _ = run(config(tmp_path / "t", inputs))
+    other, _ = run(config(tmp_path / "o", inputs, runner={"kind": kind, "workers": 2}))
+    fingerprints = [Warehouse(config(tmp_path / d, inputs).warehouse_path).dataset(s["output_dataset_id"])["fingerprint"]
+                    for d, stages in (("t", threads), ("o", other)) for s in stages]
+    assert fingerprints[:2] == fingerprints[2:]
+    assert not any(s["cache_hit"] for s in other)

@@ -1,0 +1,73 @@
+import json
+
+import pyarrow as pa
+import pytest
+
+from tasks.config import ExtractConfig
+from tasks.extract import ExtractStage
+from tasks.shards import (DropLog, ShardResult, ShardWriter, finish_unit, fingerprint, iter_rows,
+                          read_dataset_manifest, write_dataset_manifest)
+
+SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
+
+
+def make_dataset(directory, sizes):
+    """A dataset whose shards hold the given numbers of rows, as an upstream stage would leave it."""
+    results = []
+    n = 0
+    for i, size in enumerate(sizes):
+        w = ShardWriter(directory, f"part-{i:05d}", SCHEMA, max_docs=10**9, max_bytes=10**12)
+        for _ in range(size):
+            w.add({"doc_id": f"d{n}", "text": "x" * 10})
+            n += 1
+        results.append(finish_unit(directory, ShardResult(f"part-{i:05d}"), w, DropLog()))
+    return write_dataset_manifest(directory, "up", "key", results)
+
+
+def test_writer_rolls_on_docs_and_bytes(tmp_path):
+    w = ShardWriter(tmp_path, "part-00000", SCHEMA, max_docs=3, max_bytes=25, size_column="text")
+    for i in range(7):
+        w.add({"doc_id": str(i), "text": "y" * 10})
+    w.flush()
+    assert [f.rows for f in w.files] == [2, 2, 2, 1]  # 25 bytes fit two 10-byte texts
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_plan_balances_uneven_upstream_shards(tmp_path):
+    make_dataset(tmp_path, [1, 2, 95, 3, 1, 0, 18])
+    stage = ExtractStage(ExtractConfig(shard_max_docs=20))
+    units = stage.plan(tmp_path)
+    sizes = [sum(s.stop - s.start for s in u.sources) for u in units]
+    assert sizes == [20, 20, 20, 20, 20, 20]
+    rows = [r["doc_id"] for u in units for r in stage.input_rows(u, ["doc_id"])]
+    assert rows == [f"d{i}" for i in range(120)]  # every row once, in order
+
+
+def test_iter_rows_slices_across_row_groups(tmp_path):
+    make_dataset(tmp_path, [2500])
+    path = tmp_path / "part-00000-000.parquet"
+    got = [r["doc_id"] for r in iter_rows(path, ["doc_id"], 990, 2010)]
+    assert got == [f"d{i}" for i in range(990, 2010)]
+
+
+def test_dataset_manifest_and_fingerprint(tmp_path):
+    m = make_dataset(tmp_path, [3, 4])
+    again = read_dataset_manifest(tmp_path)
+    assert again.fingerprint == m.fingerprint == fingerprint(m.files)
+    assert again.records == 7 and len(again.files) == 2
+    assert json.loads((tmp_path / "_dataset.json").read_text())["stage"] == "up"
+
+
+def test_sealing_removes_files_no_manifest_claims(tmp_path):
+    make_dataset(tmp_path, [3])
+    stray = tmp_path / "part-00009-000.parquet"
+    stray.write_bytes(b"half-written by a unit the plan no longer has")
+    (tmp_path / ".tmp-part-00000-000.parquet.x").write_bytes(b"killed writer")
+    results = [ShardResult.from_json(json.loads((tmp_path / "part-00000.json").read_text()))]
+    write_dataset_manifest(tmp_path, "up", "key", results)
+    assert not stray.exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_incomplete_dataset_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="_dataset.json is missing"):
+        read_dataset_manifest(tmp_path)
