@@ -1,0 +1,85 @@
+"""The CLI as a user runs it: --help everywhere, the run/show/lineage/sql round trip, clear errors."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from flows.cli import main
+
+COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
+            ["config", "show"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
+def test_every_command_has_help_with_an_example(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output and "crucible" in result.output
+
+
+def test_every_command_is_covered():
+    listed = {c[0] for c in COMMANDS if c}
+    assert listed == set(main.commands)
+
+
+def write_config(tmp_path, inputs_glob, extra=""):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n[ingest]\ninputs = ["{inputs_glob}"]\n'
+                    f'shard_max_docs = 5\n[extract]\nshard_max_docs = 5\n{extra}')
+    return path
+
+
+def test_config_show_prints_defaults(tmp_path):
+    path = write_config(tmp_path, "x.warc.gz")
+    result = CliRunner().invoke(main, ["config", "show", str(path)])
+    assert result.exit_code == 0
+    body = json.loads(result.output.split("\n", 1)[1])
+    assert body["ingest"]["shard_max_docs"] == 5 and body["ingest"]["max_payload_bytes"] == 10 * 2**20
+    assert body["runner"]["kind"] == "threads"
+
+
+def test_bad_config_exits_1_with_the_key_named(tmp_path):
+    path = write_config(tmp_path, "x.warc.gz", "[runner]\nkind = 'ray'\n")
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 1
+    assert "runner.kind" in result.output and "Traceback" not in result.output
+
+
+def test_read_commands_on_a_missing_warehouse(tmp_path):
+    result = CliRunner().invoke(main, ["runs", "--warehouse", str(tmp_path / "none.duckdb")])
+    assert result.exit_code == 1 and "no warehouse at" in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_show_lineage_sql_round_trip(tmp_path):
+    from tests.helpers import write_pages_warc
+
+    write_pages_warc(tmp_path / "a.warc.gz", 12)
+    path = write_config(tmp_path, str(tmp_path / "*.warc.gz"))
+    cli = CliRunner()
+    result = cli.invoke(main, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "ingest" in result.output and "completed" in result.output
+
+    again = cli.invoke(main, ["run", str(path)])
+    assert again.exit_code == 0 and again.output.count("hit") == 2
+
+    wh = ["--config", str(path)]
+    runs = cli.invoke(main, ["runs", *wh])
+    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and "2 (2 cached)" in runs.output
+
+    show = cli.invoke(main, ["show", "latest", *wh])
+    assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output
+
+    lineage = cli.invoke(main, ["lineage", "latest", "--files", *wh])
+    assert lineage.exit_code == 0
+    assert "source-" in lineage.output and "ingest-" in lineage.output and "a.warc.gz" in lineage.output
+
+    sql = cli.invoke(main, ["sql", "SELECT count(*) AS n FROM doc_lineage WHERE kept_extract", "--json", *wh])
+    assert sql.exit_code == 0 and json.loads(sql.output) == {"n": 12}
+
+    rerun = cli.invoke(main, ["stage", "extract", str(path), "--input", "latest"])
+    assert rerun.exit_code == 0 and "rerun" in cli.invoke(main, ["runs", *wh]).output
+
+    bad = cli.invoke(main, ["stage", "extract", str(path), "--input", "no-such-run"])
+    assert bad.exit_code == 1 and "no pipeline run 'no-such-run'" in bad.output

@@ -1,0 +1,80 @@
+import subprocess
+import sys
+import time
+
+import pytest
+
+from warehouse.lineage import Warehouse, WarehouseError
+
+
+def test_schema_is_created_and_versioned(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="test", trigger="manual",
+                          stages=["ingest"])
+    assert wh.schema_version() == 1
+    tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables")}
+    assert {"schema_version", "pipeline_runs", "stage_runs", "datasets", "dataset_edges", "drops",
+            "metrics", "dataset_files"} <= tables
+    assert wh.resolve_run(run_id[:12])["run_id"] == run_id
+    assert wh.resolve_run("latest")["run_id"] == run_id
+
+
+def test_reading_a_missing_warehouse_says_what_to_do(tmp_path):
+    with pytest.raises(WarehouseError, match="run `crucible run CONFIG` first"):
+        Warehouse(tmp_path / "none.duckdb").runs()
+
+
+def test_unknown_run_is_a_clear_error(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.record_metrics("r", [(1, "loss", 2.5)])
+    with pytest.raises(WarehouseError, match="no pipeline run 'nope'"):
+        wh.resolve_run("nope")
+
+
+def test_lineage_walks_edges_back_to_the_source(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    for ds, parents in (("source-1", []), ("ingest-1", ["source-1"]), ("extract-1", ["ingest-1"])):
+        wh.record_dataset(dataset_id=ds, stage=ds.split("-")[0], stage_key=ds, uri=f"/d/{ds}", format="parquet",
+                          fingerprint=ds, files=[(f"/d/{ds}/p.parquet", 3, 100, "abc")], parents=parents,
+                          created_by=None)
+    chain = wh.lineage("extract-1")
+    assert [(d["depth"], d["dataset_id"]) for d in chain] == [(0, "extract-1"), (1, "ingest-1"), (2, "source-1")]
+
+
+def test_a_reader_waits_for_a_writer_in_another_process(tmp_path):
+    path = tmp_path / "w.duckdb"
+    Warehouse(path).record_metrics("r", [(1, "loss", 1.0)])
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(1.5)"),
+        str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    rows = Warehouse(path, lock_timeout=30).query("SELECT count(*) AS n FROM metrics")
+    assert rows == [{"n": 1}]
+    assert time.monotonic() - t0 > 0.5  # it really waited for the lock
+    holder.wait(timeout=30)
+
+
+def test_lock_timeout_gives_a_clear_error(tmp_path):
+    path = tmp_path / "w.duckdb"
+    Warehouse(path).record_metrics("r", [(1, "loss", 1.0)])
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(5)"),
+        str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(WarehouseError, match="cannot open warehouse .*lock"):
+        Warehouse(path, lock_timeout=0.5).runs()
+    holder.kill()
+    holder.wait()
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_crashed(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual",
+                          stages=[])
+    with wh.connect() as con:
+        con.execute("UPDATE pipeline_runs SET pid = ? WHERE run_id = ?", [dead.pid, run_id])
+    wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
+    assert wh.resolve_run(run_id)["status"] == "crashed"
