@@ -228,7 +228,8 @@ def _print_run(wh: Warehouse, run: dict[str, Any]) -> None:
         s["cache"] = "hit" if s["cache_hit"] else ""
         s["units"] = (f"{s['units']}" + (f" ({s['units_resumed']} resumed)" if s["units_resumed"] else "")
                       if s["units"] is not None else "")
-        s["docs/s"] = (s["docs_in"] / s["seconds"]) if s["docs_in"] and s["seconds"] else None
+        computed = s["docs_in"] and s["seconds"] and not s["cache_hit"]
+        s["docs/s"] = s["docs_in"] / s["seconds"] if computed else None
     console.print(_table("stages", stages, ["stage", "status", "cache", "docs_in", "docs_out", "bytes_in", "bytes_out",
                                             "units", "shards_out", "seconds", "docs/s", "output_dataset_id"]))
     failed = [s for s in stages if s["error"]]

@@ -50,6 +50,7 @@ SCHEMA = pa.schema([
 MAX_RESYNCS = 10_000  # per file; past this the rest of a hopeless file is one counted skip
 MAX_MEMBER_BYTES = 256 * 2**20  # a larger gzip member means the file is one gzip stream, read as such
 _GZIP_MAGIC = b"\x1f\x8b\x08"
+_PIECE = 64 * 1024  # compressed bytes fed to the inflater at a time: most records fit in one piece
 _ARC_HEADER = re.compile(rb"^\S+://\S* \S+ \d{14} \S+ \d+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _RECORD_START = re.compile(rb"(?m)^(WARC/[0-9.]+\r?\n|\S+://\S* \S+ \d{14} \S+ \d+\r?\n)")
@@ -212,79 +213,81 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
     ``max_member`` raises ``_SingleStream``: the whole file is one gzip stream and must be read as a stream.
     """
     buf = bytearray()
+    pos = 0  # index in buf of the next unread byte
     base = 0  # file offset of buf[0]
     at_eof = False
 
     def fill(n: int) -> None:
-        nonlocal at_eof
+        """Make at least n unread bytes available (fewer at end of file); compact the buffer when that is cheap."""
+        nonlocal at_eof, buf, pos, base
+        if len(buf) - pos >= n or at_eof:
+            return
+        if pos:
+            del buf[:pos]
+            base += pos
+            pos = 0
         while len(buf) < n and not at_eof:
-            chunk = fh.read(block)
+            chunk = fh.read(max(block, n - len(buf)))
             if not chunk:
                 at_eof = True
             buf.extend(chunk)
 
     while True:
-        fill(3)
-        if not buf:
+        fill(_PIECE)
+        if pos >= len(buf):
             return
-        if buf[:3] != _GZIP_MAGIC:
-            start = base
+        if buf[pos:pos + 3] != _GZIP_MAGIC:
+            start = base + pos
             while True:  # skip to the next real member header
-                idx = buf.find(_GZIP_MAGIC, 1)
-                if idx != -1 and _inflates(bytes(buf[idx:idx + 512])):
-                    break
-                if at_eof and idx == -1:
-                    idx = len(buf)
-                    break
-                if idx == -1:
-                    keep = max(len(buf) - 2, 1)
-                    del buf[:keep]
-                    base += keep
-                    fill(block)
+                idx = buf.find(_GZIP_MAGIC, pos + 1)
+                if idx != -1:
+                    pos = idx
+                    fill(_PIECE)
+                    if _inflates(bytes(buf[pos:pos + 512])):
+                        break
                     continue
-                del buf[:idx]
-                base += idx
-                fill(block)
-                if buf[:3] == _GZIP_MAGIC and _inflates(bytes(buf[:512])):
-                    idx = 0
+                pos = max(len(buf) - 2, pos + 1)
+                if at_eof:
+                    pos = len(buf)
                     break
-            del buf[:idx]
-            base += idx
-            yield Member(start, damage="garbage", end=base)
+                fill(_PIECE)
+            yield Member(start, damage="garbage", end=base + pos)
             continue
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         out: list[bytes] = []
-        size, used = 0, 0
+        size, used = 0, pos
         damage = None
         while not inflater.eof:
             if used >= len(buf):
                 if at_eof:
                     damage = "truncated"
                     break
-                fill(len(buf) + block)
+                offset = used - pos
+                fill(offset + block)
+                used = pos + offset
                 continue
-            piece = bytes(buf[used:used + block])
-            used += len(piece)
+            view = memoryview(buf)[used:used + _PIECE]
+            used += len(view)
             try:
-                data = inflater.decompress(piece)
+                data = inflater.decompress(view)
             except zlib.error:
                 damage = "corrupt"
                 break
+            finally:
+                view.release()
             out.append(data)
             size += len(data)
             if size > max_member:
-                raise _SingleStream(base)
+                raise _SingleStream(base + pos)
         if damage:
-            yield Member(base, damage=damage, end=base + used)
+            yield Member(base + pos, damage=damage, end=base + used)
             if damage == "truncated":
                 return
-            del buf[:1]  # step past this header and look for the next member
-            base += 1
+            pos += 1  # step past this header and look for the next member
             continue
         used -= len(inflater.unused_data)
-        yield Member(base, b"".join(out), end=base + used)
-        del buf[:used]
-        base += used
+        yield Member(base + pos, b"".join(out), end=base + used)
+        pos = used
 
 
 class _SingleStream(Exception):

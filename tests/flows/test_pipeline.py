@@ -151,3 +151,17 @@ def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
                     for d, stages in (("t", threads), ("o", other)) for s in stages]
     assert fingerprints[:2] == fingerprints[2:]
     assert not any(s["cache_hit"] for s in other)
+
+
+@pytest.mark.slow
+def test_shared_corpora_config_ingests_every_archive(tmp_path):
+    from tests.conftest import REPO, shared_path
+    from tasks.config import load_config
+
+    shared_path("corpora", "warc")
+    cfg = load_config(REPO / "configs" / "shared_corpora.toml", base=REPO)
+    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"work_dir": tmp_path / "work"})})
+    stages, run_id = run(cfg, ["ingest"])
+    assert stages[0]["status"] == "completed" and stages[0]["docs_out"] >= 400
+    funnel = {f["reason"]: f["docs"] for f in Warehouse(cfg.warehouse_path).funnel(run_id) if f["dropped"]}
+    assert funnel["record_request"] > 0 and funnel["record_revisit"] > 0 and "record_error" not in funnel
