@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -96,8 +97,20 @@ def main() -> None:
 # Running
 
 
+def _show_progress_lines() -> None:
+    """Crucible's own progress lines on stderr; Prefect's are in the UI (and its warnings on the terminal)."""
+    log = logging.getLogger("crucible")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None) -> str:
     configure_prefect(cfg.work_dir)
+    _show_progress_lines()
     from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
 
     return pipeline_flow(cfg, stages, trigger, upstream)

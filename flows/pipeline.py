@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.stages import StageFailed, stage_flow
+from flows.stages import StageFailed, say, stage_flow
 from tasks.config import Config
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
@@ -57,7 +57,7 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
     return found
 
 
-@flow(name="crucible-pipeline", log_prints=True, validate_parameters=False)
+@flow(name="crucible-pipeline", validate_parameters=False)
 def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                   upstream: dict[str, Any] | None = None) -> str:
     """Run ``stages`` in order, each on the previous one's output (the first on ``upstream``); return the run id."""
@@ -65,7 +65,7 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
                           config_path=str(cfg.source) if cfg.source else None, code_version=code_version(),
                           trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
-    print(f"pipeline run {run_id}: {' -> '.join(stages)}")
+    say(f"pipeline run {run_id}: {' -> '.join(stages)}")
     try:
         for name in stages:
             upstream = stage_flow(cfg, name, run_id, upstream)

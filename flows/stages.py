@@ -9,13 +9,14 @@ The flow is the only place that decides whether a stage runs:
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,6 +28,15 @@ from tasks.registry import stage_class
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
 from tasks.stage import Stage, Unit, UnitFailed, prepare_output, run_unit
 from warehouse.lineage import Warehouse
+
+
+terminal = logging.getLogger("crucible")
+
+
+def say(message: str) -> None:
+    """One line for the run's log in the Prefect UI and for the terminal (flows/cli.py shows the latter)."""
+    get_run_logger().info(message)
+    terminal.info(message)
 
 
 class StageFailed(RuntimeError):
@@ -79,7 +89,7 @@ def _record_sources(wh: Warehouse, stage: IngestStage, files: list, stage_run_id
                       files=[(f.uri, None, f.size, f.version) for f in files], parents=[], created_by=stage_run_id)
 
 
-@flow(name="crucible-stage", flow_run_name="{stage_name}", log_prints=True, validate_parameters=False)
+@flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)
 def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one stage against an upstream dataset (None for ingest, which reads the configured inputs)."""
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
@@ -108,7 +118,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
                             units=origin.get("units"), shards_out=hit["shards"], docs_in=origin.get("docs_in"),
                             docs_out=hit["records"], bytes_in=origin.get("bytes_in"), bytes_out=hit["bytes"],
                             seconds=time.perf_counter() - t0)
-            print(f"{stage_name}: cache hit {hit['dataset_id']} ({hit['records']} records)")
+            say(f"{stage_name}: cache hit {hit['dataset_id']} ({hit['records']} records)")
             return hit
 
         if isinstance(stage, IngestStage):
@@ -143,7 +153,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
                         docs_in=sum(r.docs_in for r in results), docs_out=manifest.records, bytes_in=bytes_in,
                         bytes_out=manifest.bytes, seconds=time.perf_counter() - t0)
         resumed = sum(r.resumed for r in results)
-        print(f"{stage_name}: {manifest.records} records in {len(manifest.files)} shards from {len(units)} units"
+        say(f"{stage_name}: {manifest.records} records in {len(manifest.files)} shards from {len(units)} units"
               f"{f' ({resumed} resumed)' if resumed else ''}, {sum(drops.values())} dropped, "
               f"{time.perf_counter() - t0:.1f}s")
         return wh.dataset(dataset_id)
@@ -161,6 +171,8 @@ def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> t
         return results, failures
     runner_task = run_unit_task
     t0 = time.perf_counter()
+    say(f"{stage.name}: {len(units)} units on {cfg.runner.kind} x{cfg.runner.workers}")
+    every = max(1, len(units) // 10)  # without a terminal, a line per tenth of the work
     with task_runner(cfg.runner) as runner, _progress() as progress:
         bar = progress.add_task(stage.name, total=len(units), rate="")
         futures = {runner.submit(runner_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
@@ -177,5 +189,8 @@ def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> t
                 docs += result.docs_in
             rate = docs / max(time.perf_counter() - t0, 1e-9)
             progress.update(bar, advance=1, rate=f"{rate:,.0f} docs/s")
+            finished = len(results) + len(failures)
+            if progress.disable and (finished % every == 0 or finished == len(units)):
+                say(f"{stage.name}: {finished}/{len(units)} units, {rate:,.0f} docs/s")
     results.sort(key=lambda r: r.unit)
     return results, failures

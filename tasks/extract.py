@@ -12,23 +12,12 @@ import pyarrow as pa
 import trafilatura
 
 from tasks.config import ExtractConfig
+from tasks.ingest import SOURCE_FIELDS
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Stage, Unit
 
-SOURCE_COLUMNS = ["doc_id", "url", "host", "warc_file", "warc_offset", "fetch_time", "http_status", "content_type"]
-
-SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("url", pa.string()),
-    ("host", pa.string()),
-    ("warc_file", pa.string()),
-    ("warc_offset", pa.int64()),
-    ("fetch_time", pa.timestamp("us", tz="UTC")),
-    ("http_status", pa.int32()),
-    ("content_type", pa.string()),
-    ("title", pa.string()),
-    ("text", pa.large_string()),
-])
+SOURCE_COLUMNS = [f.name for f in SOURCE_FIELDS]
+SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("title", pa.string()), pa.field("text", pa.large_string())])
 
 logging.getLogger("trafilatura").setLevel(logging.CRITICAL)  # it logs every page it finds too short
 

@@ -34,18 +34,18 @@ from tasks.config import IngestConfig, stable_hash
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Source, Stage, Unit, UnitFailed
 
-SCHEMA = pa.schema([
-    ("doc_id", pa.string()),
-    ("url", pa.string()),
-    ("host", pa.string()),
-    ("warc_file", pa.string()),
-    ("warc_offset", pa.int64()),
-    ("fetch_time", pa.timestamp("us", tz="UTC")),
-    ("http_status", pa.int32()),
-    ("content_type", pa.string()),
-    ("charset", pa.string()),
-    ("html", pa.large_string()),
-])
+# The source columns every later stage carries along: they tie each document to its WARC record.
+SOURCE_FIELDS = [
+    pa.field("doc_id", pa.string()),
+    pa.field("url", pa.string()),
+    pa.field("host", pa.string()),
+    pa.field("warc_file", pa.string()),
+    pa.field("warc_offset", pa.int64()),
+    pa.field("fetch_time", pa.timestamp("us", tz="UTC")),
+    pa.field("http_status", pa.int32()),
+    pa.field("content_type", pa.string()),
+]
+SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("charset", pa.string()), pa.field("html", pa.large_string())])
 
 MAX_RESYNCS = 10_000  # per file; past this the rest of a hopeless file is one counted skip
 MAX_MEMBER_BYTES = 256 * 2**20  # a larger gzip member means the file is one gzip stream, read as such

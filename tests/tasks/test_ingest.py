@@ -178,3 +178,15 @@ def test_shared_corpora_ingest_without_crashing(tmp_path):
     assert kept >= 400  # ~400 HTML responses across the archives
     assert totals["record_request"] > 0 and totals["record_revisit"] > 0 and totals["not_html"] > 0
     assert "record_error" not in totals
+
+
+def test_fsspec_urls(tmp_path):
+    import fsspec
+
+    data = write_pages_warc(tmp_path / "p.warc.gz", 4).read_bytes()
+    with fsspec.open("memory://crawl/p.warc.gz", "wb") as fh:
+        fh.write(data)
+    rows, [res] = ingest(tmp_path / "mem", "memory://crawl/*.warc.gz")
+    assert len(rows) == 4 and rows[0]["warc_file"].startswith("memory://") and rows[0]["warc_file"].endswith("/crawl/p.warc.gz") and res.bytes_in == len(data)
+    rows, _ = ingest(tmp_path / "file", f"file://{tmp_path}/p.warc.gz")
+    assert len(rows) == 4

@@ -41,13 +41,19 @@ def test_lineage_walks_edges_back_to_the_source(tmp_path):
     assert [(d["depth"], d["dataset_id"]) for d in chain] == [(0, "extract-1"), (1, "ingest-1"), (2, "source-1")]
 
 
+def hold_lock(path, seconds: float) -> subprocess.Popen:
+    """Another process that opens the warehouse for writing and keeps it for ``seconds``."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); "
+        "time.sleep(float(sys.argv[2]))"), str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_reader_waits_for_a_writer_in_another_process(tmp_path):
     path = tmp_path / "w.duckdb"
     Warehouse(path).record_metrics("r", [(1, "loss", 1.0)])
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(1.5)"),
-        str(path)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_lock(path, 1.5)
     t0 = time.monotonic()
     rows = Warehouse(path, lock_timeout=30).query("SELECT count(*) AS n FROM metrics")
     assert rows == [{"n": 1}]
@@ -58,10 +64,7 @@ def test_a_reader_waits_for_a_writer_in_another_process(tmp_path):
 def test_lock_timeout_gives_a_clear_error(tmp_path):
     path = tmp_path / "w.duckdb"
     Warehouse(path).record_metrics("r", [(1, "loss", 1.0)])
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(5)"),
-        str(path)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_lock(path, 5)
     with pytest.raises(WarehouseError, match="cannot open warehouse .*lock"):
         Warehouse(path, lock_timeout=0.5).runs()
     holder.kill()
