@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import configure_prefect
-from tasks.config import ConfigError, load_config
+from tasks.config import ConfigError, load_config, to_toml
 from tasks.registry import ORDER, stage_range
 from warehouse.lineage import Warehouse, WarehouseError
 
@@ -338,17 +338,24 @@ def config() -> None:
 
 @config.command("show")
 @click.argument("config_file", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
 @_handle_errors
-def config_show(config_file: str) -> None:
-    """Print the resolved config, every default filled in, as TOML-like JSON.
+def config_show(config_file: str, as_json: bool) -> None:
+    """Print the resolved config, every default filled in, with relative paths made absolute.
+
+    The TOML it prints loads back as the same config.
 
     \b
     Example:
         crucible config show configs/demo.toml
+        crucible config show configs/demo.toml --json
     """
     cfg = load_config(config_file)
-    click.echo(f"# {cfg.source}  (hash {cfg.digest()[:12]})")
-    click.echo(json.dumps(cfg.to_dict(), indent=2))
+    if as_json:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    click.echo(f"# {cfg.source}  (config hash {cfg.digest()[:12]})\n")
+    click.echo(to_toml(cfg.to_dict()))
 
 
 if __name__ == "__main__":

@@ -74,11 +74,14 @@ def _cached(wh: Warehouse, key: str) -> dict[str, Any] | None:
     hit = wh.dataset_by_key(key)
     if hit is None:
         return None
+    directory = Path(hit["uri"])
     try:
-        manifest = read_dataset_manifest(Path(hit["uri"]))
+        manifest = read_dataset_manifest(directory)
     except (FileNotFoundError, ValueError):
         return None  # recorded, but its files are gone: compute it again
-    return hit if manifest.fingerprint == hit["fingerprint"] else None
+    intact = all((directory / f.name).is_file() and (directory / f.name).stat().st_size == f.bytes
+                 for f in manifest.files)
+    return hit if intact and manifest.fingerprint == hit["fingerprint"] else None
 
 
 def _record_sources(wh: Warehouse, stage: IngestStage, files: list, stage_run_id: str) -> None:

@@ -112,6 +112,29 @@ class Config(Section):
         return stable_hash(self.to_dict())
 
 
+def to_toml(value: dict[str, Any]) -> str:
+    """The resolved config as TOML that ``load_config`` reads back; unset options appear commented out."""
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+    top = [f"{k} = {scalar(v)}" for k, v in value.items() if not isinstance(v, dict) and v is not None]
+    lines = top + [""] if top else []
+    for section, body in value.items():
+        if not isinstance(body, dict):
+            continue
+        lines.append(f"[{section}]")
+        for key, v in body.items():
+            lines.append(f"# {key} = (unset)" if v is None else f"{key} = {scalar(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def stable_hash(value: Any) -> str:
     """sha256 of the canonical JSON of a value: the same settings always give the same hash."""
     blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -29,13 +29,19 @@ def write_config(tmp_path, inputs_glob, extra=""):
     return path
 
 
-def test_config_show_prints_defaults(tmp_path):
+def test_config_show_prints_defaults_as_toml_that_loads_back(tmp_path):
+    from tasks.config import load_config
+
     path = write_config(tmp_path, "x.warc.gz")
     result = CliRunner().invoke(main, ["config", "show", str(path)])
     assert result.exit_code == 0
-    body = json.loads(result.output.split("\n", 1)[1])
-    assert body["ingest"]["shard_max_docs"] == 5 and body["ingest"]["max_payload_bytes"] == 10 * 2**20
-    assert body["runner"]["kind"] == "threads"
+    assert "max_payload_bytes = 10485760" in result.output and 'kind = "threads"' in result.output
+    assert "# address = (unset)" in result.output
+    shown = tmp_path / "shown.toml"
+    shown.write_text(result.output)
+    assert load_config(shown).digest() == load_config(path).digest()
+    as_json = CliRunner().invoke(main, ["config", "show", str(path), "--json"])
+    assert json.loads(as_json.output)["ingest"]["shard_max_docs"] == 5
 
 
 def test_bad_config_exits_1_with_the_key_named(tmp_path):

@@ -165,3 +165,13 @@ def test_shared_corpora_config_ingests_every_archive(tmp_path):
     assert stages[0]["status"] == "completed" and stages[0]["docs_out"] >= 400
     funnel = {f["reason"]: f["docs"] for f in Warehouse(cfg.warehouse_path).funnel(run_id) if f["dropped"]}
     assert funnel["record_request"] > 0 and funnel["record_revisit"] > 0 and "record_error" not in funnel
+
+
+@pytest.mark.slow
+def test_dask_runner_on_an_existing_cluster_address(tmp_path, inputs):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        stages, _ = run(config(tmp_path, inputs, runner={"kind": "dask", "address": cluster.scheduler_address}))
+    assert [s["status"] for s in stages] == ["completed", "completed"]
+    assert by_stage(stages)["extract"]["docs_out"] == 35
