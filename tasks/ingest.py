@@ -216,6 +216,7 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
     pos = 0  # index in buf of the next unread byte
     base = 0  # file offset of buf[0]
     at_eof = False
+    corrupt_at: int | None = None  # file offset of a member that failed to inflate, while we look past it
 
     def fill(n: int) -> None:
         """Make at least n unread bytes available (fewer at end of file); compact the buffer when that is cheap."""
@@ -236,8 +237,8 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
         fill(_PIECE)
         if pos >= len(buf):
             return
-        if buf[pos:pos + 3] != _GZIP_MAGIC:
-            start = base + pos
+        if buf[pos:pos + 3] != _GZIP_MAGIC or corrupt_at is not None:
+            start = base + pos if corrupt_at is None else corrupt_at
             while True:  # skip to the next real member header
                 idx = buf.find(_GZIP_MAGIC, pos + 1)
                 if idx != -1:
@@ -251,7 +252,8 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
                     pos = len(buf)
                     break
                 fill(_PIECE)
-            yield Member(start, damage="garbage", end=base + pos)
+            yield Member(start, damage="garbage" if corrupt_at is None else "corrupt", end=base + pos)
+            corrupt_at = None
             continue
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         out: list[bytes] = []
@@ -279,11 +281,11 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
             size += len(data)
             if size > max_member:
                 raise _SingleStream(base + pos)
-        if damage:
+        if damage == "truncated":
             yield Member(base + pos, damage=damage, end=base + used)
-            if damage == "truncated":
-                return
-            pos += 1  # step past this header and look for the next member
+            return
+        if damage == "corrupt":  # look for the next member header past this one; report the region once
+            corrupt_at = base + pos
             continue
         used -= len(inflater.unused_data)
         yield Member(base + pos, b"".join(out), end=base + used)
@@ -393,7 +395,7 @@ class IngestStage(Stage):
             return
         fh.seek(0)
         try:
-            for member in gzip_members(fh):
+            for member in gzip_members(fh, max_member=MAX_MEMBER_BYTES):
                 if member.damage:
                     result.docs_in += 1
                     drops.add("read_error", warc_file=uri, warc_offset=member.offset,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import zlib
 from pathlib import Path
 
 from warcio.statusandheaders import StatusAndHeaders
@@ -90,7 +89,3 @@ def truncate(path: Path, keep_fraction: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
     return path
-
-
-def deflate(data: bytes) -> bytes:
-    return zlib.compress(data)

@@ -190,3 +190,31 @@ def test_fsspec_urls(tmp_path):
     assert len(rows) == 4 and rows[0]["warc_file"].startswith("memory://") and rows[0]["warc_file"].endswith("/crawl/p.warc.gz") and res.bytes_in == len(data)
     rows, _ = ingest(tmp_path / "file", f"file://{tmp_path}/p.warc.gz")
     assert len(rows) == 4
+
+
+def test_whole_file_gzip_stream(tmp_path, monkeypatch):
+    import gzip
+
+    plain = write_mixed_warc(tmp_path / "m.warc", gzip_records=False).read_bytes()
+    path = tmp_path / "single.warc.gz"
+    path.write_bytes(gzip.compress(plain))  # one gzip stream, not a member per record
+    rows, [res] = ingest(tmp_path / "a", path)
+    assert len(rows) == 6 and "single_gzip_stream" not in res.notes
+    monkeypatch.setattr("tasks.ingest.MAX_MEMBER_BYTES", 1000)  # as if the stream were too big to hold
+    rows, [res] = ingest(tmp_path / "b", path)
+    assert len(rows) == 6 and res.notes["single_gzip_stream"] == 1
+
+
+def test_a_corrupt_member_costs_one_record(tmp_path):
+    from tasks.ingest import gzip_members
+
+    path = write_pages_warc(tmp_path / "p.warc.gz", 6)
+    with open(path, "rb") as fh:
+        members = list(gzip_members(fh))
+    third = members[2]
+    data = bytearray(path.read_bytes())
+    data[third.offset + 40:third.offset + 60] = b"\xff" * 20  # inside the deflate stream
+    path.write_bytes(bytes(data))
+    rows, [res] = ingest(tmp_path, path)
+    assert len(rows) == 5 and res.drops == {"read_error": 1}
+    assert "corrupt gzip data" in pq.read_table(tmp_path / "out" / res.drops_file).column("detail")[0].as_py()
