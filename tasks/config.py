@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +55,50 @@ class ShardedStageConfig(Section):
     shard_max_bytes: int = Field(128 * 2**20, ge=1024, description="Most uncompressed bytes in one output shard.")
 
 
+class CrawlConfig(Section):
+    seeds: list[str] = Field(default_factory=list, description="Start URLs; none means no crawl (ingest reads files).")
+    seeds_file: Path | None = Field(None, description="A file of start URLs, one per line (# comments).")
+    scope: Literal["host", "domain", "any"] = Field("host", description="Follow links on the seed's host or domain.")
+    allow: list[str] = Field(default_factory=list, description="Regexes; when set, a URL must match one.")
+    deny: list[str] = Field(default_factory=list, description="Regexes; a URL that matches one is not fetched.")
+    max_depth: int = Field(3, ge=0, le=1000)
+    max_pages: int = Field(1000, ge=1)
+    max_page_bytes: int = Field(5 * 2**20, ge=1024)
+    mime_types: list[str] = Field(["text/html", "application/xhtml+xml"], min_length=1)
+    user_agent: str = Field("CrucibleBot/0.1", min_length=1)
+    concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight across all hosts.")
+    per_host_concurrency: int = Field(2, ge=1, le=64)
+    delay_s: float = Field(0.25, ge=0, le=3600, description="Least time between requests to one host.")
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    max_redirects: int = Field(5, ge=0, le=50)
+    retries: int = Field(2, ge=0, le=10, description="Retries of 5xx answers and timeouts, with backoff.")
+    backoff_s: float = Field(0.5, ge=0, le=600)
+    respect_robots: bool = True
+    allow_private: bool = Field(False, description="Fetch hosts that resolve to private/loopback addresses.")
+    private_hosts: list[str] = Field(default_factory=list,
+                                     description="host or host:port exempt from the private-address refusal.")
+    sort_query: bool = Field(False, description="Sort query parameters when normalizing URLs.")
+    warc_max_bytes: int = Field(1 << 30, ge=4096, description="Start a new WARC file past this size.")
+
+    @field_validator("allow", "deny")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"bad regex {pattern!r}: {err}") from None
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _http_seeds(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not s.lower().startswith(("http://", "https://"))]
+        if bad:
+            raise ValueError(f"seeds must be http(s) URLs, got {bad}")
+        return value
+
+
 class IngestConfig(ShardedStageConfig):
     inputs: list[str] = Field(default_factory=list, description="Paths, globs or fsspec URLs of WARC/ARC/WET files.")
     mime_types: list[str] = Field(["text/html", "application/xhtml+xml"], min_length=1)
@@ -89,6 +134,7 @@ class Config(Section):
     paths: PathsConfig = PathsConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
     runner: RunnerConfig = RunnerConfig()
+    crawl: CrawlConfig = CrawlConfig()
     ingest: IngestConfig = IngestConfig()
     extract: ExtractConfig = ExtractConfig()
 
@@ -176,9 +222,13 @@ def _absolute(cfg: Config, base: Path) -> Config:
     if wh is not None and not wh.is_absolute():
         wh = base / wh
     inputs = [i if ("://" in i or Path(i).is_absolute()) else str(base / i) for i in cfg.ingest.inputs]
+    seeds_file = cfg.crawl.seeds_file
+    if seeds_file is not None and not seeds_file.is_absolute():
+        seeds_file = (base / seeds_file).resolve()
     return cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"work_dir": work.resolve()}),
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
+        "crawl": cfg.crawl.model_copy(update={"seeds_file": seeds_file}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
     })
 

@@ -54,6 +54,14 @@ class Unit:
         return f"{self.name} <- {first}{more}"
 
 
+def code_version_of(cls: type) -> str:
+    """A hash of a stage's module and the shard machinery: editing either invalidates the stage's cache."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[cls.__module__], sys.modules[__name__], sys.modules["tasks.shards"]):
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
+
+
 class UnitFailed(RuntimeError):
     """A unit of work that could not finish; the message names the unit and its input."""
 
@@ -73,11 +81,7 @@ class Stage(ABC):
 
     @classmethod
     def code_version(cls) -> str:
-        """A hash of the stage's module and the shard machinery: editing either invalidates the cache."""
-        digest = hashlib.sha256()
-        for module in (sys.modules[cls.__module__], sys.modules[__name__], sys.modules["tasks.shards"]):
-            digest.update(inspect.getsource(module).encode())
-        return digest.hexdigest()[:16]
+        return code_version_of(cls)
 
     def key(self, input_fingerprint: str) -> str:
         """The cache key: stage name, its config section, its code version and its input's fingerprint."""

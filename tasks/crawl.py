@@ -1,0 +1,567 @@
+"""Crawling: a polite breadth-first web crawler that archives what it fetches as WARC 1.1 files.
+
+Scope (seeds, host/domain, allow/deny regexes, depth, page and byte caps), politeness (robots.txt with Crawl-delay,
+per-host concurrency and delay, a User-Agent), safety (http(s) only; hosts that resolve to private, loopback or
+link-local addresses are refused before any connection) and incremental recrawls (conditional GETs with the ETag and
+Last-Modified of the last visit; a page whose payload digest did not change is not archived again).
+
+Every fetch, archived or not, becomes a row of the crawl log with its outcome; the orchestrator records the log in
+the warehouse. Run it without Prefect:
+
+    from tasks.crawl import CrawlStage
+    result = CrawlStage(cfg.crawl).run(out_dir, seen={})
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import ipaddress
+import re
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
+
+import httpx
+import lxml.html
+import pyarrow as pa
+from protego import Protego
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from tasks.config import CrawlConfig, stable_hash
+from tasks.shards import file_sha256, write_parquet_atomic
+from tasks.stage import code_version_of
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+LOG_SCHEMA = pa.schema([
+    ("url", pa.string()), ("depth", pa.int32()), ("status", pa.int32()), ("outcome", pa.string()),
+    ("detail", pa.string()), ("bytes", pa.int64()), ("content_type", pa.string()), ("warc_file", pa.string()),
+    ("warc_offset", pa.int64()), ("etag", pa.string()), ("last_modified", pa.string()),
+    ("payload_digest", pa.string()), ("redirect_to", pa.string()), ("fetched_at", pa.timestamp("us", tz="UTC")),
+    ("seconds", pa.float64()),
+])
+# Outcomes that leave a page's validators worth remembering for the next crawl.
+VISITED = ("archived", "not_modified", "unchanged")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# URLs
+
+
+def normalize_url(url: str, base: str | None = None, sort_query: bool = False) -> str | None:
+    """Absolute, canonical form: lower-case scheme and host, no default port, no fragment, '/' for an empty path.
+
+    Returns None for what cannot be a URL at all (bad port, no host).
+    """
+    try:
+        parts = urlsplit(urljoin(base, url.strip()) if base else url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        return None if scheme in DEFAULT_PORTS else url.strip()
+    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    if ":" in host:  # IPv6 literal
+        netloc = f"[{host}]" if port in (None, DEFAULT_PORTS.get(scheme)) else f"[{host}]:{port}"
+    path = urlsplit(urljoin("http://h/", parts.path)).path if "." in parts.path else parts.path  # drop ./ and ../
+    path = quote(unquote(path), safe="/:@!$&'()*+,;=-._~") or "/"
+    query = parts.query
+    if sort_query and query:
+        query = urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+    return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def registered_domain(host: str) -> str:
+    """The last two labels of a host name (example.co.uk counts as co.uk: no public-suffix list offline)."""
+    if _is_ip(host):
+        return host
+    labels = host.split(".")
+    return ".".join(labels[-2:]) if len(labels) >= 2 else host
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _refused_address(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    return (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast
+            or addr.is_unspecified)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+
+class RotatingWarcWriter:
+    """WARC 1.1 files of at most ``max_bytes`` each, written under a temporary name and renamed when closed."""
+
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int) -> None:
+        self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
+        self.finished: list[Path] = []
+        self._fh: Any = None
+        self._writer: WARCWriter | None = None
+        self._path: Path | None = None
+
+    def _open(self) -> None:
+        self._path = self.out_dir / f"{self.prefix}-{len(self.finished):05d}.warc.gz"
+        self._fh = open(self.out_dir / f".tmp-{self._path.name}", "wb")
+        self._writer = WARCWriter(self._fh, gzip=True, warc_version="WARC/1.1")
+
+    def write(self, url: str, request_headers: list[tuple[str, str]], status_line: str,
+              response_headers: list[tuple[str, str]], body: bytes, when: datetime) -> tuple[str, int]:
+        """Archive one request/response pair; returns (final file name, response record offset)."""
+        if self._writer is None:
+            self._open()
+        w = self._writer
+        date = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        target = urlsplit(url)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        request = StatusAndHeaders(f"GET {path} HTTP/1.1", request_headers, is_http_request=True)
+        w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=request,
+                                            warc_headers_dict={"WARC-Date": date}))
+        offset = self._fh.tell()
+        response = StatusAndHeaders(status_line, response_headers, protocol="HTTP/1.1")
+        w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=response,
+                                            warc_headers_dict={"WARC-Date": date}))
+        name = self._path.name
+        if self._fh.tell() >= self.max_bytes:
+            self._close_current()
+        return name, offset
+
+    def _close_current(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.flush()
+        self._fh.close()
+        (self.out_dir / f".tmp-{self._path.name}").replace(self._path)
+        self.finished.append(self._path)
+        self._fh = self._writer = self._path = None
+
+    def close(self) -> list[Path]:
+        self._close_current()
+        return self.finished
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The crawler
+
+
+@dataclass
+class SeenPage:
+    """What the last crawl learnt of a URL: validators for a conditional GET and the payload digest."""
+
+    depth: int
+    etag: str | None = None
+    last_modified: str | None = None
+    payload_digest: str | None = None
+
+
+@dataclass
+class CrawlResult:
+    warc_files: list[Path]
+    log_file: Path | None
+    outcomes: dict[str, int]
+    links: dict[str, int]  # links not followed, by reason
+    pages: int
+    seconds: float
+
+
+@dataclass
+class _Item:
+    url: str
+    depth: int
+    hops: int = 0  # redirects followed to reach it
+
+
+@dataclass
+class Robots:
+    """A host's robots.txt rules; ``rules`` None means everything is allowed (or, with disallow_all, nothing)."""
+
+    rules: Protego | None = None
+    disallow_all: bool = False
+
+    def can_fetch(self, url: str, user_agent: str) -> bool:
+        if self.disallow_all:
+            return False
+        return True if self.rules is None else self.rules.can_fetch(url, user_agent)
+
+
+@dataclass
+class _Host:
+    sem: asyncio.Semaphore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_time: float = 0.0
+    delay: float = 0.0
+    robots: Robots | None = None
+    robots_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    robots_loading: bool = False
+
+
+class _Refused(Exception):
+    """A URL we will not fetch; the message is the outcome."""
+
+
+class Crawler:
+    def __init__(self, cfg: CrawlConfig, out_dir: Path, seen: dict[str, SeenPage], prefix: str) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.seen = seen
+        self.allow = [re.compile(p) for p in cfg.allow]
+        self.deny = [re.compile(p) for p in cfg.deny]
+        self.writer = RotatingWarcWriter(out_dir, prefix, cfg.warc_max_bytes)
+        self.log: list[dict[str, Any]] = []
+        self.links: Counter[str] = Counter()
+        self.hosts: dict[str, _Host] = {}
+        self.queued: set[str] = set()
+        self.pages = 0
+        self.seed_hosts: set[str] = set()
+        self.seed_domains: set[str] = set()
+        self.addresses: dict[str, list[str]] = {}
+
+    # -- scope -----------------------------------------------------------------------------------------------------
+
+    def in_scope(self, url: str) -> str | None:
+        """None when the URL may be crawled, else why not (a link reason)."""
+        parts = urlsplit(url)
+        if parts.scheme not in DEFAULT_PORTS:
+            return "scheme_refused"
+        host = parts.hostname or ""
+        if self.cfg.scope == "host" and parts.netloc not in self.seed_hosts:
+            return "out_of_scope"
+        if self.cfg.scope == "domain" and registered_domain(host) not in self.seed_domains:
+            return "out_of_scope"
+        if self.allow and not any(p.search(url) for p in self.allow):
+            return "not_allowed"
+        if any(p.search(url) for p in self.deny):
+            return "denied"
+        return None
+
+    async def check_address(self, url: str) -> None:
+        """Refuse hosts that resolve to private, loopback or link-local addresses (SSRF), before connecting."""
+        parts = urlsplit(url)
+        host, netloc = parts.hostname or "", parts.netloc
+        if self.cfg.allow_private or host in self.cfg.private_hosts or netloc in self.cfg.private_hosts:
+            return
+        if host not in self.addresses:
+            if _is_ip(host):
+                self.addresses[host] = [host]
+            else:
+                try:
+                    infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or DEFAULT_PORTS[parts.scheme],
+                                                                         type=socket.SOCK_STREAM)
+                except OSError as err:
+                    raise _Refused(f"dns_error: {err}") from None
+                self.addresses[host] = sorted({info[4][0] for info in infos})
+        bad = [a for a in self.addresses[host] if _refused_address(a)]
+        if bad:
+            raise _Refused(f"private_address: {host} -> {', '.join(bad)}")
+
+    # -- politeness ------------------------------------------------------------------------------------------------
+
+    def host(self, netloc: str) -> _Host:
+        if netloc not in self.hosts:
+            self.hosts[netloc] = _Host(asyncio.Semaphore(self.cfg.per_host_concurrency), delay=self.cfg.delay_s)
+        return self.hosts[netloc]
+
+    async def wait_turn(self, host: _Host) -> None:
+        async with host.lock:
+            now = time.monotonic()
+            start = max(now, host.next_time)
+            host.next_time = start + host.delay
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def robots(self, client: httpx.AsyncClient, url: str) -> Robots:
+        """robots.txt of the URL's host, fetched once: a 4xx allows all, a 5xx or no answer disallows all."""
+        parts = urlsplit(url)
+        host = self.host(parts.netloc)
+        if host.robots_loading:
+            await host.robots_ready.wait()
+            return host.robots
+        host.robots_loading = True
+        robots_url = f"{parts.scheme}://{parts.netloc}/robots.txt"
+        parser = Robots()
+        try:
+            async with host.sem:
+                await self.wait_turn(host)
+                response = await client.get(robots_url)
+            if response.status_code >= 500:
+                parser.disallow_all = True
+            elif response.status_code < 300:  # a 4xx (or a redirect we do not follow) means no rules
+                parser.rules = Protego.parse(response.text[:500_000])
+                delay = parser.rules.crawl_delay(self.cfg.user_agent)
+                if delay:
+                    host.delay = max(host.delay, float(delay))
+                    host.next_time = max(host.next_time, time.monotonic() + host.delay)  # robots.txt was a request
+        except httpx.HTTPError:  # unreachable robots.txt: RFC 9309 says assume everything is disallowed
+            parser.disallow_all = True
+        host.robots = parser
+        host.robots_ready.set()
+        return parser
+
+    # -- fetching --------------------------------------------------------------------------------------------------
+
+    def record(self, item: _Item, outcome: str, *, status: int | None = None, detail: str | None = None,
+               nbytes: int = 0, content_type: str | None = None, warc: tuple[str, int] | None = None,
+               etag: str | None = None, last_modified: str | None = None, digest: str | None = None,
+               redirect_to: str | None = None, seconds: float = 0.0) -> None:
+        self.log.append({
+            "url": item.url, "depth": item.depth, "status": status, "outcome": outcome, "detail": detail,
+            "bytes": nbytes, "content_type": content_type, "warc_file": warc[0] if warc else None,
+            "warc_offset": warc[1] if warc else None, "etag": etag, "last_modified": last_modified,
+            "payload_digest": digest, "redirect_to": redirect_to, "fetched_at": datetime.now(timezone.utc),
+            "seconds": seconds})
+
+    async def fetch(self, client: httpx.AsyncClient, item: _Item, queue: asyncio.Queue) -> None:
+        cfg = self.cfg
+        try:
+            await self.check_address(item.url)
+        except _Refused as refused:
+            reason, _, detail = str(refused).partition(": ")
+            self.record(item, reason, detail=detail)
+            return
+        if cfg.respect_robots:
+            robots = await self.robots(client, item.url)
+            if not robots.can_fetch(item.url, cfg.user_agent):
+                self.record(item, "robots_disallowed")
+                return
+        if self.pages >= cfg.max_pages:
+            self.links["max_pages"] += 1
+            return
+        self.pages += 1
+
+        previous = self.seen.get(item.url)
+        headers = {"User-Agent": cfg.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
+        if previous and previous.etag:
+            headers["If-None-Match"] = previous.etag
+        if previous and previous.last_modified:
+            headers["If-Modified-Since"] = previous.last_modified
+        host = self.host(urlsplit(item.url).netloc)
+        t0 = time.monotonic()
+        for attempt in range(cfg.retries + 1):
+            if attempt:
+                await asyncio.sleep(cfg.backoff_s * 2 ** (attempt - 1))
+            try:
+                async with host.sem:
+                    await self.wait_turn(host)
+                    outcome = await self._one_request(client, item, headers, previous, queue, t0)
+            except httpx.TimeoutException as err:
+                outcome = ("retry", "timeout", f"{type(err).__name__}")
+            except httpx.HTTPError as err:
+                outcome = ("retry", "connect_error", f"{type(err).__name__}: {err}")
+            if outcome[0] != "retry":
+                return
+        _, reason, detail = outcome
+        self.record(item, reason, status=outcome[3] if len(outcome) > 3 else None, detail=detail,
+                    seconds=time.monotonic() - t0)
+
+    async def _one_request(self, client, item, headers, previous, queue, t0):
+        """One attempt; records the outcome and returns ('done',), or ('retry', reason, detail[, status])."""
+        cfg = self.cfg
+        async with client.stream("GET", item.url, headers=headers) as response:
+            status = response.status_code
+            if status >= 500:
+                return ("retry", "http_error", f"HTTP {status}", status)
+            ctype = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+            meta = {"status": status, "content_type": ctype or None, "seconds": 0.0}
+            if status in (301, 302, 303, 307, 308):
+                target = normalize_url(response.headers.get("location", ""), item.url, cfg.sort_query)
+                meta["seconds"] = time.monotonic() - t0
+                self.record(item, "redirect", redirect_to=target, **meta)
+                if target is None:
+                    return ("done",)
+                if item.hops + 1 > cfg.max_redirects:
+                    self.record(_Item(target, item.depth, item.hops + 1), "too_many_redirects")
+                else:
+                    self.enqueue(queue, target, item.depth, item.hops + 1, from_redirect=True)
+                return ("done",)
+            if status == 304:
+                self.record(item, "not_modified", etag=previous.etag if previous else None,
+                            last_modified=previous.last_modified if previous else None,
+                            digest=previous.payload_digest if previous else None,
+                            **{**meta, "seconds": time.monotonic() - t0})
+                return ("done",)
+            if status != 200:
+                self.record(item, "http_error", detail=f"HTTP {status}", **{**meta, "seconds": time.monotonic() - t0})
+                return ("done",)
+            if ctype not in cfg.mime_types:
+                self.record(item, "not_html", detail=ctype or "(none)", **meta)
+                return ("done",)
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > cfg.max_page_bytes:
+                self.record(item, "too_large", detail=f"Content-Length {declared}", **meta)
+                return ("done",)
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body.extend(chunk)
+                if len(body) > cfg.max_page_bytes:
+                    self.record(item, "too_large", detail=f"> {cfg.max_page_bytes} bytes", nbytes=len(body), **meta)
+                    return ("done",)
+            body = bytes(body)
+            meta["seconds"] = time.monotonic() - t0
+            if body[:4096].count(b"\x00") > 16:
+                self.record(item, "binary", nbytes=len(body), **meta)
+                return ("done",)
+            digest = "sha1:" + hashlib.sha1(body).hexdigest()
+            etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
+            if previous and previous.payload_digest == digest:
+                self.record(item, "unchanged", nbytes=len(body), etag=etag, last_modified=modified, digest=digest,
+                            **meta)
+            else:
+                # The body is stored decoded, so the encodings that described the wire form no longer apply.
+                kept = [(k, v) for k, v in response.headers.multi_items()
+                        if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
+                kept.append(("Content-Length", str(len(body))))
+                warc = self.writer.write(item.url, list(headers.items()),
+                                         f"{status} {response.reason_phrase or 'OK'}", kept, body,
+                                         datetime.now(timezone.utc))
+                self.record(item, "archived", nbytes=len(body), warc=warc, etag=etag, last_modified=modified,
+                            digest=digest, **meta)
+            if item.depth < cfg.max_depth:
+                for link in extract_links(body, str(response.url)):
+                    self.enqueue(queue, link, item.depth + 1, 0)
+            return ("done",)
+
+    def enqueue(self, queue: asyncio.Queue, url: str | None, depth: int, hops: int,
+                from_redirect: bool = False) -> None:
+        if url is None:
+            self.links["unparseable"] += 1
+            return
+        url = normalize_url(url, sort_query=self.cfg.sort_query)
+        if url is None:
+            self.links["unparseable"] += 1
+            return
+        reason = self.in_scope(url)
+        if reason:
+            self.links[reason] += 1
+            return
+        if url in self.queued:
+            self.links["redirect_to_seen" if from_redirect else "seen"] += 1
+            return
+        self.queued.add(url)
+        queue.put_nowait(_Item(url, depth, hops))
+
+    async def crawl(self, seeds: list[str]) -> None:
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        normalized = [u for u in (normalize_url(s, sort_query=self.cfg.sort_query) for s in seeds) if u]
+        for url in normalized:
+            parts = urlsplit(url)
+            self.seed_hosts.add(parts.netloc)
+            self.seed_domains.add(registered_domain(parts.hostname or ""))
+        for url in normalized:
+            self.enqueue(queue, url, 0, 0)
+        # Pages from earlier crawls are revisited too, so a recrawl notices changes below unchanged pages.
+        for url, page in sorted(self.seen.items(), key=lambda kv: (kv[1].depth, kv[0])):
+            if page.depth <= self.cfg.max_depth:
+                self.enqueue(queue, url, page.depth, 0)
+        timeout = httpx.Timeout(self.cfg.timeout_s)
+        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
+                                     headers={"User-Agent": self.cfg.user_agent}, trust_env=False) as client:
+            async def worker() -> None:
+                while True:
+                    item = await queue.get()
+                    try:
+                        await self.fetch(client, item, queue)
+                    except Exception as err:  # a bug or a hostile answer costs one URL, never the crawl
+                        self.record(item, "fetch_error", detail=f"{type(err).__name__}: {err}")
+                    finally:
+                        queue.task_done()
+
+            workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
+            await queue.join()
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+def extract_links(body: bytes, base_url: str) -> list[str]:
+    """Absolute link targets of <a href> (and <area>, <frame>, <iframe>) in document order, honouring <base>."""
+    try:
+        doc = lxml.html.fromstring(body)
+    except (ValueError, lxml.etree.ParserError):
+        return []
+    base = doc.xpath("string(//base/@href)") or base_url
+    links = []
+    for href in doc.xpath("//a/@href | //area/@href | //frame/@src | //iframe/@src"):
+        href = str(href).strip()
+        if href and not href.lower().startswith(("javascript:", "mailto:", "tel:", "data:", "#")):
+            links.append(urljoin(urljoin(base_url, base), href))
+    return links
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+class CrawlStage:
+    """The first stage: crawl the seeds into WARC files under one directory per crawl job.
+
+    A job is identified by its seeds and scope; every run of it adds WARC files only for pages that are new or
+    changed, so the job's dataset (all its WARC files) stays the same when the site did.
+    """
+
+    name = "crawl"
+    upstream = None
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def code_version(cls) -> str:
+        return code_version_of(cls)
+
+    def seeds(self) -> list[str]:
+        seeds = list(self.config.seeds)
+        if self.config.seeds_file:
+            try:
+                lines = self.config.seeds_file.read_text(encoding="utf-8").splitlines()
+            except OSError as err:
+                raise FileNotFoundError(f"crawl.seeds_file {self.config.seeds_file}: {err.strerror or err}") from None
+            seeds += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        return seeds
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.seeds or self.config.seeds_file)
+
+    def job_id(self) -> str:
+        c = self.config
+        return stable_hash({"seeds": sorted(self.seeds()), "scope": c.scope, "allow": c.allow, "deny": c.deny})[:16]
+
+    def run(self, out_dir: Path, seen: dict[str, SeenPage]) -> CrawlResult:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        crawler = Crawler(self.config, out_dir, seen, f"crawl-{stamp}")
+        t0 = time.monotonic()
+        try:
+            asyncio.run(crawler.crawl(self.seeds()))
+        finally:
+            warcs = crawler.writer.close()
+        log_file = None
+        if crawler.log:
+            log_file = out_dir / f"crawl-{stamp}.log.parquet"
+            write_parquet_atomic(pa.Table.from_pylist(crawler.log, schema=LOG_SCHEMA), log_file)
+        outcomes = Counter(row["outcome"] for row in crawler.log)
+        return CrawlResult(warcs, log_file, dict(outcomes), dict(crawler.links), crawler.pages,
+                           time.monotonic() - t0)
+
+
+def job_files(out_dir: Path) -> list[tuple[str, int, str]]:
+    """(path, bytes, sha256) of every finished WARC file of a crawl job, in name order."""
+    return [(str(p), p.stat().st_size, file_sha256(p)) for p in sorted(out_dir.glob("crawl-*.warc.gz"))]
+
+

@@ -1,0 +1,111 @@
+"""A small web site served on 127.0.0.1 for crawler tests: robots rules, redirects, failures, big and binary files."""
+from __future__ import annotations
+
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def html(title: str, links: list[str] = (), extra: str = "") -> bytes:
+    anchors = "".join(f'<li><a href="{href}">{href}</a></li>' for href in links)
+    return (f"<html><head><title>{title}</title></head><body><h1>{title}</h1>"
+            f"<p>Some text about {title} for the crawler tests.</p><ul>{anchors}</ul>{extra}</body></html>").encode()
+
+
+class TestSite:
+    """Serve the routes below; ``requests`` logs (path, headers, monotonic time) of every request received."""
+
+    LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
+
+    def __init__(self, private_links: list[str] = (), crawl_delay: float | None = None) -> None:
+        self.crawl_delay = crawl_delay
+        self.requests: list[tuple[str, dict[str, str], float]] = []
+        self.changing = "first version"
+        self.flaky_hits = 0
+        self.private_links = list(private_links)
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                site.requests.append((self.path, dict(self.headers), time.monotonic()))
+                try:
+                    site.route(self)
+                except (BrokenPipeError, ConnectionResetError):  # the crawler hung up on a big or slow answer
+                    self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "TestSite":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def paths(self) -> list[str]:
+        return [p for p, _, _ in self.requests]
+
+    @staticmethod
+    def send(h, status: int, body: bytes = b"", ctype: str = "text/html; charset=utf-8", headers=()) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(body)
+
+    def route(self, h) -> None:
+        path = h.path
+        if path == "/robots.txt":
+            delay = f"Crawl-delay: {self.crawl_delay}\n" if self.crawl_delay else ""
+            return self.send(h, 200, f"User-agent: *\nDisallow: /private\n{delay}".encode(), "text/plain")
+        if path == "/":
+            links = ["/a", "/b", "/a#section", "/private/secret", "/r1", "/loop1", "/slow", "/flaky", "/missing",
+                     "/big", "/file.bin", "/image.png", "/changing", "mailto:someone@example.com",
+                     "file:///etc/passwd", *self.private_links]
+            return self.send(h, 200, html("Home", links))
+        if path == "/a":
+            if h.headers.get("If-None-Match") == '"a1"':
+                return self.send(h, 304, headers=[("ETag", '"a1"')])
+            return self.send(h, 200, html("Page A", ["/", "/deep/1"]), headers=[("ETag", '"a1"')])
+        if path == "/b":
+            if h.headers.get("If-Modified-Since") == self.LAST_MODIFIED:
+                return self.send(h, 304)
+            return self.send(h, 200, html("Page B"), headers=[("Last-Modified", self.LAST_MODIFIED)])
+        if path.startswith("/deep/"):
+            n = int(path.rsplit("/", 1)[1])
+            return self.send(h, 200, html(f"Deep {n}", [f"/deep/{n + 1}"]))
+        if path in ("/r1", "/r2"):
+            target = "/r2" if path == "/r1" else "/a"
+            return self.send(h, 302 if path == "/r1" else 301, headers=[("Location", target)])
+        if path in ("/loop1", "/loop2"):
+            return self.send(h, 302, headers=[("Location", "/loop2" if path == "/loop1" else "/loop1")])
+        if path == "/slow":
+            time.sleep(1.5)
+            return self.send(h, 200, html("Slow"))
+        if path == "/flaky":
+            self.flaky_hits += 1
+            if self.flaky_hits == 1:
+                return self.send(h, 500, b"try again")
+            return self.send(h, 200, html("Flaky but fine"))
+        if path == "/big":
+            return self.send(h, 200, html("Big", extra="<p>" + "x" * 200_000 + "</p>"))
+        if path == "/file.bin":
+            return self.send(h, 200, bytes(range(256)) * 10, "application/octet-stream")
+        if path == "/image.png":
+            return self.send(h, 200, b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png")
+        if path == "/changing":
+            return self.send(h, 200, html("Changing", extra=f"<p>{self.changing}</p>"))
+        return self.send(h, 404, b"<html>not found</html>")
