@@ -116,6 +116,19 @@ def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None) -
     return pipeline_flow(cfg, stages, trigger, upstream)
 
 
+def _upstream(cfg, stage: str, ref: str, explicit: bool = False) -> dict | None:
+    """The dataset a stage started alone reads: none for crawl, and for ingest only when a crawl is configured."""
+    from flows.pipeline import resolve_input
+    from tasks.crawl import CrawlStage
+
+    if stage == "crawl" or (stage == "ingest" and not CrawlStage(cfg.crawl).enabled):
+        if explicit:
+            raise click.UsageError(f"{stage} reads {'the web' if stage == 'crawl' else 'ingest.inputs'}; "
+                                   "it takes no --input")
+        return None
+    return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref)
+
+
 def _after_run(cfg, run_id: str) -> None:
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
     _print_run(wh, wh.resolve_run(run_id))
@@ -138,11 +151,7 @@ def run(config: str, first: str | None, last: str | None, trigger: str) -> None:
     """
     cfg = load_config(config)
     stages = stage_range(first, last)
-    upstream = None
-    if first and ORDER.index(first) > 0:
-        from flows.pipeline import resolve_input
-
-        upstream = resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), first, "latest")
+    upstream = _upstream(cfg, first, "latest") if first else None
     try:
         run_id = _run_pipeline(cfg, stages, trigger, upstream)
     except Exception as err:
@@ -154,7 +163,8 @@ def run(config: str, first: str | None, last: str | None, trigger: str) -> None:
 @click.argument("stage", type=click.Choice(ORDER))
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_ref", default=None, metavar="RUN_ID|DATASET_ID|latest",
-              help="The upstream dataset to read [default: latest]; ingest reads its configured files instead.")
+              help="The upstream dataset to read [default: latest]. Crawl takes none; ingest takes a crawl dataset "
+                   "when crawl.seeds are set, else reads ingest.inputs.")
 @_handle_errors
 def stage(stage: str, config: str, input_ref: str | None) -> None:
     """Rerun one stage alone against a chosen upstream dataset (recorded as a 'rerun').
@@ -166,14 +176,7 @@ def stage(stage: str, config: str, input_ref: str | None) -> None:
         crucible stage ingest configs/demo.toml
     """
     cfg = load_config(config)
-    upstream = None
-    if ORDER.index(stage) > 0:
-        from flows.pipeline import resolve_input
-
-        upstream = resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage,
-                                 input_ref or "latest")
-    elif input_ref:
-        raise click.UsageError("ingest reads the files in ingest.inputs; it takes no --input")
+    upstream = _upstream(cfg, stage, input_ref or "latest", explicit=input_ref is not None)
     try:
         run_id = _run_pipeline(cfg, [stage], "rerun", upstream)
     except Exception as err:

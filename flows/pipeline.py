@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 
 from flows.stages import StageFailed, say, stage_flow
 from tasks.config import Config
+from tasks.crawl import CrawlStage
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
 
@@ -39,7 +40,7 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
     """The upstream dataset for a rerun of ``stage``: 'latest', a run id (prefix), or a dataset id."""
     upstream = stage_class(stage).upstream
     if upstream is None:
-        raise WarehouseError(f"stage {stage} reads the configured input files; it takes no --input")
+        raise WarehouseError(f"stage {stage} has no upstream stage; it takes no --input")
     if ref == "latest":
         found = wh.latest_dataset(upstream)
         if found is None:
@@ -68,6 +69,9 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     say(f"pipeline run {run_id}: {' -> '.join(stages)}")
     try:
         for name in stages:
+            if name == "crawl" and not CrawlStage(cfg.crawl).enabled:
+                say("crawl: no seeds configured, skipped (ingest reads ingest.inputs)")
+                continue
             upstream = stage_flow(cfg, name, run_id, upstream)
     except BaseException as err:
         wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])

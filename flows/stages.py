@@ -23,7 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.runners import task_runner
 from tasks.config import Config, stable_hash
-from tasks.ingest import IngestStage
+from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
+from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
 from tasks.stage import Stage, Unit, UnitFailed, prepare_output, run_unit
@@ -84,24 +85,83 @@ def _cached(wh: Warehouse, key: str) -> dict[str, Any] | None:
     return hit if intact and manifest.fingerprint == hit["fingerprint"] else None
 
 
-def _record_sources(wh: Warehouse, stage: IngestStage, files: list, stage_run_id: str) -> None:
+def _record_sources(wh: Warehouse, stage: IngestStage, files: list[InputFile], parents: list[str],
+                    stage_run_id: str) -> str:
     """The raw input files are a dataset too, so lineage ends at the WARC files themselves."""
     fp = IngestStage.sources_fingerprint(files)
-    wh.record_dataset(dataset_id=f"source-{fp[:12]}", stage="source", stage_key=None,
-                      uri=";".join(stage.config.inputs), format="warc", fingerprint=fp,
-                      files=[(f.uri, None, f.size, f.version) for f in files], parents=[], created_by=stage_run_id)
+    source_id = f"source-{fp[:12]}"
+    wh.record_dataset(dataset_id=source_id, stage="source", stage_key=None,
+                      uri=";".join(stage.config.inputs) or "crawl", format="warc", fingerprint=fp,
+                      files=[(f.uri, None, f.size, f.version) for f in files], parents=parents,
+                      created_by=stage_run_id)
+    return source_id
+
+
+def _crawled_files(upstream: dict[str, Any] | None, wh: Warehouse) -> list[InputFile]:
+    if upstream is None:
+        return []
+    return [InputFile(f["path"], f["bytes"], f["content_hash"]) for f in wh.dataset_files(upstream["dataset_id"])]
+
+
+@task(name="crawl", cache_policy=NO_CACHE)
+def crawl_task(stage: CrawlStage, out_dir: str, seen: dict[str, SeenPage]):
+    """Crawl the seeds into new WARC files in the job directory (the crawler retries its own fetches)."""
+    return stage.run(Path(out_dir), seen)
+
+
+def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse) -> dict[str, Any]:
+    """Crawl, log every fetch in the warehouse, and return the job's dataset: all its WARC files so far.
+
+    A crawl is never a cache hit (the web changes), but a recrawl that found nothing new leaves the dataset, and so
+    everything downstream, exactly as it was.
+    """
+    t0 = time.perf_counter()
+    job = stage.job_id()
+    out_dir = cfg.work_dir / "crawl" / job
+    params = stage.config.model_dump(mode="json")
+    stage_run_id = wh.start_stage(run_id=run_id, stage="crawl", stage_key=stable_hash([job, params, run_id]),
+                                  params=params, params_hash=stable_hash(params), code_version=stage.code_version(),
+                                  input_dataset_ids=[])
+    try:
+        seen = {r["url"]: SeenPage(r["depth"], r["etag"], r["last_modified"], r["payload_digest"])
+                for r in wh.seen_pages(job, VISITED)}
+        say(f"crawl: job {job}, {len(stage.seeds())} seeds, {len(seen)} pages known from earlier crawls")
+        result = crawl_task(stage, str(out_dir), seen)
+        if result.log_file is not None:
+            wh.record_crawl_log(stage_run_id, job, result.log_file)
+        files = job_files(out_dir)
+        fp = stable_hash([[Path(p).name, sha] for p, _, sha in files])
+        dataset_id = f"crawl-{fp[:12]}"
+        wh.record_dataset(dataset_id=dataset_id, stage="crawl", stage_key=job, uri=str(out_dir), format="warc",
+                          fingerprint=fp, files=[(p, None, size, sha) for p, size, sha in files], parents=[],
+                          created_by=stage_run_id)
+        archived = result.outcomes.get("archived", 0)
+        drops = {k: v for k, v in result.outcomes.items() if k != "archived"}
+        wh.record_funnel(stage_run_id, "crawl", drops, {}, {f"link_{k}": v for k, v in result.links.items()})
+        wh.finish_stage(stage_run_id, status="completed", output_dataset_id=dataset_id, units=1,
+                        shards_out=len(files), docs_in=result.pages, docs_out=archived,
+                        bytes_out=sum(size for _, size, _ in files), seconds=time.perf_counter() - t0)
+        say(f"crawl: {result.pages} pages fetched, {archived} archived, "
+            f"{len(result.warc_files)} new WARC files, {result.seconds:.1f}s")
+        return wh.dataset(dataset_id)
+    except BaseException as err:
+        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
+                        seconds=time.perf_counter() - t0)
+        raise
 
 
 @flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)
 def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one stage against an upstream dataset (None for ingest, which reads the configured inputs)."""
+    """Run one stage against an upstream dataset (for ingest: a crawl's WARC files, or None for its inputs only)."""
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
     stage = stage_class(stage_name)(cfg.section(stage_name))
+    if isinstance(stage, CrawlStage):
+        return run_crawl(cfg, stage, run_id, wh)
     params = stage.config.model_dump(mode="json")
     t0 = time.perf_counter()
 
     if isinstance(stage, IngestStage):
-        files = stage.sources()
+        files = stage.sources(_crawled_files(upstream, wh))
         input_fp = IngestStage.sources_fingerprint(files)
         input_ids = [f"source-{input_fp[:12]}"]
     else:
@@ -125,7 +185,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             return hit
 
         if isinstance(stage, IngestStage):
-            _record_sources(wh, stage, files, stage_run_id)
+            _record_sources(wh, stage, files, [upstream["dataset_id"]] if upstream else [], stage_run_id)
             units = stage.plan(files)
             bytes_in = sum(f.size for f in files)
         else:

@@ -354,16 +354,19 @@ def make_doc_id(key: str) -> str:
 
 class IngestStage(Stage):
     name = "ingest"
-    upstream = None
+    upstream = "crawl"  # optional: without a crawl, ingest reads only its configured inputs
     schema = SCHEMA
     size_column = "html"
 
     config: IngestConfig
 
-    def sources(self) -> list[InputFile]:
-        if not self.config.inputs:
-            raise FileNotFoundError("ingest.inputs is empty: name the WARC/ARC/WET files to read")
-        return expand_inputs(self.config.inputs)
+    def sources(self, crawled: list[InputFile] = ()) -> list[InputFile]:
+        """The configured input files plus the WARC files of an upstream crawl, if there was one."""
+        if not self.config.inputs and not crawled:
+            raise FileNotFoundError("nothing to ingest: set ingest.inputs (WARC/ARC/WET files) or crawl.seeds")
+        files = {f.uri: f for f in expand_inputs(self.config.inputs)} if self.config.inputs else {}
+        files.update({f.uri: f for f in crawled})
+        return [files[k] for k in sorted(files)]
 
     @staticmethod
     def sources_fingerprint(files: list[InputFile]) -> str:

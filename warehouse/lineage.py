@@ -189,6 +189,24 @@ class Warehouse:
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, stage_run_id, step, name, value, now) for step, name, value in metrics])
 
+    # -- crawls --------------------------------------------------------------------------------------------------
+
+    def record_crawl_log(self, stage_run_id: str, job: str, log_file: Path) -> None:
+        """Load a crawl's Parquet fetch log (written by the crawler, which never opens the warehouse)."""
+        with self.connect() as con:
+            con.execute(f"INSERT INTO crawl_log SELECT ?, ?, * FROM read_parquet('{_q(str(log_file))}')",
+                        [stage_run_id, job])
+
+    def seen_pages(self, job: str, visited: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The latest visit of each URL a crawl job reached: depth, validators and payload digest."""
+        if not self.path.exists():
+            return []
+        placeholders = ", ".join("?" for _ in visited)
+        return self.query(
+            f"SELECT url, depth, etag, last_modified, payload_digest FROM crawl_log "
+            f"WHERE job = ? AND outcome IN ({placeholders}) "
+            f"QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", [job, *visited])
+
     # -- datasets ------------------------------------------------------------------------------------------------
 
     def record_dataset(self, *, dataset_id: str, stage: str, stage_key: str | None, uri: str, format: str,
@@ -298,7 +316,7 @@ class Warehouse:
         """
         latest = con.execute(
             "SELECT s.stage, s.output_dataset_id, d.uri FROM stage_runs s JOIN datasets d "
-            "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' "
+            "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' AND d.format = 'parquet' "
             "QUALIFY row_number() OVER (PARTITION BY s.stage ORDER BY s.ended_at DESC) = 1").fetchall()
         stages: list[str] = []
         drop_files: list[tuple[str, str]] = []

@@ -1,0 +1,45 @@
+"""Crawl -> ingest -> extract through the flows: the crawl log in the warehouse, and incremental recrawls."""
+import pytest
+
+from tasks.config import parse_config
+from tests.flows.test_pipeline import by_stage, run
+from tests.sites import TestSite
+from warehouse.lineage import Warehouse
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def cfg_for(tmp_path, site):
+    return parse_config({
+        "paths": {"work_dir": str(tmp_path / "work")},
+        "crawl": {"seeds": [site.base + "/"], "private_hosts": [f"127.0.0.1:{site.port}"], "delay_s": 0,
+                  "timeout_s": 0.5, "backoff_s": 0.05, "max_depth": 1, "max_page_bytes": 65536},
+    }, base=tmp_path)
+
+
+def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
+    with TestSite() as site:
+        cfg = cfg_for(tmp_path, site)
+        first, run_id = run(cfg)
+        wh = Warehouse(cfg.warehouse_path)
+        crawl, ingest = by_stage(first)["crawl"], by_stage(first)["ingest"]
+        assert crawl["status"] == "completed" and crawl["docs_out"] == 5  # /, /a, /b, /changing, /flaky
+        assert ingest["docs_out"] == 5 and by_stage(first)["extract"]["docs_out"] == 5
+        log = {r["url"]: r["outcome"] for r in wh.query("SELECT url, outcome FROM crawl_log")}
+        assert log[site.base + "/private/secret"] == "robots_disallowed" and log[site.base + "/big"] == "too_large"
+        funnel = {f["reason"]: f["docs"] for f in wh.funnel(run_id) if f["stage"] == "crawl" and f["dropped"]}
+        assert funnel["robots_disallowed"] == 1 and funnel["not_html"] == 2
+        chain = [d["stage"] for d in wh.lineage(by_stage(first)["extract"]["output_dataset_id"])]
+        assert chain == ["extract", "ingest", "source", "crawl"]
+
+        second, _ = run(cfg)
+        assert not by_stage(second)["crawl"]["cache_hit"] and by_stage(second)["crawl"]["docs_out"] == 0
+        assert by_stage(second)["ingest"]["cache_hit"] and by_stage(second)["extract"]["cache_hit"]
+
+        site.changing = "a new version"
+        third, _ = run(cfg)
+        assert by_stage(third)["crawl"]["docs_out"] == 1
+        assert not by_stage(third)["ingest"]["cache_hit"] and by_stage(third)["ingest"]["docs_out"] == 6
+    outcomes = wh.query("SELECT outcome, count(*) AS n FROM crawl_log WHERE stage_run_id = ? GROUP BY 1",
+                        [by_stage(second)["crawl"]["stage_run_id"]])
+    assert "archived" not in {r["outcome"] for r in outcomes}
