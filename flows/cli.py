@@ -1,14 +1,18 @@
 """The ``crucible`` command line. Every command's --help carries an example."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import socket
+import time
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
@@ -108,12 +112,12 @@ def _show_progress_lines() -> None:
         log.propagate = False
 
 
-def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None) -> str:
+def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None, recrawl: bool = False) -> str:
     configure_prefect(cfg.work_dir)
     _show_progress_lines()
     from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
 
-    return pipeline_flow(cfg, stages, trigger, upstream)
+    return pipeline_flow(cfg, stages, trigger, upstream, recrawl)
 
 
 def _upstream(cfg, stage: str, ref: str, explicit: bool = False) -> dict | None:
@@ -139,21 +143,23 @@ def _after_run(cfg, run_id: str) -> None:
 @click.option("--from", "first", type=click.Choice(ORDER), help="Start at this stage, on its upstream's latest output.")
 @click.option("--to", "last", type=click.Choice(ORDER), help="Stop after this stage.")
 @click.option("--trigger", type=click.Choice(["manual", "schedule", "rerun"]), default="manual", show_default=True,
-              help="What started this run, as recorded in the warehouse.")
+              help="What started this run, as recorded in the warehouse (schedule implies --recrawl).")
+@click.option("--recrawl", is_flag=True, help="Crawl again (conditional GETs) even if the crawl config is unchanged.")
 @_handle_errors
-def run(config: str, first: str | None, last: str | None, trigger: str) -> None:
+def run(config: str, first: str | None, last: str | None, trigger: str, recrawl: bool) -> None:
     """Run the pipeline: every stage whose key changed is computed, the rest are cache hits.
 
     \b
     Example:
         crucible run configs/demo.toml
         crucible run configs/demo.toml --from extract --to extract
+        crucible run configs/demo.toml --recrawl
     """
     cfg = load_config(config)
     stages = stage_range(first, last)
     upstream = _upstream(cfg, first, "latest") if first else None
     try:
-        run_id = _run_pipeline(cfg, stages, trigger, upstream)
+        run_id = _run_pipeline(cfg, stages, trigger, upstream, recrawl)
     except Exception as err:
         _fail(f"pipeline failed: {err}")
     _after_run(cfg, run_id)
@@ -169,45 +175,78 @@ def run(config: str, first: str | None, last: str | None, trigger: str) -> None:
 def stage(stage: str, config: str, input_ref: str | None) -> None:
     """Rerun one stage alone against a chosen upstream dataset (recorded as a 'rerun').
 
+    Rerunning crawl always crawls again, incrementally: only new or changed pages are archived.
+
     \b
     Example:
         crucible stage extract configs/demo.toml --input latest
         crucible stage extract configs/demo.toml --input run-20261123-101500-ab12cd
-        crucible stage ingest configs/demo.toml
+        crucible stage crawl configs/demo.toml
     """
     cfg = load_config(config)
     upstream = _upstream(cfg, stage, input_ref or "latest", explicit=input_ref is not None)
     try:
-        run_id = _run_pipeline(cfg, [stage], "rerun", upstream)
+        run_id = _run_pipeline(cfg, [stage], "rerun", upstream, recrawl=stage == "crawl")
     except Exception as err:
         _fail(f"stage failed: {err}")
     _after_run(cfg, run_id)
 
 
+@contextlib.contextmanager
+def pydoc_server(url: str):
+    """Serve the standard library's documentation with pydoc at ``url`` (host:port) while the block runs."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) == 0:
+            raise click.ClickException(f"port {port} on {host} is already in use: stop what serves it, or edit "
+                                       "crawl.seeds in the demo config")
+    # -I -S: an isolated interpreter without site-packages, so the pages are the standard library's own. pydoc
+    # reads commands from stdin and stops at end of input: an open pipe keeps it serving.
+    server = subprocess.Popen([sys.executable, "-I", "-S", "-m", "pydoc", "-n", host, "-p", str(port)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex((host, port)) == 0:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"pydoc server did not start on {host}:{port}")
+            time.sleep(0.1)
+        console.print(f"serving the standard library's pydoc pages at {url}")
+        yield
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 @main.command()
-@click.option("--pages", default=300, show_default=True, help="How many pydoc pages the demo WARC holds.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=str(DEMO_CONFIG),
               show_default=True, help="The demo config.")
 @_handle_errors
-def demo(pages: int, config_path: str) -> None:
-    """Make the demo input (pydoc pages as a WARC, once) and run the whole pipeline on it.
+def demo(config_path: str) -> None:
+    """Serve Python's documentation with pydoc, crawl it, and run every stage on what was archived.
+
+    Needs no network: the site is a pydoc server on 127.0.0.1, started and stopped here. Run it again and the
+    recrawl finds nothing new, so every later stage is a cache hit.
 
     \b
     Example:
         crucible demo
-        crucible demo --pages 50
     """
     cfg = load_config(config_path)
-    for pattern in cfg.ingest.inputs:
-        target = Path(pattern)
-        if "*" not in pattern and not target.exists():
-            console.print(f"writing demo input {target} ({pages} pydoc pages)")
-            subprocess.run([sys.executable, "-m", "tasks.demo_input", str(target), str(pages)], check=True,
-                           cwd=REPO, stdout=subprocess.DEVNULL)
-    try:
-        run_id = _run_pipeline(cfg, stage_range(None, None), "manual", None)
-    except Exception as err:
-        _fail(f"pipeline failed: {err}")
+    if not cfg.crawl.seeds:
+        raise click.UsageError(f"{config_path} has no crawl.seeds to serve")
+    with pydoc_server(cfg.crawl.seeds[0]):
+        try:
+            run_id = _run_pipeline(cfg, stage_range(None, None), "manual", None)
+        except Exception as err:
+            _fail(f"pipeline failed: {err}")
     _after_run(cfg, run_id)
 
 

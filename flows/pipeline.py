@@ -60,8 +60,11 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
 
 @flow(name="crucible-pipeline", validate_parameters=False)
 def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
-                  upstream: dict[str, Any] | None = None) -> str:
-    """Run ``stages`` in order, each on the previous one's output (the first on ``upstream``); return the run id."""
+                  upstream: dict[str, Any] | None = None, recrawl: bool = False) -> str:
+    """Run ``stages`` in order, each on the previous one's output (the first on ``upstream``); return the run id.
+
+    A scheduled run always recrawls; otherwise an unchanged crawl is a cache hit unless ``recrawl`` is set.
+    """
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
     run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
                           config_path=str(cfg.source) if cfg.source else None, code_version=code_version(),
@@ -72,7 +75,7 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
             if name == "crawl" and not CrawlStage(cfg.crawl).enabled:
                 say("crawl: no seeds configured, skipped (ingest reads ingest.inputs)")
                 continue
-            upstream = stage_flow(cfg, name, run_id, upstream)
+            upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
     except BaseException as err:
         wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])
         raise

@@ -109,20 +109,31 @@ def crawl_task(stage: CrawlStage, out_dir: str, seen: dict[str, SeenPage]):
     return stage.run(Path(out_dir), seen)
 
 
-def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse) -> dict[str, Any]:
+def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse, recrawl: bool) -> dict[str, Any]:
     """Crawl, log every fetch in the warehouse, and return the job's dataset: all its WARC files so far.
 
-    A crawl is never a cache hit (the web changes), but a recrawl that found nothing new leaves the dataset, and so
-    everything downstream, exactly as it was.
+    Without ``recrawl`` an unchanged crawl config is a cache hit, so that rerunning the pipeline after changing a
+    later stage compares like with like. A recrawl (scheduled runs, `crucible stage crawl`, `run --recrawl`) sends
+    conditional GETs and archives only new or changed pages; when nothing changed, the dataset and everything
+    downstream stay exactly as they were.
     """
     t0 = time.perf_counter()
     job = stage.job_id()
     out_dir = cfg.work_dir / "crawl" / job
     params = stage.config.model_dump(mode="json")
-    stage_run_id = wh.start_stage(run_id=run_id, stage="crawl", stage_key=stable_hash([job, params, run_id]),
-                                  params=params, params_hash=stable_hash(params), code_version=stage.code_version(),
+    key = stable_hash({"stage": "crawl", "job": job, "config": params, "code": stage.code_version()})
+    stage_run_id = wh.start_stage(run_id=run_id, stage="crawl", stage_key=key, params=params,
+                                  params_hash=stable_hash(params), code_version=stage.code_version(),
                                   input_dataset_ids=[])
     try:
+        hit = None if recrawl else wh.latest_output(key)
+        if hit is not None and all(Path(f["path"]).is_file() for f in wh.dataset_files(hit["dataset_id"])):
+            origin = wh.origin_stage_run(hit["dataset_id"]) or {}
+            wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
+                            units=1, shards_out=hit["shards"], docs_in=origin.get("docs_in"),
+                            docs_out=origin.get("docs_out"), bytes_out=hit["bytes"], seconds=time.perf_counter() - t0)
+            say(f"crawl: cache hit {hit['dataset_id']} (recrawl with `crucible stage crawl` or `run --recrawl`)")
+            return hit
         seen = {r["url"]: SeenPage(r["depth"], r["etag"], r["last_modified"], r["payload_digest"])
                 for r in wh.seen_pages(job, VISITED)}
         say(f"crawl: job {job}, {len(stage.seeds())} seeds, {len(seen)} pages known from earlier crawls")
@@ -137,7 +148,8 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse) -> dic
                           created_by=stage_run_id)
         archived = result.outcomes.get("archived", 0)
         drops = {k: v for k, v in result.outcomes.items() if k != "archived"}
-        wh.record_funnel(stage_run_id, "crawl", drops, {}, {f"link_{k}": v for k, v in result.links.items()})
+        links = {f"link_{k}": v for k, v in result.links.items() if k != "seen"}  # a link met again is no news
+        wh.record_funnel(stage_run_id, "crawl", drops, {}, links)
         wh.finish_stage(stage_run_id, status="completed", output_dataset_id=dataset_id, units=1,
                         shards_out=len(files), docs_in=result.pages, docs_out=archived,
                         bytes_out=sum(size for _, size, _ in files), seconds=time.perf_counter() - t0)
@@ -151,12 +163,13 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse) -> dic
 
 
 @flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)
-def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
+def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None,
+               recrawl: bool = False) -> dict[str, Any]:
     """Run one stage against an upstream dataset (for ingest: a crawl's WARC files, or None for its inputs only)."""
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
     stage = stage_class(stage_name)(cfg.section(stage_name))
     if isinstance(stage, CrawlStage):
-        return run_crawl(cfg, stage, run_id, wh)
+        return run_crawl(cfg, stage, run_id, wh, recrawl)
     params = stage.config.model_dump(mode="json")
     t0 = time.perf_counter()
 

@@ -37,6 +37,6 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def pydoc_warc(tmp_path_factory) -> Path:
     """Real HTML: 60 of Python's own pydoc pages in a WARC, as the demo makes them."""
-    from tasks.demo_input import write_pydoc_warc
+    from tests.pydoc_pages import write_pydoc_warc
 
     return write_pydoc_warc(tmp_path_factory.mktemp("pydoc") / "pydoc.warc.gz", 60)

@@ -238,10 +238,17 @@ class Warehouse:
         rows = self.query("SELECT * FROM datasets WHERE stage_key = ? ORDER BY created_at DESC LIMIT 1", [stage_key])
         return rows[0] if rows else None
 
+    def latest_output(self, stage_key: str) -> dict[str, Any] | None:
+        """The dataset of the latest completed stage run with this key (for stages whose output ids follow content)."""
+        rows = self.query(
+            "SELECT d.* FROM stage_runs s JOIN datasets d ON d.dataset_id = s.output_dataset_id "
+            "WHERE s.stage_key = ? AND s.status = 'completed' ORDER BY s.ended_at DESC LIMIT 1", [stage_key])
+        return rows[0] if rows else None
+
     def origin_stage_run(self, dataset_id: str) -> dict[str, Any] | None:
         """The stage run that computed a dataset (not one that found it in the cache)."""
         rows = self.query("SELECT * FROM stage_runs WHERE output_dataset_id = ? AND NOT cache_hit "
-                          "AND status = 'completed' ORDER BY ended_at LIMIT 1", [dataset_id])
+                          "AND status = 'completed' ORDER BY ended_at DESC LIMIT 1", [dataset_id])
         return rows[0] if rows else None
 
     def latest_dataset(self, stage: str) -> dict[str, Any] | None:

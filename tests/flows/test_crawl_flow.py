@@ -32,12 +32,16 @@ def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
         chain = [d["stage"] for d in wh.lineage(by_stage(first)["extract"]["output_dataset_id"])]
         assert chain == ["extract", "ingest", "source", "crawl"]
 
-        second, _ = run(cfg)
+        requests = len(site.requests)
+        again, _ = run(cfg)  # a manual rerun of an unchanged config does not go back to the web
+        assert all(s["cache_hit"] for s in again) and len(site.requests) == requests
+
+        second, _ = run(cfg, trigger="schedule")  # a scheduled run recrawls
         assert not by_stage(second)["crawl"]["cache_hit"] and by_stage(second)["crawl"]["docs_out"] == 0
         assert by_stage(second)["ingest"]["cache_hit"] and by_stage(second)["extract"]["cache_hit"]
 
         site.changing = "a new version"
-        third, _ = run(cfg)
+        third, _ = run(cfg, trigger="schedule")
         assert by_stage(third)["crawl"]["docs_out"] == 1
         assert not by_stage(third)["ingest"]["cache_hit"] and by_stage(third)["ingest"]["docs_out"] == 6
     outcomes = wh.query("SELECT outcome, count(*) AS n FROM crawl_log WHERE stage_run_id = ? GROUP BY 1",

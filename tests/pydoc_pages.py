@@ -1,9 +1,6 @@
-"""Demo input that every machine can make offline: Python's own pydoc HTML pages, archived as a WARC file.
+"""Real HTML that every machine can make offline, for tests: Python's own pydoc pages, archived as a WARC file.
 
-pydoc renders real HTML documentation for every installed module. Each page becomes a WARC 1.1 response record
-(with its request) for http://localhost/<module>.html, as if crawled from ``python -m pydoc -p``.
-
-    python -c "from tasks.demo_input import write_pydoc_warc; write_pydoc_warc('work/demo/pydoc.warc.gz', 300)"
+Each page becomes a WARC 1.1 response record for http://localhost/<module>.html.
 """
 from __future__ import annotations
 
@@ -78,7 +75,3 @@ def write_pydoc_warc(path: str | Path, pages: int = 300) -> Path:
         raise
     return path
 
-
-if __name__ == "__main__":  # python -m tasks.demo_input OUT.warc.gz [PAGES]: run apart, so its imports stay apart
-    out = write_pydoc_warc(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300)
-    print(out)
