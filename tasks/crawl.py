@@ -35,6 +35,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.config import CrawlConfig, stable_hash
+from tasks.ingest import looks_binary
 from tasks.shards import file_sha256, write_parquet_atomic
 from tasks.stage import code_version_of
 
@@ -412,7 +413,7 @@ class Crawler:
                     return ("done",)
             body = bytes(body)
             meta["seconds"] = time.monotonic() - t0
-            if body[:4096].count(b"\x00") > 16:
+            if looks_binary(body):
                 self.record(item, "binary", nbytes=len(body), **meta)
                 return ("done",)
             digest = "sha1:" + hashlib.sha1(body).hexdigest()

@@ -325,6 +325,20 @@ def decode_html(body: bytes, declared: str | None) -> tuple[str, str, bool]:
     return body.decode("cp1252", errors="replace"), "cp1252", True
 
 
+_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
+
+
+def looks_binary(body: bytes) -> bool:
+    """True for bytes that are no text in any charset: many NULs or control bytes in the first 4 KiB."""
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return False
+    sample = body[:4096]
+    if not sample:
+        return False
+    controls = len(sample) - len(sample.translate(None, _CONTROL))
+    return sample.count(0) > 16 or controls / len(sample) > 0.05
+
+
 def _charset_of(content_type: str | None) -> str | None:
     if not content_type:
         return None
@@ -499,7 +513,7 @@ class IngestStage(Stage):
         if not body.strip():
             drops.add("empty_payload", **where)
             return None
-        if body[:4096].count(b"\x00") > 16 and not body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if looks_binary(body):
             drops.add("binary_payload", nbytes=len(body), **where)
             return None
 

@@ -73,7 +73,7 @@ class TestSite:
             return self.send(h, 200, f"User-agent: *\nDisallow: /private\n{delay}".encode(), "text/plain")
         if path == "/":
             links = ["/a", "/b", "/a#section", "/private/secret", "/r1", "/loop1", "/slow", "/flaky", "/missing",
-                     "/big", "/file.bin", "/image.png", "/changing", "mailto:someone@example.com",
+                     "/big", "/file.bin", "/image.png", "/fake.html", "/changing", "mailto:someone@example.com",
                      "file:///etc/passwd", *self.private_links]
             return self.send(h, 200, html("Home", links))
         if path == "/a":
@@ -104,6 +104,8 @@ class TestSite:
             return self.send(h, 200, html("Big", extra="<p>" + "x" * 200_000 + "</p>"))
         if path == "/file.bin":
             return self.send(h, 200, bytes(range(256)) * 10, "application/octet-stream")
+        if path == "/fake.html":  # binary bytes that claim to be HTML
+            return self.send(h, 200, b"<html>" + bytes(range(256)) * 40)
         if path == "/image.png":
             return self.send(h, 200, b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png")
         if path == "/changing":

@@ -45,6 +45,7 @@ def test_crawl_respects_every_rule(tmp_path):
         assert got[b + "/missing"] == "http_error"
         assert got[b + "/big"] == "too_large"
         assert got[b + "/file.bin"] == got[b + "/image.png"] == "not_html"
+        assert got[b + "/fake.html"] == "binary"
         for url in PRIVATE:
             assert got[normalize_url(url)] == "private_address"
         assert got[b + "/deep/1"] == "archived" and b + "/deep/3" not in got  # max_depth 2

@@ -218,3 +218,12 @@ def test_a_corrupt_member_costs_one_record(tmp_path):
     rows, [res] = ingest(tmp_path, path)
     assert len(rows) == 5 and res.drops == {"read_error": 1}
     assert "corrupt gzip data" in pq.read_table(tmp_path / "out" / res.drops_file).column("detail")[0].as_py()
+
+
+def test_looks_binary():
+    from tasks.ingest import looks_binary
+
+    assert looks_binary(b"<html>" + bytes(range(256)) * 40)
+    assert looks_binary(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    assert not looks_binary(page("Text").encode())
+    assert not looks_binary("<p>é ü 中文</p>".encode("utf-16"))
