@@ -13,7 +13,7 @@ def html(title: str, links: list[str] = (), extra: str = "") -> bytes:
             f"<p>Some text about {title} for the crawler tests.</p><ul>{anchors}</ul>{extra}</body></html>").encode()
 
 
-class TestSite:
+class LocalSite:
     """Serve the routes below; ``requests`` logs (path, headers, monotonic time) of every request received."""
 
     LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
@@ -45,7 +45,7 @@ class TestSite:
         self.base = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "TestSite":
+    def __enter__(self) -> "LocalSite":
         self.thread.start()
         return self
 

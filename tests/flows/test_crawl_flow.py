@@ -3,7 +3,7 @@ import pytest
 
 from tasks.config import parse_config
 from tests.flows.test_pipeline import by_stage, run
-from tests.sites import TestSite
+from tests.sites import LocalSite
 from warehouse.lineage import Warehouse
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -18,7 +18,7 @@ def cfg_for(tmp_path, site):
 
 
 def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
-    with TestSite() as site:
+    with LocalSite() as site:
         cfg = cfg_for(tmp_path, site)
         first, run_id = run(cfg)
         wh = Warehouse(cfg.warehouse_path)

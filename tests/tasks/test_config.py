@@ -77,6 +77,7 @@ def test_digest_changes_with_any_setting(tmp_path):
     assert a.digest() == parse_config({}, base=tmp_path).digest()
 
 
-def test_demo_config_loads():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "demo.toml")
-    assert cfg.ingest.inputs
+@pytest.mark.parametrize("name", ["demo.toml", "shared_corpora.toml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.crawl.seeds or cfg.ingest.inputs

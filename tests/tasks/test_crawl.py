@@ -7,12 +7,12 @@ from tasks.config import CrawlConfig, IngestConfig, parse_config
 from tasks.crawl import VISITED, CrawlStage, SeenPage, extract_links, normalize_url
 from tasks.ingest import IngestStage
 from tasks.stage import run_unit
-from tests.sites import TestSite
+from tests.sites import LocalSite
 
 PRIVATE = ["http://10.1.2.3/x", "http://192.168.0.7/", "http://169.254.169.254/latest/meta-data/"]
 
 
-def crawl_config(site: TestSite, **overrides) -> CrawlConfig:
+def crawl_config(site: LocalSite, **overrides) -> CrawlConfig:
     values = dict(seeds=[site.base + "/"], private_hosts=[f"127.0.0.1:{site.port}"], delay_s=0.0, timeout_s=0.5,
                   retries=2, backoff_s=0.05, max_page_bytes=64 * 1024, max_depth=2, concurrency=4)
     values.update(overrides)
@@ -31,7 +31,7 @@ def seen_from(result) -> dict[str, SeenPage]:
 
 
 def test_crawl_respects_every_rule(tmp_path):
-    with TestSite(PRIVATE) as site:
+    with LocalSite(PRIVATE) as site:
         result = CrawlStage(crawl_config(site, scope="any")).run(tmp_path, {})
         got = outcomes(result)
         b = site.base
@@ -55,7 +55,7 @@ def test_crawl_respects_every_rule(tmp_path):
 
 
 def test_crawl_delay_from_robots_is_honoured(tmp_path):
-    with TestSite(crawl_delay=0.3) as site:
+    with LocalSite(crawl_delay=0.3) as site:
         CrawlStage(crawl_config(site, per_host_concurrency=1, max_depth=1, max_pages=6)).run(tmp_path, {})
         times = [t for p, _, t in site.requests if p != "/slow"]
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -63,7 +63,7 @@ def test_crawl_delay_from_robots_is_honoured(tmp_path):
 
 
 def test_user_agent_and_host_scope(tmp_path):
-    with TestSite([f"http://localhost:{0}/elsewhere"]) as site:
+    with LocalSite([f"http://localhost:{0}/elsewhere"]) as site:
         result = CrawlStage(crawl_config(site, user_agent="TestBot/9", max_depth=1)).run(tmp_path, {})
         assert {h.get("User-Agent") for _, h, _ in site.requests} == {"TestBot/9"}
     assert result.links["out_of_scope"] >= 1
@@ -71,14 +71,14 @@ def test_user_agent_and_host_scope(tmp_path):
 
 
 def test_private_hosts_are_refused_by_default(tmp_path):
-    with TestSite() as site:
+    with LocalSite() as site:
         result = CrawlStage(crawl_config(site, private_hosts=[])).run(tmp_path, {})
         assert site.requests == []  # refused before any connection
     assert outcomes(result) == {site.base + "/": "private_address"}
 
 
 def test_warc_files_read_back_through_ingest(tmp_path):
-    with TestSite() as site:
+    with LocalSite() as site:
         result = CrawlStage(crawl_config(site, max_depth=1)).run(tmp_path / "crawl", {})
     archived = {r["url"] for r in pq.read_table(result.log_file).to_pylist() if r["outcome"] == "archived"}
     stage = IngestStage(IngestConfig(inputs=[str(p) for p in result.warc_files]))
@@ -94,7 +94,7 @@ def test_warc_files_read_back_through_ingest(tmp_path):
 
 
 def test_recrawl_fetches_nothing_new_and_archives_what_changed(tmp_path):
-    with TestSite() as site:
+    with LocalSite() as site:
         stage = CrawlStage(crawl_config(site, max_depth=1))
         first = stage.run(tmp_path, {})
         second = stage.run(tmp_path, seen_from(first))
@@ -110,7 +110,7 @@ def test_recrawl_fetches_nothing_new_and_archives_what_changed(tmp_path):
 
 
 def test_max_pages_caps_the_crawl(tmp_path):
-    with TestSite() as site:
+    with LocalSite() as site:
         result = CrawlStage(crawl_config(site, max_pages=3)).run(tmp_path, {})
     assert result.pages == 3 and result.links["max_pages"] > 0
 
