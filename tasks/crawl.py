@@ -14,6 +14,7 @@ the warehouse. Run it without Prefect:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import ipaddress
@@ -97,9 +98,9 @@ def _is_ip(host: str) -> bool:
 
 
 def _refused_address(ip: str) -> bool:
+    """Anything but a public unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast."""
     addr = ipaddress.ip_address(ip.split("%")[0])
-    return (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast
-            or addr.is_unspecified)
+    return not addr.is_global or addr.is_multicast
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -416,7 +417,7 @@ class Crawler:
             if looks_binary(body):
                 self.record(item, "binary", nbytes=len(body), **meta)
                 return ("done",)
-            digest = "sha1:" + hashlib.sha1(body).hexdigest()
+            digest = "sha1:" + base64.b32encode(hashlib.sha1(body).digest()).decode()  # as WARC-Payload-Digest
             etag, modified = response.headers.get("etag"), response.headers.get("last-modified")
             if previous and previous.payload_digest == digest:
                 self.record(item, "unchanged", nbytes=len(body), etag=etag, last_modified=modified, digest=digest,

@@ -90,6 +90,8 @@ class LocalSite:
         if path in ("/r1", "/r2"):
             target = "/r2" if path == "/r1" else "/a"
             return self.send(h, 302 if path == "/r1" else 301, headers=[("Location", target)])
+        if path == "/to-private":
+            return self.send(h, 302, headers=[("Location", "http://10.9.8.7/admin")])
         if path in ("/loop1", "/loop2"):
             return self.send(h, 302, headers=[("Location", "/loop2" if path == "/loop1" else "/loop1")])
         if path == "/slow":

@@ -9,7 +9,8 @@ from tasks.ingest import IngestStage
 from tasks.stage import run_unit
 from tests.sites import LocalSite
 
-PRIVATE = ["http://10.1.2.3/x", "http://192.168.0.7/", "http://169.254.169.254/latest/meta-data/"]
+PRIVATE = ["http://10.1.2.3/x", "http://192.168.0.7/", "http://169.254.169.254/latest/meta-data/",
+           "http://100.64.1.1/", "http://localhost:9/", "/to-private"]
 
 
 def crawl_config(site: LocalSite, **overrides) -> CrawlConfig:
@@ -46,8 +47,9 @@ def test_crawl_respects_every_rule(tmp_path):
         assert got[b + "/big"] == "too_large"
         assert got[b + "/file.bin"] == got[b + "/image.png"] == "not_html"
         assert got[b + "/fake.html"] == "binary"
-        for url in PRIVATE:
-            assert got[normalize_url(url)] == "private_address"
+        for url in PRIVATE[:-1] + ["http://10.9.8.7/admin"]:  # the last one is reached by a redirect
+            assert got[normalize_url(url)] == "private_address", url
+        assert got[b + "/to-private"] == "redirect"
         assert got[b + "/deep/1"] == "archived" and b + "/deep/3" not in got  # max_depth 2
         assert site.paths().count("/a") == 1  # /a, /a#section and the redirect target are one URL
         assert result.links["scheme_refused"] == 1  # file:///etc/passwd
@@ -90,6 +92,16 @@ def test_warc_files_read_back_through_ingest(tmp_path):
     assert "<h1>Home</h1>" in home["html"] and home["http_status"] == 200
     log = {r["url"]: r for r in pq.read_table(result.log_file).to_pylist()}
     assert all(log[r["url"]]["warc_offset"] == r["warc_offset"] for r in rows)
+    from warcio.archiveiterator import ArchiveIterator
+
+    with open(result.warc_files[0], "rb") as fh:
+        records = [(r.rec_type, r.rec_headers) for r in ArchiveIterator(fh)]
+    assert {t for t, _ in records} == {"request", "response"}
+    for rec_type, headers in records:
+        assert headers.protocol == "WARC/1.1"
+        if rec_type == "response":
+            digest = headers.get_header("WARC-Payload-Digest")
+            assert digest == log[headers.get_header("WARC-Target-URI")]["payload_digest"]
     assert not list((tmp_path / "crawl").glob(".tmp-*"))
 
 
