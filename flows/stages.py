@@ -13,8 +13,9 @@ import logging
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -42,6 +43,27 @@ def say(message: str) -> None:
 
 class StageFailed(RuntimeError):
     """A stage whose units failed after their retries; the message names each failed unit and its input."""
+
+
+@contextmanager
+def _failure_recorded(wh: Warehouse, stage_run_id: str, t0: float) -> Iterator[None]:
+    """Whatever ends the stage early (an error, a kill of the flow) leaves its stage run marked failed."""
+    try:
+        yield
+    except BaseException as err:
+        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
+                        seconds=time.perf_counter() - t0)
+        raise
+
+
+def _finish_cache_hit(wh: Warehouse, stage_run_id: str, hit: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Record a stage run that found its dataset already made, with the counts of the run that made it."""
+    origin = wh.origin_stage_run(hit["dataset_id"]) or {}
+    wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
+                    units=origin.get("units"), shards_out=hit["shards"], docs_in=origin.get("docs_in"),
+                    docs_out=origin.get("docs_out"), bytes_in=origin.get("bytes_in"), bytes_out=hit["bytes"],
+                    seconds=time.perf_counter() - t0)
+    return hit
 
 
 def _transient_io(task, task_run, state) -> bool:
@@ -125,15 +147,11 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse, recraw
     stage_run_id = wh.start_stage(run_id=run_id, stage="crawl", stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
                                   input_dataset_ids=[])
-    try:
+    with _failure_recorded(wh, stage_run_id, t0):
         hit = None if recrawl else wh.latest_output(key)
         if hit is not None and all(Path(f["path"]).is_file() for f in wh.dataset_files(hit["dataset_id"])):
-            origin = wh.origin_stage_run(hit["dataset_id"]) or {}
-            wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
-                            units=1, shards_out=hit["shards"], docs_in=origin.get("docs_in"),
-                            docs_out=origin.get("docs_out"), bytes_out=hit["bytes"], seconds=time.perf_counter() - t0)
             say(f"crawl: cache hit {hit['dataset_id']} (recrawl with `crucible stage crawl` or `run --recrawl`)")
-            return hit
+            return _finish_cache_hit(wh, stage_run_id, hit, t0)
         seen = {r["url"]: SeenPage(r["depth"], r["etag"], r["last_modified"], r["payload_digest"])
                 for r in wh.seen_pages(job, VISITED)}
         say(f"crawl: job {job}, {len(stage.seeds())} seeds, {len(seen)} pages known from earlier crawls")
@@ -156,10 +174,6 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse, recraw
         say(f"crawl: {result.pages} pages fetched, {archived} archived, "
             f"{len(result.warc_files)} new WARC files, {result.seconds:.1f}s")
         return wh.dataset(dataset_id)
-    except BaseException as err:
-        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
-                        seconds=time.perf_counter() - t0)
-        raise
 
 
 @flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)
@@ -186,16 +200,11 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     stage_run_id = wh.start_stage(run_id=run_id, stage=stage_name, stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
                                   input_dataset_ids=input_ids)
-    try:
+    with _failure_recorded(wh, stage_run_id, t0):
         hit = _cached(wh, key)
         if hit is not None:
-            origin = wh.origin_stage_run(hit["dataset_id"]) or {}
-            wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
-                            units=origin.get("units"), shards_out=hit["shards"], docs_in=origin.get("docs_in"),
-                            docs_out=hit["records"], bytes_in=origin.get("bytes_in"), bytes_out=hit["bytes"],
-                            seconds=time.perf_counter() - t0)
             say(f"{stage_name}: cache hit {hit['dataset_id']} ({hit['records']} records)")
-            return hit
+            return _finish_cache_hit(wh, stage_run_id, hit, t0)
 
         if isinstance(stage, IngestStage):
             _record_sources(wh, stage, files, [upstream["dataset_id"]] if upstream else [], stage_run_id)
@@ -233,10 +242,6 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
               f"{f' ({resumed} resumed)' if resumed else ''}, {sum(drops.values())} dropped, "
               f"{time.perf_counter() - t0:.1f}s")
         return wh.dataset(dataset_id)
-    except BaseException as err:
-        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
-                        seconds=time.perf_counter() - t0)
-        raise
 
 
 def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> tuple[list[ShardResult], list[str]]:
