@@ -129,6 +129,86 @@ class ExtractConfig(ShardedStageConfig):
     min_text_chars: int = Field(1, ge=1, description="Shorter extractions are dropped as 'extract_empty'.")
 
 
+# The 97 languages langid.py's bundled model knows (ISO 639-1).
+LANGID_CODES = frozenset("""af am an ar as az be bg bn br bs ca cs cy da de dz el en eo es et eu fa fi fo fr ga gl gu
+he hi hr ht hu hy id is it ja jv ka kk km kn ko ku ky la lb lo lt lv mg mk ml mn mr ms mt nb ne nl nn no oc or pa pl ps
+pt qu ro ru rw se si sk sl sq sr sv sw ta te th tl tr ug uk ur vi vo wa xh zh zu""".split())
+
+
+class LanguageConfig(ShardedStageConfig):
+    keep: dict[str, float] = Field({"en": 0.65}, min_length=1,
+                                   description="ISO 639-1 code -> least langid probability to keep a document.")
+    max_chars: int = Field(20_000, ge=100, description="Classify at most this many characters of each text.")
+
+    @field_validator("keep")
+    @classmethod
+    def _known_languages(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - LANGID_CODES)
+        if unknown:
+            raise ValueError(f"unknown language codes {unknown}; langid knows: {', '.join(sorted(LANGID_CODES))}")
+        bad = {k: v for k, v in value.items() if not 0.0 <= v <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must be between 0 and 1, got {bad}")
+        return value
+
+
+def _ratio(default: float, description: str = "") -> float:
+    return Field(default, ge=0.0, le=1.0, description=description)
+
+
+class QualityConfig(ShardedStageConfig):
+    # which rule families run
+    c4: bool = True
+    gopher_quality: bool = True
+    gopher_repetition: bool = True
+    fineweb: bool = True
+    pii: bool = True
+    redact_urls: bool = Field(False, description="Also replace URLs in the text with <URL>.")
+    keep_dropped_text: bool = Field(False, description="Store each dropped document's text in the drop log.")
+    # C4
+    c4_min_words_per_line: int = Field(3, ge=0)
+    c4_min_sentences: int = Field(5, ge=0)
+    c4_drop_curly_bracket: bool = True
+    c4_terminal_punctuation: bool = Field(False, description="Keep only lines ending in punctuation (off as in FineWeb).")
+    # Gopher quality
+    gopher_min_words: int = Field(50, ge=0)
+    gopher_max_words: int = Field(100_000, ge=1)
+    gopher_min_mean_word_length: float = Field(3.0, ge=0)
+    gopher_max_mean_word_length: float = Field(10.0, ge=0)
+    gopher_max_symbol_word_ratio: float = _ratio(0.1, "'#' and ellipses per word")
+    gopher_max_bullet_lines_ratio: float = _ratio(0.9)
+    gopher_max_ellipsis_lines_ratio: float = _ratio(0.3)
+    gopher_min_alpha_words_ratio: float = _ratio(0.8)
+    gopher_min_stop_words: int = Field(2, ge=0)
+    # Gopher repetition
+    gopher_max_dup_line_ratio: float = _ratio(0.3)
+    gopher_max_dup_para_ratio: float = _ratio(0.3)
+    gopher_max_dup_line_char_ratio: float = _ratio(0.2)
+    gopher_max_dup_para_char_ratio: float = _ratio(0.2)
+    gopher_top_ngram_ratios: dict[int, float] = Field({2: 0.20, 3: 0.18, 4: 0.16})
+    gopher_dup_ngram_ratios: dict[int, float] = Field({5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10})
+    # FineWeb
+    fineweb_min_line_punct_ratio: float = _ratio(0.12)
+    fineweb_max_short_line_ratio: float = _ratio(0.67)
+    fineweb_short_line_chars: int = Field(30, ge=0)
+    fineweb_max_dup_line_char_ratio: float = _ratio(0.01)
+    fineweb_max_newline_word_ratio: float = Field(0.3, ge=0)
+    # blocklists
+    host_blocklist: list[str] = Field(default_factory=list, description="Hosts (and their subdomains) to drop.")
+    host_blocklist_file: Path | None = None
+    builtin_offensive_words: bool = True
+    offensive_words_file: Path | None = None
+    max_offensive_word_ratio: float = _ratio(0.005, "Offensive words per word above which a document is dropped.")
+
+    @field_validator("gopher_top_ngram_ratios", "gopher_dup_ngram_ratios")
+    @classmethod
+    def _ngram_ratios(cls, value: dict[int, float]) -> dict[int, float]:
+        bad = {n: r for n, r in value.items() if not (1 <= n <= 50 and 0 <= r <= 1)}
+        if bad:
+            raise ValueError(f"n must be 1..50 and ratios 0..1, got {bad}")
+        return dict(sorted(value.items()))
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -137,6 +217,8 @@ class Config(Section):
     crawl: CrawlConfig = CrawlConfig()
     ingest: IngestConfig = IngestConfig()
     extract: ExtractConfig = ExtractConfig()
+    language: LanguageConfig = LanguageConfig()
+    quality: QualityConfig = QualityConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -167,6 +249,8 @@ def to_toml(value: dict[str, Any]) -> str:
             return repr(v)
         if isinstance(v, list):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table; quoted keys may be numbers
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {scalar(x)}" for k, x in v.items()) + " }"
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
     top = [f"{k} = {scalar(v)}" for k, v in value.items() if not isinstance(v, dict) and v is not None]
@@ -222,13 +306,16 @@ def _absolute(cfg: Config, base: Path) -> Config:
     if wh is not None and not wh.is_absolute():
         wh = base / wh
     inputs = [i if ("://" in i or Path(i).is_absolute()) else str(base / i) for i in cfg.ingest.inputs]
-    seeds_file = cfg.crawl.seeds_file
-    if seeds_file is not None and not seeds_file.is_absolute():
-        seeds_file = (base / seeds_file).resolve()
+    def resolve(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else (base / path).resolve()
+
+    quality = cfg.quality.model_copy(update={"host_blocklist_file": resolve(cfg.quality.host_blocklist_file),
+                                             "offensive_words_file": resolve(cfg.quality.offensive_words_file)})
     return cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"work_dir": work.resolve()}),
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
-        "crawl": cfg.crawl.model_copy(update={"seeds_file": seeds_file}),
+        "crawl": cfg.crawl.model_copy(update={"seeds_file": resolve(cfg.crawl.seeds_file)}),
+        "quality": quality,
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
     })
 

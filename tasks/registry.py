@@ -6,8 +6,10 @@ from typing import Any
 from tasks.crawl import CrawlStage
 from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
+from tasks.language import LanguageStage
+from tasks.quality import QualityStage
 
-STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage)}
+STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage)}
 ORDER: list[str] = list(STAGES)
 
 

@@ -145,6 +145,7 @@ class DropLog:
     SCHEMA = pa.schema([
         ("doc_id", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()),
         ("url", pa.string()), ("warc_file", pa.string()), ("warc_offset", pa.int64()), ("detail", pa.string()),
+        ("text", pa.large_string()),  # the dropped document itself, where the stage is asked to keep it
     ])
 
     def __init__(self) -> None:
@@ -153,12 +154,13 @@ class DropLog:
         self.bytes: Counter[str] = Counter()
 
     def add(self, reason: str, *, doc_id: str | None = None, nbytes: int = 0, url: str | None = None,
-            warc_file: str | None = None, warc_offset: int | None = None, detail: str | None = None) -> None:
+            warc_file: str | None = None, warc_offset: int | None = None, detail: str | None = None,
+            text: str | None = None) -> None:
         self.counts[reason] += 1
         self.bytes[reason] += nbytes
         self.rows.append({"doc_id": doc_id, "reason": reason, "bytes": nbytes, "url": url,
                           "warc_file": warc_file, "warc_offset": warc_offset,
-                          "detail": detail[:500] if detail else None})
+                          "detail": detail[:500] if detail else None, "text": text})
 
 
 class ShardWriter:

@@ -337,11 +337,11 @@ class Warehouse:
                 continue
             con.execute(f"CREATE OR REPLACE VIEW docs_{stage} AS SELECT * FROM read_parquet({_sql_list(files)})")
             stages.append(stage)
-        union = " UNION ALL ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet('{_q(f)}')"
+        union = " UNION ALL BY NAME ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet('{_q(f)}')"
                                    for stage, f in drop_files if Path(f).exists())
         empty = ("SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS reason, NULL::BIGINT AS bytes,"
                  " NULL::VARCHAR AS url, NULL::VARCHAR AS warc_file, NULL::BIGINT AS warc_offset,"
-                 " NULL::VARCHAR AS detail WHERE false")
+                 " NULL::VARCHAR AS detail, NULL::VARCHAR AS text WHERE false")
         con.execute(f"CREATE OR REPLACE VIEW doc_drops AS {union or empty}")
         if "ingest" in stages:
             cols = ["i.doc_id", "i.url", "i.warc_file", "i.warc_offset", "i.fetch_time"]

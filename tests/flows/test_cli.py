@@ -68,11 +68,11 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert "ingest" in result.output and "completed" in result.output
 
     again = cli.invoke(main, ["run", str(path)])
-    assert again.exit_code == 0 and again.output.count("hit") == 2
+    assert again.exit_code == 0 and again.output.count("hit") == 4
 
     wh = ["--config", str(path)]
     runs = cli.invoke(main, ["runs", *wh])
-    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and "2 (2 cached)" in runs.output
+    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and "4 (4 cached)" in runs.output
 
     show = cli.invoke(main, ["show", "latest", *wh])
     assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output

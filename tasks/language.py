@@ -1,0 +1,62 @@
+"""Language identification with langid.py, on the extracted text.
+
+It runs after extraction because on raw HTML the markup, scripts and navigation drown the prose and skew the
+guess. Newlines are folded to spaces and probabilities are normalized (langid's raw scores are log-odds). Every
+document gets ``lang`` and ``lang_score``; one whose language is not kept, or scores under that language's
+threshold, is dropped as ``lang_not_kept`` or ``lang_low_score`` with its language and score in the drop detail.
+"""
+from __future__ import annotations
+
+import threading
+
+import pyarrow as pa
+
+from tasks.config import LanguageConfig
+from tasks.extract import SCHEMA as EXTRACT_SCHEMA
+from tasks.shards import DropLog, ShardResult, ShardWriter
+from tasks.stage import Stage, Unit
+
+SCHEMA = pa.schema([*EXTRACT_SCHEMA, pa.field("lang", pa.string()), pa.field("lang_score", pa.float64())])
+
+_identifier = None
+_lock = threading.Lock()
+
+
+def identifier():
+    """langid's model, loaded once per process (about a second)."""
+    global _identifier
+    with _lock:
+        if _identifier is None:
+            from langid.langid import LanguageIdentifier, model
+
+            _identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    return _identifier
+
+
+def classify(text: str, max_chars: int = 20_000) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) of a text."""
+    folded = " ".join(text[:max_chars].split())
+    lang, score = identifier().classify(folded)
+    return lang, float(score)
+
+
+class LanguageStage(Stage):
+    name = "language"
+    upstream = "extract"
+    schema = SCHEMA
+    size_column = "text"
+
+    config: LanguageConfig
+
+    def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
+        keep = self.config.keep
+        for row in self.input_rows(unit):
+            result.docs_in += 1
+            result.bytes_in += len(row["text"])
+            lang, score = classify(row["text"], self.config.max_chars)
+            if lang not in keep or score < keep[lang]:
+                reason = "lang_not_kept" if lang not in keep else "lang_low_score"
+                drops.add(reason, doc_id=row["doc_id"], url=row["url"], warc_file=row["warc_file"],
+                          warc_offset=row["warc_offset"], nbytes=len(row["text"]), detail=f"{lang}:{score:.4f}")
+                continue
+            writer.add({**row, "lang": lang, "lang_score": score})

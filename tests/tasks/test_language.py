@@ -1,0 +1,62 @@
+import pytest
+
+from tasks.config import ConfigError, LanguageConfig, parse_config
+from tasks.language import LanguageStage, classify
+from tests.conftest import shared_path
+
+ENGLISH = ("The committee reviewed the proposal for the new library building and agreed that the reading rooms "
+           "should stay open late during the examination weeks.")
+FRENCH = ("Le comité a examiné la proposition pour la nouvelle bibliothèque et a convenu que les salles de lecture "
+          "resteraient ouvertes tard pendant les semaines d'examens.")
+
+
+def test_classify_folds_newlines_and_normalizes_scores():
+    lang, score = classify(ENGLISH.replace(" ", "\n"))
+    assert lang == "en" and 0.9 < score <= 1.0
+    assert classify(FRENCH)[0] == "fr"
+
+
+def test_unknown_language_code_fails_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"language.keep: Value error, unknown language codes \['english'\]"):
+        parse_config({"language": {"keep": {"english": 0.5}}}, base=tmp_path)
+    with pytest.raises(ConfigError, match="thresholds must be between 0 and 1"):
+        parse_config({"language": {"keep": {"en": 1.5}}}, base=tmp_path)
+
+
+def test_stage_keeps_configured_languages_and_records_the_rest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.extract import SCHEMA
+    from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
+    from tasks.stage import run_unit
+
+    up = tmp_path / "up"
+    w = ShardWriter(up, "part-00000", SCHEMA, max_docs=100, max_bytes=10**9)
+    for i, text in enumerate([ENGLISH, "Le chat.", "Dies ist ein kurzer deutscher Satz über das Wetter heute."]):
+        w.add({"doc_id": f"d{i}", "url": f"http://e.com/{i}", "text": text})
+    write_dataset_manifest(up, "extract", "k", [finish_unit(up, ShardResult("part-00000"), w, DropLog())])
+    stage = LanguageStage(LanguageConfig(keep={"en": 0.5, "fr": 0.9}))
+    [unit] = stage.plan(up)
+    res = run_unit(stage, unit, tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out" / res.files[0].name).to_pylist()
+    assert [(r["doc_id"], r["lang"]) for r in rows] == [("d0", "en")] and rows[0]["lang_score"] > 0.5
+    drops = {r["doc_id"]: (r["reason"], r["detail"]) for r in pq.read_table(tmp_path / "out" / res.drops_file).to_pylist()}
+    assert drops["d1"][0] == "lang_low_score" and drops["d1"][1].startswith("fr:")
+    assert drops["d2"][0] == "lang_not_kept" and drops["d2"][1].startswith("de:")
+
+
+def test_udhr_accuracy_for_kept_languages():
+    import zipfile
+
+    archive = shared_path("corpora", "langid", "nltk_udhr", "udhr2.zip")
+    with zipfile.ZipFile(archive) as z:
+        names = {n.rsplit("/", 1)[-1]: n for n in z.namelist()}
+        for iso3, iso1 in (("eng", "en"), ("fra", "fr"), ("deu", "de"), ("spa", "es")):
+            name = next((v for k, v in names.items() if k.startswith(iso3)), None)
+            if name is None:
+                continue
+            text = z.read(name).decode("utf-8", "replace")
+            paragraphs = [p for p in text.split("\n") if len(p) > 200][:20]
+            right = sum(classify(p)[0] == iso1 for p in paragraphs)
+            assert right >= 0.9 * len(paragraphs), iso3
