@@ -127,6 +127,10 @@ class ExtractConfig(ShardedStageConfig):
     favor_recall: bool = False
     deduplicate: bool = False
     min_text_chars: int = Field(1, ge=1, description="Shorter extractions are dropped as 'extract_empty'.")
+    cpu_time_limit_s: float = Field(30.0, gt=0, le=3600, description=(
+        "CPU seconds one page may take before it is dropped as 'extract_timeout'. CPU time, not wall time, so that "
+        "a busy machine drops the same pages as an idle one."))
+    wall_time_limit_s: float = Field(300.0, gt=0, le=36000, description="A backstop for a page that blocks.")
 
 
 # The 97 languages langid.py's bundled model knows (ISO 639-1).

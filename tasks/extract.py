@@ -3,13 +3,20 @@
 Input: ingest shards. Output: the same source columns plus ``title`` and ``text``; ``html`` is dropped from here on.
 WET conversion records (content_type text/plain) are already text and pass through. A page with no main text is a
 counted drop (``extract_empty``), one that trafilatura cannot parse is ``extract_error``.
+
+trafilatura can spin for minutes on pathological HTML, so each unit extracts in a child process whose CPU time is
+capped per page (``cpu_time_limit_s``): a page over the cap is dropped as ``extract_timeout`` and the child is
+replaced. CPU time rather than wall time keeps the result independent of how loaded the machine is.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import resource
+import signal
+from multiprocessing.connection import Connection
 
 import pyarrow as pa
-import trafilatura
 
 from tasks.config import ExtractConfig
 from tasks.ingest import SOURCE_FIELDS
@@ -19,7 +26,84 @@ from tasks.stage import Stage, Unit
 SOURCE_COLUMNS = [f.name for f in SOURCE_FIELDS]
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("title", pa.string()), pa.field("text", pa.large_string())])
 
-logging.getLogger("trafilatura").setLevel(logging.CRITICAL)  # it logs every page it finds too short
+
+def extract(html: str, url: str | None, cfg: ExtractConfig) -> tuple[str | None, str]:
+    """(title, text) of one page with trafilatura; text is empty when it finds no main content."""
+    import trafilatura
+
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)  # it logs every page it finds too short
+    doc = trafilatura.bare_extraction(
+        html, url=url, with_metadata=True, include_comments=cfg.include_comments,
+        include_tables=cfg.include_tables, favor_precision=cfg.favor_precision,
+        favor_recall=cfg.favor_recall, deduplicate=cfg.deduplicate)
+    if doc is None:
+        return None, ""
+    return doc.title, doc.text or ""
+
+
+def _serve(conn: Connection, cfg: ExtractConfig) -> None:
+    """The child: extract pages sent down the pipe, each under a fresh CPU-time cap (SIGXCPU ends the child)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    while True:
+        try:
+            html, url = conn.recv()
+        except EOFError:
+            return
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cap = int(usage.ru_utime + usage.ru_stime + cfg.cpu_time_limit_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+        try:
+            conn.send(("ok", extract(html, url, cfg)))
+        except Exception as err:  # lxml and trafilatura raise many types on hostile HTML
+            conn.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class IsolatedExtractor:
+    """A child process that extracts pages one at a time and is replaced when a page kills it."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may run threads
+        self._proc = None
+        self._conn: Connection | None = None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.cfg), daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.join()
+            self._conn.close()
+        self._proc = self._conn = None
+
+    def __call__(self, html: str, url: str | None) -> tuple[str, object]:
+        """('ok', (title, text)) | ('error' | 'timeout' | 'crash', message)."""
+        if self._proc is None:
+            self._start()
+        try:
+            self._conn.send((html, url))
+            if self._conn.poll(self.cfg.wall_time_limit_s):
+                return self._conn.recv()
+            self._stop()
+            return "timeout", f"no answer in {self.cfg.wall_time_limit_s:g} s of wall time"
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._proc.join(timeout=5)
+            code = self._proc.exitcode
+            self._stop()
+            if code == -signal.SIGXCPU:
+                return "timeout", f"over {self.cfg.cpu_time_limit_s:g} CPU seconds"
+            return "crash", f"the extraction worker died (exit code {code})"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the child sees end of input and returns
+            self._proc.join(timeout=5)
+        self._stop()
 
 
 class ExtractStage(Stage):
@@ -30,34 +114,27 @@ class ExtractStage(Stage):
 
     config: ExtractConfig
 
-    def extract(self, html: str, url: str | None) -> tuple[str | None, str]:
-        """(title, text) of one page; text is empty when trafilatura finds no main content."""
-        cfg = self.config
-        doc = trafilatura.bare_extraction(
-            html, url=url, with_metadata=True, include_comments=cfg.include_comments,
-            include_tables=cfg.include_tables, favor_precision=cfg.favor_precision,
-            favor_recall=cfg.favor_recall, deduplicate=cfg.deduplicate)
-        if doc is None:
-            return None, ""
-        return doc.title, doc.text or ""
-
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        for row in self.input_rows(unit, SOURCE_COLUMNS + ["html"]):
-            html = row.pop("html") or ""
-            result.docs_in += 1
-            result.bytes_in += len(html)
-            where = {"doc_id": row["doc_id"], "url": row["url"], "warc_file": row["warc_file"],
-                     "warc_offset": row["warc_offset"], "nbytes": len(html)}
-            if row["content_type"] == "text/plain":
-                title, text = None, html
-            else:
-                try:
-                    title, text = self.extract(html, row["url"])
-                except Exception as err:  # lxml and trafilatura raise many types on hostile HTML
-                    drops.add("extract_error", detail=f"{type(err).__name__}: {err}", **where)
+        extractor = IsolatedExtractor(self.config)
+        try:
+            for row in self.input_rows(unit, SOURCE_COLUMNS + ["html"]):
+                html = row.pop("html") or ""
+                result.docs_in += 1
+                result.bytes_in += len(html)
+                where = {"doc_id": row["doc_id"], "url": row["url"], "warc_file": row["warc_file"],
+                         "warc_offset": row["warc_offset"], "nbytes": len(html)}
+                if row["content_type"] == "text/plain":
+                    title, text = None, html
+                else:
+                    status, value = extractor(html, row["url"])
+                    if status != "ok":
+                        drops.add(f"extract_{status}", detail=str(value), **where)
+                        continue
+                    title, text = value
+                text = text.strip()
+                if len(text) < self.config.min_text_chars:
+                    drops.add("extract_empty", **where)
                     continue
-            text = text.strip()
-            if len(text) < self.config.min_text_chars:
-                drops.add("extract_empty", **where)
-                continue
-            writer.add({**row, "title": title, "text": text})
+                writer.add({**row, "title": title, "text": text})
+        finally:
+            extractor.close()

@@ -1,0 +1,64 @@
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import ExtractConfig
+from tasks.extract import SOURCE_COLUMNS, ExtractStage
+from tasks.ingest import SCHEMA as INGEST_SCHEMA
+from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
+from tasks.stage import run_unit
+from tests.helpers import page
+
+
+def ingested(directory, htmls):
+    """An ingest dataset holding the given (content_type, html) documents."""
+    w = ShardWriter(directory, "part-00000", INGEST_SCHEMA, max_docs=10**6, max_bytes=10**12)
+    for i, (ctype, html) in enumerate(htmls):
+        w.add({"doc_id": f"d{i}", "url": f"http://e.com/{i}", "content_type": ctype, "html": html,
+               "warc_file": "x.warc.gz", "warc_offset": i})
+    write_dataset_manifest(directory, "ingest", "k", [finish_unit(directory, ShardResult("part-00000"), w, DropLog())])
+    return directory
+
+
+def extract(tmp_path, htmls, **cfg):
+    stage = ExtractStage(ExtractConfig(**cfg))
+    results = [run_unit(stage, u, tmp_path / "out") for u in stage.plan(ingested(tmp_path / "in", htmls))]
+    rows = [r for res in results for f in res.files for r in pq.read_table(tmp_path / "out" / f.name).to_pylist()]
+    drops = [r for res in results if res.drops_file
+             for r in pq.read_table(tmp_path / "out" / res.drops_file).to_pylist()]
+    return rows, {d["doc_id"]: d["reason"] for d in drops}
+
+
+def test_main_text_and_title_without_boilerplate(tmp_path):
+    rows, drops = extract(tmp_path, [("text/html", page("Library hours", 5))])
+    [row] = rows
+    assert row["title"] == "Library hours" and "reading rooms should stay open late" in row["text"]
+    assert "Home | About | Contact" not in row["text"] and "html" not in row and drops == {}
+    assert set(SOURCE_COLUMNS) <= set(row)
+
+
+def test_plain_text_passes_through_and_empty_pages_are_dropped(tmp_path):
+    rows, drops = extract(tmp_path, [("text/plain", "Already text."), ("text/html", "<html><body></body></html>")])
+    assert [r["text"] for r in rows] == ["Already text."]
+    assert drops == {"d1": "extract_empty"}
+
+
+@pytest.mark.slow
+def test_pathological_html_gives_counted_drops_not_crashes_or_hangs(tmp_path):
+    deep = "<div>" * 100_000 + "deep text" + "</div>" * 100_000
+    huge = "<html><body>" + "<p>word word word</p>" * 2_500_000 + "</body></html>"  # ~55 MB
+    binary = "<html><body>" + "".join(chr(c) for c in range(1, 256)) * 200 + "</body></html>"
+    bad_charset = "<html><body><p>" + "caf\ufffd na\ufffdve text " * 50 + "</p></body></html>"
+    pages = [("text/html", deep), ("text/html", huge), ("text/html", binary), ("text/html", bad_charset),
+             ("text/html", page("After the storm", 5))]
+    rows, drops = extract(tmp_path, pages, cpu_time_limit_s=2)
+    assert drops["d1"] == "extract_timeout"
+    assert drops.get("d0") in (None, "extract_empty")
+    assert rows[-1]["title"] == "After the storm"  # the worker was replaced and went on
+    assert len(rows) + len(drops) == 5
+
+
+def test_extraction_is_deterministic(tmp_path):
+    pages = [("text/html", page(f"Page {i}", 4)) for i in range(5)]
+    a, _ = extract(tmp_path / "a", pages)
+    b, _ = extract(tmp_path / "b", pages)
+    assert a == b
