@@ -353,7 +353,8 @@ def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str 
 def sql(query: str, as_json: bool, warehouse_path: str | None, config_path: str | None) -> None:
     """Run a read-only SQL query on the warehouse, its tables and its document views.
 
-    The views docs_ingest, docs_extract, doc_drops and doc_lineage read the latest Parquet shards of each stage.
+    The views docs_<stage> (docs_ingest, docs_quality, ...), doc_drops and doc_lineage read the latest Parquet
+    shards of each stage.
 
     \b
     Example:

@@ -158,17 +158,19 @@ def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
 
 
 @pytest.mark.slow
-def test_shared_corpora_config_ingests_every_archive(tmp_path):
+def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     from tests.conftest import REPO, shared_path
     from tasks.config import load_config
 
     shared_path("corpora", "warc")
     cfg = load_config(REPO / "configs" / "shared_corpora.toml", base=REPO)
     cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"work_dir": tmp_path / "work"})})
-    stages, run_id = run(cfg, ["ingest"])
-    assert stages[0]["status"] == "completed" and stages[0]["docs_out"] >= 400
+    stages, run_id = run(cfg, ["ingest", "extract", "language", "quality"])
+    assert [s["status"] for s in stages] == ["completed"] * 4
+    assert by_stage(stages)["ingest"]["docs_out"] >= 400 and by_stage(stages)["quality"]["docs_out"] > 0
     funnel = {f["reason"]: f["docs"] for f in Warehouse(cfg.warehouse_path).funnel(run_id) if f["dropped"]}
-    assert funnel["record_request"] > 0 and funnel["record_revisit"] > 0 and "record_error" not in funnel
+    assert funnel["record_request"] > 0 and funnel["record_revisit"] > 0 and funnel["lang_not_kept"] > 0
+    assert not {"record_error", "extract_error", "extract_crash"} & set(funnel)
 
 
 @pytest.mark.slow
