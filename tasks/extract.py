@@ -11,9 +11,11 @@ replaced. CPU time rather than wall time keeps the result independent of how loa
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import resource
 import signal
+import subprocess
+import sys
 from multiprocessing.connection import Connection
 
 import pyarrow as pa
@@ -59,51 +61,79 @@ def _serve(conn: Connection, cfg: ExtractConfig) -> None:
 
 
 class IsolatedExtractor:
-    """A child process that extracts pages one at a time and is replaced when a page kills it."""
+    """A child process that extracts pages one at a time and is replaced when a page kills it.
+
+    The child is a plain subprocess (``python -m tasks.extract``) talking over its stdin and stdout, so it can be
+    started from anywhere, Dask and process-pool workers included (multiprocessing forbids children there).
+    """
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
-        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may run threads
-        self._proc = None
-        self._conn: Connection | None = None
+        self._proc: subprocess.Popen | None = None
+        self._send: Connection | None = None
+        self._recv: Connection | None = None
 
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_serve, args=(child, self.cfg), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
+        self._proc = subprocess.Popen([sys.executable, "-m", "tasks.extract"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._send = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
+        self._recv = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
+        self._proc.stdin.close()
+        self._proc.stdout.close()
+        self._send.send(self.cfg.model_dump(mode="json"))
 
     def _stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join()
-            self._conn.close()
-        self._proc = self._conn = None
+            self._proc.wait()
+        for conn in (self._send, self._recv):
+            if conn is not None:
+                conn.close()
+        self._proc = self._send = self._recv = None
 
     def __call__(self, html: str, url: str | None) -> tuple[str, object]:
         """('ok', (title, text)) | ('error' | 'timeout' | 'crash', message)."""
         if self._proc is None:
             self._start()
         try:
-            self._conn.send((html, url))
-            if self._conn.poll(self.cfg.wall_time_limit_s):
-                return self._conn.recv()
+            self._send.send((html, url))
+            if self._recv.poll(self.cfg.wall_time_limit_s):
+                return self._recv.recv()
             self._stop()
             return "timeout", f"no answer in {self.cfg.wall_time_limit_s:g} s of wall time"
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            self._proc.join(timeout=5)
-            code = self._proc.exitcode
+        except (EOFError, OSError):
+            try:
+                code = self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
             self._stop()
             if code == -signal.SIGXCPU:
                 return "timeout", f"over {self.cfg.cpu_time_limit_s:g} CPU seconds"
             return "crash", f"the extraction worker died (exit code {code})"
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the child sees end of input and returns
-            self._proc.join(timeout=5)
+        if self._proc is not None:
+            self._send.close()  # the child sees end of input and returns
+            self._send = None
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         self._stop()
+
+
+def _child_main() -> None:
+    """Entry point of the child: fd 0 brings work, fd 1 carries answers; stray prints go to stderr."""
+    answers = os.dup(1)
+    os.dup2(2, 1)
+    conn_in, conn_out = Connection(0, writable=False), Connection(answers, readable=False)
+    cfg = ExtractConfig.model_validate(conn_in.recv())
+
+    class Duplex:
+        recv = conn_in.recv
+        send = conn_out.send
+
+    _serve(Duplex(), cfg)  # type: ignore[arg-type]
 
 
 class ExtractStage(Stage):
@@ -138,3 +168,7 @@ class ExtractStage(Stage):
                 writer.add({**row, "title": title, "text": text})
         finally:
             extractor.close()
+
+
+if __name__ == "__main__":
+    _child_main()
