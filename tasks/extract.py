@@ -169,19 +169,17 @@ class ExtractStage(Stage):
             html = row.pop("html") or ""
             result.docs_in += 1
             result.bytes_in += len(html)
-            where = {"doc_id": row["doc_id"], "url": row["url"], "warc_file": row["warc_file"],
-                     "warc_offset": row["warc_offset"], "nbytes": len(html)}
             if row["content_type"] == "text/plain":
                 title, text = None, html
             else:
                 status, value = extractor(html, row["url"])
                 if status != "ok":
-                    drops.add(f"extract_{status}", detail=str(value), **where)
+                    drops.add_record(f"extract_{status}", row, nbytes=len(html), detail=str(value))
                     continue
                 title, text = value
             text = text.strip()
             if len(text) < self.config.min_text_chars:
-                drops.add("extract_empty", **where)
+                drops.add_record("extract_empty", row, nbytes=len(html))
                 continue
             writer.add({**row, "title": title, "text": text})
 

@@ -56,7 +56,6 @@ class LanguageStage(Stage):
             lang, score = classify(row["text"], self.config.max_chars)
             if lang not in keep or score < keep[lang]:
                 reason = "lang_not_kept" if lang not in keep else "lang_low_score"
-                drops.add(reason, doc_id=row["doc_id"], url=row["url"], warc_file=row["warc_file"],
-                          warc_offset=row["warc_offset"], nbytes=len(row["text"]), detail=f"{lang}:{score:.4f}")
+                drops.add_record(reason, row, nbytes=len(row["text"]), detail=f"{lang}:{score:.4f}")
                 continue
             writer.add({**row, "lang": lang, "lang_score": score})

@@ -316,9 +316,8 @@ class QualityStage(Stage):
             result.bytes_in += len(row["text"])
             kept, text, reason, redactions = rules.apply(row["text"], row["url"])
             if not kept:
-                drops.add(reason, doc_id=row["doc_id"], url=row["url"], warc_file=row["warc_file"],
-                          warc_offset=row["warc_offset"], nbytes=len(row["text"]),
-                          text=row["text"] if self.config.keep_dropped_text else None)
+                drops.add_record(reason, row, nbytes=len(row["text"]),
+                                 text=row["text"] if self.config.keep_dropped_text else None)
                 continue
             if redactions:
                 result.notes["pii_redacted_docs"] = result.notes.get("pii_redacted_docs", 0) + 1

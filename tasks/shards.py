@@ -163,6 +163,12 @@ class DropLog:
                           "detail": detail[:500] if detail else None, "text": text})
 
 
+    def add_record(self, reason: str, row: dict[str, Any], **extra: Any) -> None:
+        """Drop a record that carries the source columns (every stage after ingest)."""
+        self.add(reason, doc_id=row.get("doc_id"), url=row.get("url"), warc_file=row.get("warc_file"),
+                 warc_offset=row.get("warc_offset"), **extra)
+
+
 class ShardWriter:
     """Buffers records and writes bounded Parquet shards: a new shard starts past max_docs or max_bytes."""
 

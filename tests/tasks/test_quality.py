@@ -123,3 +123,28 @@ def test_quality_is_fast_enough_per_document():
     big = (GOOD + "\n\n") * 400
     kept, _, reason, _ = QualityFilter(QualityConfig()).apply(big)
     assert reason == "gopher_dup_paragraphs"
+
+
+def test_stage_keeps_cleaned_text_and_an_exclusion_log(tmp_path):
+    import pyarrow.parquet as pq
+
+    from tasks.language import SCHEMA as LANGUAGE_SCHEMA
+    from tasks.quality import QualityStage
+    from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
+    from tasks.stage import run_unit
+
+    up = tmp_path / "up"
+    w = ShardWriter(up, "part-00000", LANGUAGE_SCHEMA, max_docs=100, max_bytes=10**9)
+    w.add({"doc_id": "good", "url": "http://e.org/1", "text": GOOD + "\nWrite to me@example.org today.",
+           "lang": "en", "lang_score": 1.0})
+    w.add({"doc_id": "short", "url": "http://e.org/2", "text": "Too short.", "lang": "en", "lang_score": 1.0})
+    write_dataset_manifest(up, "language", "k", [finish_unit(up, ShardResult("part-00000"), w, DropLog())])
+    stage = QualityStage(QualityConfig(keep_dropped_text=True))
+    [unit] = stage.plan(up)
+    res = run_unit(stage, unit, tmp_path / "out")
+    [kept] = pq.read_table(tmp_path / "out" / res.files[0].name).to_pylist()
+    assert kept["doc_id"] == "good" and kept["pii_redactions"] == 1 and "<EMAIL>" in kept["text"]
+    assert kept["lang"] == "en"
+    [dropped] = pq.read_table(tmp_path / "out" / res.drops_file).to_pylist()
+    assert (dropped["doc_id"], dropped["reason"], dropped["text"]) == ("short", "empty_after_cleaning", "Too short.")
+    assert res.notes == {"pii_redacted_docs": 1}
