@@ -250,13 +250,12 @@ def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> t
     failures: list[str] = []
     if not units:
         return results, failures
-    runner_task = run_unit_task
     t0 = time.perf_counter()
     say(f"{stage.name}: {len(units)} units on {cfg.runner.kind} x{cfg.runner.workers}")
     every = max(1, len(units) // 10)  # without a terminal, a line per tenth of the work
     with task_runner(cfg.runner) as runner, _progress() as progress:
         bar = progress.add_task(stage.name, total=len(units), rate="")
-        futures = {runner.submit(runner_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
+        futures = {runner.submit(run_unit_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
                                                           "label": f"{stage.name}:{u.name}"}): u for u in units}
         docs = 0
         for future in as_completed(list(futures)):

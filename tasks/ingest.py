@@ -19,7 +19,6 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
@@ -220,7 +219,7 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
 
     def fill(n: int) -> None:
         """Make at least n unread bytes available (fewer at end of file); compact the buffer when that is cheap."""
-        nonlocal at_eof, buf, pos, base
+        nonlocal at_eof, pos, base
         if len(buf) - pos >= n or at_eof:
             return
         if pos:

@@ -247,7 +247,7 @@ def _read_list(path: Path | None) -> set[str]:
 
 
 def redact(text: str, urls: bool) -> tuple[str, int]:
-    """Replace e-mail addresses, IP addresses (and URLs) with placeholders; returns (text, replacements)."""
+    """Replace e-mail addresses, IP addresses (and URLs) with <EMAIL>, <IP>, <URL>; returns (text, count)."""
     total = 0
     for pattern, token in ((_EMAIL, "<EMAIL>"), (_IPV6, "<IP>"), (_IPV4, "<IP>")) + (((_URL, "<URL>"),) if urls else ()):
         text, n = pattern.subn(token, text)

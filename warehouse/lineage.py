@@ -201,10 +201,10 @@ class Warehouse:
         """The latest visit of each URL a crawl job reached: depth, validators and payload digest."""
         if not self.path.exists():
             return []
-        placeholders = ", ".join("?" for _ in visited)
+        marks = ", ".join("?" for _ in visited)
         return self.query(
             f"SELECT url, depth, etag, last_modified, payload_digest FROM crawl_log "
-            f"WHERE job = ? AND outcome IN ({placeholders}) "
+            f"WHERE job = ? AND outcome IN ({marks}) "
             f"QUALIFY row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) = 1", [job, *visited])
 
     # -- datasets ------------------------------------------------------------------------------------------------

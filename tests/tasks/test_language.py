@@ -24,7 +24,6 @@ def test_unknown_language_code_fails_at_load(tmp_path):
 
 
 def test_stage_keeps_configured_languages_and_records_the_rest(tmp_path):
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from tasks.extract import SCHEMA
