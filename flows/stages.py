@@ -28,7 +28,7 @@ from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
 from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
-from tasks.stage import Stage, Unit, UnitFailed, prepare_output, run_unit
+from tasks.stage import ReduceStage, Stage, Unit, UnitFailed, prepare_output, run_reduce, run_scan, run_unit
 from warehouse.lineage import Warehouse
 
 
@@ -82,6 +82,19 @@ def _transient_io(task, task_run, state) -> bool:
 def run_unit_task(stage: Stage, unit: Unit, out_dir: str, label: str) -> dict[str, Any]:
     """Run one unit of a stage into its shards (or return the manifest of an earlier finished attempt)."""
     return run_unit(stage, unit, Path(out_dir)).to_json()
+
+
+@task(name="scan-unit", task_run_name="{label}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+      retry_condition_fn=_transient_io)
+def scan_unit_task(stage: ReduceStage, unit: Unit, out_dir: str, label: str) -> dict[str, Any]:
+    """The first pass of a reduce stage over one unit (signatures, n-gram hits...)."""
+    return run_scan(stage, unit, Path(out_dir))
+
+
+@task(name="reduce", task_run_name="{label}", cache_policy=NO_CACHE)
+def reduce_task(stage: ReduceStage, out_dir: str, scans: list[dict[str, Any]], key: str, label: str) -> dict[str, Any]:
+    """The whole-dataset step of a reduce stage (dedup clustering, contamination counts)."""
+    return run_reduce(stage, Path(out_dir), scans, key)
 
 
 def dataset_dir(cfg: Config, stage: str, key: str) -> Path:
@@ -215,11 +228,17 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             bytes_in = upstream["bytes"]
         out_dir = dataset_dir(cfg, stage_name, key)
         prepare_output(out_dir)
-        results, failures = _run_units(cfg, stage, units, out_dir)
-        if failures:
-            detail = "\n  ".join(failures[:20])
-            more = f"\n  … and {len(failures) - 20} more" if len(failures) > 20 else ""
-            raise StageFailed(f"stage {stage_name}: {len(failures)} of {len(units)} units failed:\n  {detail}{more}")
+        facts: dict[str, Any] = {}
+        if isinstance(stage, ReduceStage):
+            scans, failures = _run_units(cfg, stage, units, out_dir, scan_unit_task, "scan")
+            _raise_failures(stage_name, "scan", failures, units)
+            facts = reduce_task(stage, str(out_dir), scans, key, f"{stage_name}:reduce")
+            wh.record_metrics(run_id, [(None, f"{stage_name}.{k}", float(v)) for k, v in sorted(facts.items())
+                                       if isinstance(v, (int, float))], stage_run_id=stage_run_id)
+            say(f"{stage_name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+        raw, failures = _run_units(cfg, stage, units, out_dir)
+        _raise_failures(stage_name, "", failures, units)
+        results = [ShardResult.from_json(r) for r in raw]
 
         manifest = write_dataset_manifest(out_dir, stage_name, key, results)
         dataset_id = f"{stage_name}-{key[:12]}"
@@ -244,33 +263,44 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
         return wh.dataset(dataset_id)
 
 
-def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path) -> tuple[list[ShardResult], list[str]]:
+def _raise_failures(stage_name: str, step: str, failures: list[str], units: list[Unit]) -> None:
+    if failures:
+        detail = "\n  ".join(failures[:20])
+        more = f"\n  … and {len(failures) - 20} more" if len(failures) > 20 else ""
+        what = f"{step} units" if step else "units"
+        raise StageFailed(f"stage {stage_name}: {len(failures)} of {len(units)} {what} failed:\n  {detail}{more}")
+
+
+def _run_units(cfg: Config, stage: Stage, units: list[Unit], out_dir: Path, unit_task=run_unit_task,
+               step: str = "") -> tuple[list[dict[str, Any]], list[str]]:
     """Submit every unit to the task runner, await them all, and collect results and failure messages."""
-    results: list[ShardResult] = []
+    results: list[dict[str, Any]] = []
     failures: list[str] = []
     if not units:
         return results, failures
     t0 = time.perf_counter()
-    say(f"{stage.name}: {len(units)} units on {cfg.runner.kind} x{cfg.runner.workers}")
+    name = f"{stage.name} {step}".strip()
+    say(f"{name}: {len(units)} units on {cfg.runner.kind} x{cfg.runner.workers}")
     every = max(1, len(units) // 10)  # without a terminal, a line per tenth of the work
     with task_runner(cfg.runner) as runner, _progress() as progress:
-        bar = progress.add_task(stage.name, total=len(units), rate="")
-        futures = {runner.submit(run_unit_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
-                                                          "label": f"{stage.name}:{u.name}"}): u for u in units}
+        bar = progress.add_task(name, total=len(units), rate="")
+        futures = {runner.submit(unit_task, parameters={"stage": stage, "unit": u, "out_dir": str(out_dir),
+                                                      "label": f"{stage.name}:{step + ':' if step else ''}{u.name}"}): u
+                   for u in units}
         docs = 0
         for future in as_completed(list(futures)):
             unit = futures[future]
             try:
-                result = ShardResult.from_json(future.result())
+                result = future.result()
             except Exception as err:  # UnitFailed already names the unit and its input
                 failures.append(str(err) if isinstance(err, UnitFailed) else f"{unit.describe()}: {err!r}")
             else:
                 results.append(result)
-                docs += result.docs_in
+                docs += result.get("docs_in", result.get("docs", 0))
             rate = docs / max(time.perf_counter() - t0, 1e-9)
             progress.update(bar, advance=1, rate=f"{rate:,.0f} docs/s")
             finished = len(results) + len(failures)
             if progress.disable and (finished % every == 0 or finished == len(units)):
-                say(f"{stage.name}: {finished}/{len(units)} units, {rate:,.0f} docs/s")
-    results.sort(key=lambda r: r.unit)
+                say(f"{name}: {finished}/{len(units)} units, {rate:,.0f} docs/s")
+    results.sort(key=lambda r: r["unit"])
     return results, failures

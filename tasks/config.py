@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -213,6 +213,55 @@ class QualityConfig(ShardedStageConfig):
         return dict(sorted(value.items()))
 
 
+class DedupConfig(ShardedStageConfig):
+    exact: bool = Field(True, description="Drop documents whose normalized text (NFC, casefold, spaces) repeats.")
+    minhash: bool = Field(True, description="Drop near-duplicates found by MinHash LSH.")
+    ngram: int = Field(5, ge=1, le=50, description="Words per shingle.")
+    num_perm: int = Field(112, ge=8, le=1024, description="MinHash permutations (signature length).")
+    bands: int = Field(14, ge=1, le=1024, description="LSH bands; bands x rows must not exceed num_perm.")
+    rows: int = Field(8, ge=1, le=1024, description="Signature values per band.")
+    threshold: float = Field(0.7, ge=0.0, le=1.0, description=(
+        "Least estimated Jaccard for two colliding documents to count as near-duplicates (with verify). Set "
+        "explicitly: the bands/rows S-curve alone collides pairs near (1/bands)^(1/rows), 0.72 for 14x8."))
+    verify: bool = Field(True, description="Check every candidate pair's estimated Jaccard against threshold.")
+    seed: int = Field(1, ge=0, le=2**31 - 1, description="Seed of the MinHash permutations.")
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*[KMGT]?i?B$",
+                              description="DuckDB's memory for clustering; beyond it, it spills to disk.")
+    incremental: bool = Field(True, description=(
+        "Remember accepted documents, so a later run drops near-duplicates of documents accepted before."))
+    state_dir: Path | None = Field(None, description="Where accepted signatures live; default <work_dir>/dedup_state.")
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "DedupConfig":
+        if self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands} x {self.rows} = {self.bands * self.rows} exceeds "
+                             f"num_perm {self.num_perm}")
+        return self
+
+
+class DecontaminateConfig(ShardedStageConfig):
+    benchmarks_dir: Path | None = Field(None, description=(
+        "Directory of benchmark JSONL files (CORE formats). Unset: the small smoke benchmark Crucible writes into "
+        "<work_dir>/benchmarks/smoke; `crucible benchmarks fetch` downloads the real sets."))
+    tasks: list[str] = Field(default_factory=list, description="Benchmark files (names without .jsonl); empty: all.")
+    ngram: int = Field(13, ge=1, le=100, description="n-gram length for items with at least this many words.")
+    min_ngram: int = Field(8, ge=1, le=100, description=(
+        "Shorter items use n = their length, down to this; items shorter still are not checked (counted)."))
+    max_ngram_docs: int = Field(20, ge=1, description=(
+        "An item n-gram found in more documents than this is common text (boilerplate), not contamination."))
+    policy: Literal["drop", "cut"] = Field("drop", description=(
+        "drop: drop a document that shares an n-gram with an item. cut: remove a window around each match."))
+    cut_window_chars: int = Field(200, ge=0, description="Characters removed on each side of a match (cut).")
+    max_cuts: int = Field(10, ge=0, description="A document needing more cuts than this is dropped (cut).")
+    min_chars_after_cut: int = Field(200, ge=0, description="A document shorter than this after cutting is dropped.")
+
+    @model_validator(mode="after")
+    def _min_below_n(self) -> "DecontaminateConfig":
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram {self.min_ngram} is larger than ngram {self.ngram}")
+        return self
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -223,6 +272,8 @@ class Config(Section):
     extract: ExtractConfig = ExtractConfig()
     language: LanguageConfig = LanguageConfig()
     quality: QualityConfig = QualityConfig()
+    dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -320,6 +371,9 @@ def _absolute(cfg: Config, base: Path) -> Config:
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
         "crawl": cfg.crawl.model_copy(update={"seeds_file": resolve(cfg.crawl.seeds_file)}),
         "quality": quality,
+        "dedup": cfg.dedup.model_copy(update={"state_dir": resolve(cfg.dedup.state_dir) or work / "dedup_state"}),
+        "decontaminate": cfg.decontaminate.model_copy(update={
+            "benchmarks_dir": resolve(cfg.decontaminate.benchmarks_dir) or work / "benchmarks" / "smoke"}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
     })
 

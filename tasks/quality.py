@@ -51,7 +51,8 @@ _IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2
 _IPV6 = re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b")
 _URL = re.compile(r"\bhttps?://[^\s<>\"']+|\bwww\.[^\s<>\"']+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_HAS_LETTER = re.compile(r"[^\W\d_]")
+# a whitespace-delimited word with no letter in it: digits, underscores, punctuation and symbols only
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 _SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
 
 
@@ -74,7 +75,7 @@ class Doc:
         self.lines = [line for line in _LINES.split(self.text) if line.strip()]
         self.words = self.text.split()
         self.tokens = _WORD.findall(self.text)  # words without punctuation
-        self.token_counts = Counter(_WORD.findall(self.text.lower()))
+        self.token_counts = Counter(map(str.lower, self.tokens))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def gopher_quality(doc: Doc, cfg: QualityConfig) -> str | None:
         return "gopher_too_few_words"
     if n > cfg.gopher_max_words:
         return "gopher_too_many_words"
-    mean = sum(len(t) for t in tokens) / n
+    mean = sum(map(len, tokens)) / n
     if mean < cfg.gopher_min_mean_word_length:
         return "gopher_short_mean_word"
     if mean > cfg.gopher_max_mean_word_length:
@@ -136,7 +137,7 @@ def gopher_quality(doc: Doc, cfg: QualityConfig) -> str | None:
         return "gopher_too_many_bullet_lines"
     if sum(line.rstrip().endswith(ELLIPSES) for line in lines) / len(lines) > cfg.gopher_max_ellipsis_lines_ratio:
         return "gopher_too_many_ellipsis_lines"
-    alpha = sum(1 for w in doc.words if _HAS_LETTER.search(w))
+    alpha = len(doc.words) - len(_NO_LETTER_WORD.findall(doc.text))
     if alpha / words < cfg.gopher_min_alpha_words_ratio:
         return "gopher_too_few_alpha_words"
     if sum(doc.token_counts[w] for w in STOP_WORDS) < cfg.gopher_min_stop_words:
@@ -170,19 +171,38 @@ def _top_ngram_chars(words: list[str], n: int) -> int:
     return (sum(len(w) for w in gram) + n - 1) * freq
 
 
-def _duplicate_ngram_chars(words: list[str], n: int) -> int:
-    """Characters in n-grams that repeat an earlier n-gram, not counting overlaps twice (datatrove's rule)."""
+def _repeat_candidates(words: list[str], n: int) -> list[int]:
+    """Positions whose n-gram occurs more than once. An m-gram (m >= n) can only repeat where its leading n-gram
+    does, so these positions are the only ones the duplicate passes for every m >= n need to look at."""
+    grams = list(zip(*(words[i:] for i in range(n))))
+    counts = Counter(grams)
+    if len(counts) == len(grams):
+        return []
+    return [i for i, gram in enumerate(grams) if counts[gram] > 1]
+
+
+def _duplicate_ngram_chars(words: list[str], n: int, candidates: list[int] | None = None) -> int:
+    """Characters in n-grams that repeat an earlier n-gram, not counting overlaps twice (datatrove's rule).
+
+    Walks left to right; after a repeat it jumps past the n-gram. ``candidates`` (from ``_repeat_candidates``
+    with a smaller or equal n) limits the walk to positions that can repeat: the result is the same."""
+    if candidates is None:
+        candidates = range(len(words))
     seen: set[tuple[str, ...]] = set()
-    chars = i = 0
+    chars = following = 0
     limit = len(words) - n + 1
-    while i < limit:
+    for i in candidates:
+        if i < following:
+            continue
+        if i >= limit:
+            break
         gram = tuple(words[i:i + n])
         if gram in seen:
-            chars += sum(len(w) for w in gram)
-            i += n
+            chars += sum(map(len, gram))
+            following = i + n
         else:
             seen.add(gram)
-            i += 1
+            following = i + 1
     return chars
 
 
@@ -205,8 +225,10 @@ def gopher_repetition(doc: Doc, cfg: QualityConfig) -> str | None:
     for n, limit in cfg.gopher_top_ngram_ratios.items():
         if _top_ngram_chars(words, int(n)) / size > limit:
             return f"gopher_top_{n}_gram"
-    for n, limit in cfg.gopher_dup_ngram_ratios.items():
-        if _duplicate_ngram_chars(words, int(n)) / size > limit:
+    dup_ngrams = sorted((int(n), limit) for n, limit in cfg.gopher_dup_ngram_ratios.items())
+    candidates = _repeat_candidates(words, dup_ngrams[0][0]) if dup_ngrams else []
+    for n, limit in dup_ngrams if candidates else ():
+        if _duplicate_ngram_chars(words, n, candidates) / size > limit:
             return f"gopher_dup_{n}_grams"
     return None
 

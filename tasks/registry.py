@@ -4,12 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.crawl import CrawlStage
+from tasks.dedup import DedupStage
 from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
 from tasks.language import LanguageStage
 from tasks.quality import QualityStage
 
-STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage)}
+STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage,
+                                                              DedupStage)}
 ORDER: list[str] = list(STAGES)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from abc import ABC, abstractmethod
 import sys
 import time
@@ -24,8 +25,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.config import stable_hash
-from tasks.shards import (DropLog, ShardResult, ShardWriter, finish_unit, iter_rows, read_dataset_manifest,
-                          read_unit_manifest, remove_temp_files)
+from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_rows,
+                          read_dataset_manifest, read_unit_manifest, remove_temp_files)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,63 @@ def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
         raise UnitFailed(f"{stage.name} {unit.describe()}: {type(err).__name__}: {err}") from err
     result.seconds = time.perf_counter() - t0
     return finish_unit(out_dir, result, writer, drops)
+
+
+class ReduceStage(Stage):
+    """A stage with a whole-dataset step between two parallel passes (dedup clustering, contamination counts).
+
+    1. ``scan`` runs per unit, in parallel, and writes what the reduce needs into ``scratch_dir(out_dir)``;
+    2. ``reduce`` runs once over every scan's output and writes its decisions there too;
+    3. ``process`` runs per unit as in every stage, reading those decisions.
+
+    Each step records its completion (``scan-<unit>.json``, ``reduce.json``), so a killed run resumes where it was.
+    """
+
+    SCRATCH = "_reduce"
+
+    @staticmethod
+    def scratch_dir(out_dir: Path) -> Path:
+        return Path(out_dir) / ReduceStage.SCRATCH
+
+    @abstractmethod
+    def scan(self, unit: Unit, scratch: Path) -> dict[str, Any]:
+        """Write this unit's part of the reduce's input under ``scratch``; return small JSON-able facts."""
+
+    @abstractmethod
+    def reduce(self, scratch: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
+        """Decide over the whole dataset; return counts to report (JSON-able)."""
+
+    def after_reduce(self, scratch: Path) -> None:
+        """Delete what only the reduce needed (it runs once the reduce is recorded as done)."""
+
+
+def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
+    """Scan one unit, or return the recorded result of a scan that finished before."""
+    scratch = stage.scratch_dir(out_dir)
+    done = scratch / f"scan-{unit.name}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    scratch.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(scratch)
+    try:
+        facts = stage.scan(unit, scratch)
+    except Exception as err:
+        raise UnitFailed(f"{stage.name} scan {unit.describe()}: {type(err).__name__}: {err}") from err
+    atomic_write_json(done, {"unit": unit.name, **facts})
+    return {"unit": unit.name, **facts}
+
+
+def run_reduce(stage: ReduceStage, out_dir: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
+    """The reduce step, once; its record makes a rerun skip it."""
+    scratch = stage.scratch_dir(out_dir)
+    done = scratch / "reduce.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    remove_temp_files(scratch)
+    facts = stage.reduce(scratch, sorted(scans, key=lambda s: s["unit"]), stage_key)
+    atomic_write_json(done, facts)
+    stage.after_reduce(scratch)
+    return facts
 
 
 def prepare_output(out_dir: Path) -> None:

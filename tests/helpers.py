@@ -89,3 +89,38 @@ def truncate(path: Path, keep_fraction: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep_fraction)])
     return path
+
+
+def write_dataset(directory: Path, schema, rows: list[dict], *, stage: str = "upstream",
+                  shard_docs: int = 1000) -> Path:
+    """A sealed dataset of ``rows`` (missing columns are null), as an upstream stage would have left it."""
+    from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
+
+    results = []
+    for start in range(0, max(len(rows), 1), shard_docs):
+        unit = f"part-{start // shard_docs:05d}"
+        w = ShardWriter(directory, unit, schema, max_docs=shard_docs, max_bytes=10**9)
+        for row in rows[start:start + shard_docs]:
+            w.add(row)
+        results.append(finish_unit(directory, ShardResult(unit), w, DropLog()))
+    write_dataset_manifest(directory, stage, "test", results)
+    return directory
+
+
+def run_stage(stage, input_dir: Path, out_dir: Path, key: str = "test-key"):
+    """Every step of a stage as the flow runs them (scan and reduce first for a ReduceStage); returns
+    (kept rows, dropped rows, reduce facts or None)."""
+    import pyarrow.parquet as pq
+
+    from tasks.shards import write_dataset_manifest
+    from tasks.stage import ReduceStage, run_reduce, run_scan, run_unit
+
+    units = stage.plan(input_dir)
+    facts = None
+    if isinstance(stage, ReduceStage):
+        facts = run_reduce(stage, out_dir, [run_scan(stage, u, out_dir) for u in units], key)
+    results = [run_unit(stage, u, out_dir) for u in units]
+    write_dataset_manifest(out_dir, stage.name, key, results)
+    kept = [r for res in results for f in res.files for r in pq.read_table(out_dir / f.name).to_pylist()]
+    dropped = [r for res in results if res.drops_file for r in pq.read_table(out_dir / res.drops_file).to_pylist()]
+    return kept, dropped, facts

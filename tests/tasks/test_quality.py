@@ -1,8 +1,11 @@
 """Every rule on a small hand-written document, with its exact drop reason."""
+import random
+
 import pytest
 
 from tasks.config import QualityConfig
-from tasks.quality import QualityFilter, c4_lines, normalize, redact
+from tasks.quality import (QualityFilter, _duplicate_ngram_chars, _repeat_candidates, c4_lines, normalize,
+                           redact)
 
 GOOD = """The river flooded the lower town twice in the spring of that year, and the council met to decide what to do.
 Some members wanted a higher wall along the bank, while others argued that the old mill race should be reopened.
@@ -75,6 +78,18 @@ def test_gopher_repetition_rules():
     phrase = "alpha beta gamma delta epsilon zeta eta theta "
     assert check(GOOD + "\n" + phrase * 10, c4=False, fineweb=False,
                  gopher_top_ngram_ratios={}) == "gopher_dup_5_grams"
+
+
+def test_duplicate_ngram_walk_over_candidates_matches_the_full_walk():
+    """The fast path looks only where the shortest n-gram repeats; it must count exactly what the full walk does."""
+    rng = random.Random(7)
+    vocab = "a b c d e f".split()
+    for _ in range(200):
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 60))]
+        candidates = _repeat_candidates(words, 5)
+        for n in range(5, 11):
+            assert _duplicate_ngram_chars(words, n, candidates) == _duplicate_ngram_chars(words, n), (words, n)
+    assert _repeat_candidates("one two three four five six seven".split(), 5) == []
 
 
 def test_fineweb_rules():
