@@ -290,6 +290,12 @@ def _print_run(wh: Warehouse, run: dict[str, Any]) -> None:
     failed = [s for s in stages if s["error"]]
     for s in failed:
         console.print(f"[red]{s['stage']}: {s['error']}[/red]", highlight=False)
+    facts = [f for f in wh.stage_facts(run["run_id"]) if f["name"].split(".", 1)[1] != "seconds"]
+    if facts:
+        for f in facts:
+            f["figure"] = f["name"].split(".", 1)[1].replace("_", " ")
+            f["value"] = int(f["value"]) if float(f["value"]).is_integer() else round(f["value"], 4)
+        console.print(_table("stage figures (dedup, contamination)", facts, ["stage", "figure", "value"]))
     funnel = wh.funnel(run["run_id"])
     if funnel:
         for f in funnel:
@@ -403,3 +409,75 @@ def config_show(config_file: str, as_json: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group()
+def benchmarks() -> None:
+    """Benchmark sets for decontamination and evaluation (CORE JSONL formats).
+
+    Without a configured directory Crucible uses a small smoke set it writes itself; the real 7 sets are fetched
+    from a URL that serves <task>.jsonl files.
+
+    \b
+    Example:
+        crucible benchmarks fetch --url https://example.org/core/ --dest data/benchmarks
+        crucible benchmarks check data/benchmarks
+    """
+
+
+@benchmarks.command("fetch")
+@click.option("--url", envvar="CRUCIBLE_BENCHMARKS_URL", required=True,
+              help="Base URL serving <task>.jsonl (or set CRUCIBLE_BENCHMARKS_URL).")
+@click.option("--dest", type=click.Path(file_okay=False), required=True, help="Directory to write the files into.")
+@click.option("--task", "tasks", multiple=True, help="Only these tasks (repeatable); default: all 7.")
+@_handle_errors
+def benchmarks_fetch(url: str, dest: str, tasks: tuple[str, ...]) -> None:
+    """Download the benchmark sets, validate every line, and write each file atomically.
+
+    Then point decontaminate.benchmarks_dir at DEST.
+
+    \b
+    Example:
+        crucible benchmarks fetch --url http://mirror.local/core --dest data/benchmarks
+        crucible benchmarks fetch --url http://mirror.local/core --dest data/benchmarks --task copa --task piqa
+    """
+    from tasks.benchmarks import fetch
+
+    for path in fetch(url, Path(dest), list(tasks) or None):
+        console.print(f"{path}", highlight=False)
+
+
+@benchmarks.command("smoke")
+@click.argument("dest", type=click.Path(file_okay=False))
+@_handle_errors
+def benchmarks_smoke(dest: str) -> None:
+    """Write Crucible's own small smoke set (a few items per task, in the real formats) into DEST.
+
+    \b
+    Example:
+        crucible benchmarks smoke work/benchmarks/smoke
+    """
+    from tasks.benchmarks import write_smoke
+
+    console.print(f"wrote {write_smoke(Path(dest))}", highlight=False)
+
+
+@benchmarks.command("check")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@_handle_errors
+def benchmarks_check(directory: str) -> None:
+    """Validate every <task>.jsonl in DIRECTORY and count its items; a bad line is named by file and line.
+
+    \b
+    Example:
+        crucible benchmarks check ../shared/benchmarks
+    """
+    from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+
+    rows = []
+    for f in benchmark_files(Path(directory)):
+        items = read_items(f)
+        spec = TASKS.get(f.stem)
+        rows.append({"task": f.stem, "items": len(items), "format": item_kind(items[0]) if items else "",
+                     "known task": "yes" if spec else "no"})
+    console.print(_table(f"benchmarks in {directory}", rows, ["task", "items", "format", "known task"]))

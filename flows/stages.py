@@ -23,6 +23,7 @@ from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flows.runners import task_runner
+from tasks.benchmarks import ensure_smoke, smoke_dir
 from tasks.config import Config, stable_hash
 from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
 from tasks.ingest import IngestStage, InputFile
@@ -194,6 +195,8 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
                recrawl: bool = False) -> dict[str, Any]:
     """Run one stage against an upstream dataset (for ingest: a crawl's WARC files, or None for its inputs only)."""
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    if cfg.decontaminate.benchmarks_dir == smoke_dir(cfg.work_dir):
+        ensure_smoke(cfg.decontaminate.benchmarks_dir)  # the default: our own small set, written on first use
     stage = stage_class(stage_name)(cfg.section(stage_name))
     if isinstance(stage, CrawlStage):
         return run_crawl(cfg, stage, run_id, wh, recrawl)
@@ -235,12 +238,15 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             facts = reduce_task(stage, str(out_dir), scans, key, f"{stage_name}:reduce")
             wh.record_metrics(run_id, [(None, f"{stage_name}.{k}", float(v)) for k, v in sorted(facts.items())
                                        if isinstance(v, (int, float))], stage_run_id=stage_run_id)
-            say(f"{stage_name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items()))
+            say(f"{stage_name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in facts.items() if "." not in k))
         raw, failures = _run_units(cfg, stage, units, out_dir)
         _raise_failures(stage_name, "", failures, units)
         results = [ShardResult.from_json(r) for r in raw]
 
         manifest = write_dataset_manifest(out_dir, stage_name, key, results)
+        if isinstance(stage, ReduceStage):
+            for table, path in stage.records(out_dir).items():
+                say(f"{stage_name}: {wh.load_records(table, stage_run_id, path)} rows into {table}")
         dataset_id = f"{stage_name}-{key[:12]}"
         wh.record_dataset(dataset_id=dataset_id, stage=stage_name, stage_key=key, uri=str(out_dir),
                           format="parquet", fingerprint=manifest.fingerprint,

@@ -371,9 +371,9 @@ def _absolute(cfg: Config, base: Path) -> Config:
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
         "crawl": cfg.crawl.model_copy(update={"seeds_file": resolve(cfg.crawl.seeds_file)}),
         "quality": quality,
-        "dedup": cfg.dedup.model_copy(update={"state_dir": resolve(cfg.dedup.state_dir) or work / "dedup_state"}),
+        "dedup": cfg.dedup.model_copy(update={"state_dir": resolve(cfg.dedup.state_dir) or work.resolve() / "dedup_state"}),
         "decontaminate": cfg.decontaminate.model_copy(update={
-            "benchmarks_dir": resolve(cfg.decontaminate.benchmarks_dir) or work / "benchmarks" / "smoke"}),
+            "benchmarks_dir": resolve(cfg.decontaminate.benchmarks_dir) or work.resolve() / "benchmarks" / "smoke"}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
     })
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.crawl import CrawlStage
+from tasks.decontaminate import DecontaminateStage
 from tasks.dedup import DedupStage
 from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
@@ -11,7 +12,7 @@ from tasks.language import LanguageStage
 from tasks.quality import QualityStage
 
 STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage,
-                                                              DedupStage)}
+                                                              DedupStage, DecontaminateStage)}
 ORDER: list[str] = list(STAGES)
 
 

@@ -176,6 +176,10 @@ class ReduceStage(Stage):
     def after_reduce(self, scratch: Path) -> None:
         """Delete what only the reduce needed (it runs once the reduce is recorded as done)."""
 
+    def records(self, out_dir: Path) -> dict[str, Path]:
+        """Parquet files for the warehouse to load when the stage finishes: table name -> file."""
+        return {}
+
 
 def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
     """Scan one unit, or return the recorded result of a scan that finished before."""

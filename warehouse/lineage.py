@@ -189,6 +189,28 @@ class Warehouse:
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, stage_run_id, step, name, value, now) for step, name, value in metrics])
 
+    RECORD_TABLES = ("contamination_hits",)
+
+    def load_records(self, table: str, stage_run_id: str, path: Path) -> int:
+        """Load a Parquet file a stage wrote for the warehouse (workers never open it) into one of its tables."""
+        if table not in self.RECORD_TABLES:
+            raise WarehouseError(f"no record table {table!r}; known: {', '.join(self.RECORD_TABLES)}")
+        with self.connect() as con:
+            columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "stage_run_id"]
+            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet('{_q(str(path))}')",
+                        [stage_run_id])
+            return con.execute(f"SELECT count(*) FROM {table} WHERE stage_run_id = ?", [stage_run_id]).fetchone()[0]
+
+    def stage_facts(self, run_id: str) -> list[dict[str, Any]]:
+        """Whole-stage figures (dedup clusters, contamination counts) of a run's stages; a cache hit shows those of
+        the run that computed its dataset."""
+        return self.query(
+            "SELECT s.stage, m.name, m.value FROM stage_runs s "
+            "JOIN stage_runs origin ON origin.output_dataset_id = s.output_dataset_id AND NOT origin.cache_hit "
+            "  AND origin.status = 'completed' "
+            "JOIN metrics m ON m.stage_run_id = origin.stage_run_id AND m.step IS NULL "
+            "WHERE s.run_id = ? AND s.status = 'completed' ORDER BY s.started_at, m.name", [run_id])
+
     # -- crawls --------------------------------------------------------------------------------------------------
 
     def record_crawl_log(self, stage_run_id: str, job: str, log_file: Path) -> None:

@@ -1,5 +1,6 @@
 """The CLI as a user runs it: --help everywhere, the run/show/lineage/sql round trip, clear errors."""
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -7,7 +8,8 @@ from click.testing import CliRunner
 from flows.cli import main
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
-            ["config", "show"]]
+            ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
+            ["benchmarks", "check"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
@@ -68,11 +70,11 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert "ingest" in result.output and "completed" in result.output
 
     again = cli.invoke(main, ["run", str(path)])
-    assert again.exit_code == 0 and again.output.count("hit") == 4
+    assert again.exit_code == 0 and len(re.findall(r"│\s*hit\s*│", again.output)) == 6, again.output
 
     wh = ["--config", str(path)]
     runs = cli.invoke(main, ["runs", *wh])
-    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and "4 (4 cached)" in runs.output
+    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and "6 (6 cached)" in runs.output
 
     show = cli.invoke(main, ["show", "latest", *wh])
     assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output
@@ -89,3 +91,13 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
 
     bad = cli.invoke(main, ["stage", "extract", str(path), "--input", "no-such-run"])
     assert bad.exit_code == 1 and "no pipeline run 'no-such-run'" in bad.output
+
+
+def test_benchmarks_smoke_then_check_and_a_bad_file_named_by_line(tmp_path):
+    result = CliRunner().invoke(main, ["benchmarks", "smoke", str(tmp_path / "smoke")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["benchmarks", "check", str(tmp_path / "smoke")])
+    assert result.exit_code == 0 and "lambada_openai" in result.output and "schema" in result.output
+    (tmp_path / "smoke" / "copa.jsonl").write_text('{"query": "q", "choices": ["a", "b"], "gold": 0}\nnope\n')
+    result = CliRunner().invoke(main, ["benchmarks", "check", str(tmp_path / "smoke")])
+    assert result.exit_code == 1 and "copa.jsonl:2:" in result.output
