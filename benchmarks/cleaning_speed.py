@@ -42,7 +42,8 @@ WARC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "warc"
 def run_stage(stage, input_dir: Path, workers: int, pool: str) -> tuple[float, Path, int]:
     units = stage.plan(input_dir)
     out = Path(tempfile.mkdtemp())
-    executor = ThreadPoolExecutor if pool == "threads" else ProcessPoolExecutor
+    # one worker runs in this process, like the bare loop; more are a pool of threads or processes
+    executor = ThreadPoolExecutor if pool == "threads" or workers == 1 else ProcessPoolExecutor
     # each worker loads its libraries (and its extraction child) before the clock starts
     with executor(workers, initializer=_warm, initargs=(stage,)) as ex:
         list(ex.map(_warm, [stage] * workers))

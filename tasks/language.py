@@ -23,12 +23,18 @@ _lock = threading.Lock()
 
 
 def identifier():
-    """langid's model, loaded once per process (about a second)."""
+    """langid's model, loaded once per process (about a second).
+
+    Loading it also limits this process's BLAS to one thread: langid's matrix-vector products are too small to
+    gain from more, and OpenBLAS's spinning helper threads made two language workers slower than one on 2 cores.
+    Parallelism comes from the stage's workers instead."""
     global _identifier
     with _lock:
         if _identifier is None:
             from langid.langid import LanguageIdentifier, model
+            from threadpoolctl import threadpool_limits
 
+            threadpool_limits(1, user_api="blas")
             _identifier = LanguageIdentifier.from_modelstring(model, norm_probs=True)
     return _identifier
 
