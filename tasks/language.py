@@ -55,13 +55,21 @@ class LanguageStage(Stage):
     config: LanguageConfig
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        keep = self.config.keep
-        for row in self.input_rows(unit):
-            result.docs_in += 1
-            result.bytes_in += len(row["text"])
-            lang, score = classify(row["text"], self.config.max_chars)
-            if lang not in keep or score < keep[lang]:
-                reason = "lang_not_kept" if lang not in keep else "lang_low_score"
-                drops.add_record(reason, row, nbytes=len(row["text"]), detail=f"{lang}:{score:.4f}")
-                continue
-            writer.add({**row, "lang": lang, "lang_score": score})
+        """Column-wise: classify the text column of each batch, append lang and lang_score, keep by mask."""
+        keep, max_chars = self.config.keep, self.config.max_chars
+        for batch in self.input_batches(unit):
+            texts = batch.column("text").to_pylist()
+            guesses = [classify(t or "", max_chars) for t in texts]
+            result.docs_in += len(texts)
+            result.bytes_in += sum(len(t or "") for t in texts)
+            langs = pa.array([g[0] for g in guesses], pa.string())
+            scores = pa.array([g[1] for g in guesses], pa.float64())
+            kept = [lang in keep and score >= keep[lang] for lang, score in guesses]
+            out = pa.RecordBatch.from_arrays([*batch.columns, langs, scores], schema=SCHEMA)
+            writer.add_batch(out.filter(pa.array(kept)))
+            if not all(kept):
+                for i in (i for i, k in enumerate(kept) if not k):
+                    lang, score = guesses[i]
+                    reason = "lang_not_kept" if lang not in keep else "lang_low_score"
+                    drops.add_record(reason, batch.slice(i, 1).to_pylist()[0], nbytes=len(texts[i] or ""),
+                                     detail=f"{lang}:{score:.4f}")

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DATASET_MANIFEST = "_dataset.json"
@@ -170,7 +172,11 @@ class DropLog:
 
 
 class ShardWriter:
-    """Buffers records and writes bounded Parquet shards: a new shard starts past max_docs or max_bytes."""
+    """Buffers records and writes bounded Parquet shards: a new shard starts past max_docs or max_bytes.
+
+    Records come one at a time as dicts (``add``) or as Arrow record batches in the writer's schema
+    (``add_batch``, which avoids converting every row to Python and back); the order they came in is kept.
+    """
 
     def __init__(self, out_dir: Path, unit: str, schema: pa.Schema, *, max_docs: int, max_bytes: int,
                  size_column: str | None = None) -> None:
@@ -178,27 +184,60 @@ class ShardWriter:
         self.max_docs, self.max_bytes, self.size_column = max_docs, max_bytes, size_column
         self.files: list[ShardFile] = []
         self._rows: list[dict[str, Any]] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._buffered_docs = 0
         self._buffered_bytes = 0
         self.docs_out = 0
         self.bytes_out = 0
 
+    def _full_for(self, size: int) -> bool:
+        return bool(self._buffered_docs) and (self._buffered_docs >= self.max_docs
+                                              or self._buffered_bytes + size > self.max_bytes)
+
     def add(self, record: dict[str, Any]) -> None:
         size = len(record[self.size_column] or "") if self.size_column else 0
-        if self._rows and (len(self._rows) >= self.max_docs or self._buffered_bytes + size > self.max_bytes):
+        if self._full_for(size):
             self.flush()
         self._rows.append(record)
+        self._buffered_docs += 1
         self._buffered_bytes += size
         self.docs_out += 1
         self.bytes_out += size
 
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        if self._rows:  # keep the order: rows added before this batch go first
+            self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
+            self._rows = []
+        if self.size_column:
+            sizes = pc.fill_null(pc.utf8_length(batch.column(self.size_column)), 0).to_numpy().astype(np.int64)
+        else:
+            sizes = np.zeros(batch.num_rows, dtype=np.int64)
+        while batch.num_rows:
+            if self._full_for(int(sizes[0])):
+                self.flush()
+            room = self.max_docs - self._buffered_docs
+            fit = int(np.searchsorted(np.cumsum(sizes), self.max_bytes - self._buffered_bytes, side="right"))
+            take = min(room, fit) if self._buffered_docs else max(1, min(room, fit))
+            if take == 0:
+                self.flush()
+                continue
+            piece_bytes = int(sizes[:take].sum())
+            self._batches.append(batch.slice(0, take))
+            self._buffered_docs += take
+            self._buffered_bytes += piece_bytes
+            self.docs_out += take
+            self.bytes_out += piece_bytes
+            batch, sizes = batch.slice(take), sizes[take:]
+
     def flush(self) -> None:
-        if not self._rows:
+        if not self._buffered_docs:
             return
+        batches = self._batches + ([pa.RecordBatch.from_pylist(self._rows, schema=self.schema)] if self._rows else [])
         name = f"{self.unit}-{len(self.files):03d}.parquet"
         path = self.out_dir / name
-        write_parquet_atomic(pa.Table.from_pylist(self._rows, schema=self.schema), path)
-        self.files.append(ShardFile(name, len(self._rows), path.stat().st_size, file_sha256(path)))
-        self._rows, self._buffered_bytes = [], 0
+        write_parquet_atomic(pa.Table.from_batches(batches, schema=self.schema), path)
+        self.files.append(ShardFile(name, self._buffered_docs, path.stat().st_size, file_sha256(path)))
+        self._rows, self._batches, self._buffered_docs, self._buffered_bytes = [], [], 0, 0
 
 
 def finish_unit(out_dir: Path, result: ShardResult, writer: ShardWriter, drops: DropLog) -> ShardResult:
@@ -266,9 +305,10 @@ def read_dataset_manifest(directory: Path) -> DatasetManifest:
     return DatasetManifest(**value)
 
 
-def iter_rows(path: Path, columns: list[str] | None = None, start: int = 0, stop: int | None = None,
-              batch_rows: int = 256) -> Iterator[dict[str, Any]]:
-    """Rows start..stop of one shard, read a batch at a time so a large shard never sits whole in memory."""
+def iter_batches(path: Path, columns: list[str] | None = None, start: int = 0, stop: int | None = None,
+                 batch_rows: int = 256) -> Iterator[pa.RecordBatch]:
+    """Rows start..stop of one shard as record batches, one row group at a time, so a large shard never sits
+    whole in memory."""
     pf = pq.ParquetFile(path)
     stop = pf.metadata.num_rows if stop is None else stop
     row = 0
@@ -281,6 +321,12 @@ def iter_rows(path: Path, columns: list[str] | None = None, start: int = 0, stop
             break
         table = pf.read_row_group(rg, columns=columns)
         lo, hi = max(start - row, 0), min(stop - row, n)
-        for batch in table.slice(lo, hi - lo).to_batches(batch_rows):
-            yield from batch.to_pylist()
+        yield from table.slice(lo, hi - lo).to_batches(batch_rows)
         row += n
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, start: int = 0, stop: int | None = None,
+              batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+    """Rows start..stop of one shard as dicts, read a batch at a time."""
+    for batch in iter_batches(path, columns, start, stop, batch_rows):
+        yield from batch.to_pylist()

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.config import stable_hash
-from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_rows,
+from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_batches, iter_rows,
                           read_dataset_manifest, read_unit_manifest, remove_temp_files)
 
 
@@ -119,6 +119,10 @@ class Stage(ABC):
     def input_rows(self, unit: Unit, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for src in unit.sources:
             yield from iter_rows(Path(src.uri), columns, src.start, src.stop)
+
+    def input_batches(self, unit: Unit, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        for src in unit.sources:
+            yield from iter_batches(Path(src.uri), columns, src.start, src.stop)
 
     # -- work ----------------------------------------------------------------------------------------------------
 

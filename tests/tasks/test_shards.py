@@ -33,6 +33,20 @@ def test_writer_rolls_on_docs_and_bytes(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_batches_and_rows_share_the_bounds_and_keep_their_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    w = ShardWriter(tmp_path, "part-00000", SCHEMA, max_docs=4, max_bytes=25, size_column="text")
+    w.add({"doc_id": "0", "text": "x" * 5})
+    w.add_batch(pa.RecordBatch.from_pylist([{"doc_id": str(i), "text": "y" * 5} for i in range(1, 9)], schema=SCHEMA))
+    w.add_batch(pa.RecordBatch.from_pylist([{"doc_id": "9", "text": "z" * 40}], schema=SCHEMA))  # a shard alone
+    w.add({"doc_id": "10", "text": None})
+    w.flush()
+    shards = [[int(i) for i in pq.read_table(tmp_path / f.name)["doc_id"].to_pylist()] for f in w.files]
+    assert shards == [[0, 1, 2, 3], [4, 5, 6, 7], [8], [9], [10]]
+    assert [f.rows for f in w.files] == [4, 4, 1, 1, 1] and (w.docs_out, w.bytes_out) == (11, 85)
+
+
 def test_plan_balances_uneven_upstream_shards(tmp_path):
     make_dataset(tmp_path, [1, 2, 95, 3, 1, 0, 18])
     stage = ExtractStage(ExtractConfig(shard_max_docs=20))
