@@ -7,7 +7,7 @@ The documents are the HTML responses of the shared WARC files, ingested once. "b
 plain loop (trafilatura.bare_extraction, langid classify); "stage" is run_unit over the stage's units, with shard
 reading and writing, manifests and drop logs. Two workers are two processes for both (extraction already runs in a
 child process per worker thread, so the stage's 2-worker figure uses two threads). Language and quality run over the
-extracted texts --copies times over, in 8 units, so that per-unit costs weigh as they do on a real corpus. Bare and
+extracted texts --copies times over, in 16 units, so that per-unit costs weigh as they do on a real corpus. Bare and
 stage runs alternate and the figures are medians. Quality has no library floor: its figure is milliseconds per
 document. The "2 vs 1 worker" line is the scaling of each: on a shared 2-core machine the library itself rarely
 reaches 2x, so read the stage's scaling next to the bare one.
@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["extract", "language", "quality"], action="append",
                         help="run only these parts (repeatable); extraction output feeds the others")
-    parser.add_argument("--copies", type=int, default=4,
-                        help="language and quality run over the extracted pages this many times over (default 4)")
+    parser.add_argument("--copies", type=int, default=6,
+                        help="language and quality run over the extracted pages this many times over (default 6)")
     args = parser.parse_args()
     if not WARC.exists():
         sys.exit(f"{WARC} is absent: the real pages live in ../shared beside the checkout")
@@ -153,7 +153,7 @@ def main() -> None:
         extract_dir = run_stage(extract_stage, tmp / "ingest", 2, "threads")[1]
     extracted = replicate(extract_dir, args.copies)
     texts = [r["text"] for f in sorted(extracted.glob("part-*-*.parquet")) for r in pq.read_table(f).to_pylist()]
-    language_stage = LanguageStage(LanguageConfig(keep={"en": 0.65}, shard_max_docs=-(-len(texts) // 8)))
+    language_stage = LanguageStage(LanguageConfig(keep={"en": 0.65}, shard_max_docs=-(-len(texts) // 16)))
     run_language = lambda w: run_stage(language_stage, extracted, w, "processes")  # noqa: E731
     language_dir = (compare("language (langid)", _classify_one, texts, run_language, repeats=args.repeats)
                     if "language" in only else run_language(2)[1])
@@ -161,7 +161,7 @@ def main() -> None:
         return
     kept = [r["text"] for f in sorted(language_dir.glob("part-*-*.parquet")) for r in pq.read_table(f).to_pylist()]
     rules = QualityFilter(QualityConfig())
-    quality_stage = QualityStage(QualityConfig(shard_max_docs=-(-len(kept) // 8)))
+    quality_stage = QualityStage(QualityConfig(shard_max_docs=-(-len(kept) // 16)))
     bare_ms, stage_ms = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
