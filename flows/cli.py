@@ -290,12 +290,20 @@ def _print_run(wh: Warehouse, run: dict[str, Any]) -> None:
     failed = [s for s in stages if s["error"]]
     for s in failed:
         console.print(f"[red]{s['stage']}: {s['error']}[/red]", highlight=False)
-    facts = [f for f in wh.stage_facts(run["run_id"]) if f["name"].split(".", 1)[1] != "seconds"]
+    facts, per_task = [], {}
+    for f in wh.stage_facts(run["run_id"]):
+        figure = f["name"].split(".", 1)[1]
+        value = int(f["value"]) if float(f["value"]).is_integer() else round(f["value"], 4)
+        if "." in figure:  # items.<task>, contaminated_items.<task>
+            kind, task = figure.split(".", 1)
+            per_task.setdefault(task, {"benchmark": task})[kind.replace("_", " ")] = value
+        elif figure != "seconds":
+            facts.append({"stage": f["stage"], "figure": figure.replace("_", " "), "value": value})
     if facts:
-        for f in facts:
-            f["figure"] = f["name"].split(".", 1)[1].replace("_", " ")
-            f["value"] = int(f["value"]) if float(f["value"]).is_integer() else round(f["value"], 4)
         console.print(_table("stage figures (dedup, contamination)", facts, ["stage", "figure", "value"]))
+    if per_task:
+        console.print(_table("contamination per benchmark", list(per_task.values()),
+                             ["benchmark", "items", "contaminated items"]))
     funnel = wh.funnel(run["run_id"])
     if funnel:
         for f in funnel:

@@ -78,6 +78,7 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
 
     show = cli.invoke(main, ["show", "latest", *wh])
     assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output
+    assert "contamination per benchmark" in show.output and "lambada_openai" in show.output  # the smoke set
 
     lineage = cli.invoke(main, ["lineage", "latest", "--files", *wh])
     assert lineage.exit_code == 0
