@@ -27,8 +27,13 @@ import numpy as np
 import pyarrow as pa
 
 
+def _lit(value: object) -> str:
+    """A SQL string literal (paths may hold quotes)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _files(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(_lit(p) for p in paths) + "]"
 
 
 def union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -68,8 +73,8 @@ def cluster_documents(*, docs: list[Path], bands: list[Path], out_dir: Path, exa
     scratch.mkdir(parents=True)
     con = duckdb.connect(str(scratch / "cluster.duckdb"))
     try:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-        con.execute(f"SET temp_directory = '{scratch / 'spill'}'")
+        con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+        con.execute(f"SET temp_directory = {_lit(scratch / 'spill')}")
         con.execute("SET preserve_insertion_order = false")
         facts = _cluster(con, docs, bands, out_dir, exact, near, threshold, state_dir, state_name, batch_rows)
     finally:
@@ -180,7 +185,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
         con.execute(f"""
             COPY (SELECT doc_id, unit, exact_hash, cluster_id, kept, reason, duplicate_of FROM decisions
                   WHERE NOT earlier ORDER BY unit, doc_id)
-            TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (unit), OVERWRITE_OR_IGNORE)""")
+            TO {_lit(tmp)} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (unit), OVERWRITE_OR_IGNORE)""")
         for part in tmp.glob("unit=*"):
             files = sorted(part.glob("*.parquet"))
             for i, f in enumerate(files):
@@ -215,5 +220,5 @@ def _write_state(con: duckdb.DuckDBPyConnection, state_dir: Path, name: str, ban
                         f"(SELECT doc_id FROM decisions WHERE kept AND NOT earlier) USING (doc_id)"))
     for path, query in targets:
         tmp = path.with_name(f".tmp-{path.name}")
-        con.execute(f"COPY ({query}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY ({query}) TO {_lit(tmp)} (FORMAT parquet, COMPRESSION zstd)")
         os.replace(tmp, path)
