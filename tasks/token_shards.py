@@ -1,0 +1,116 @@
+"""Token shards: uncompressed Arrow IPC files that training memory-maps, with a token -> document index.
+
+One row per document: ``doc_id``, ``bytes`` (its UTF-8 length, for bits-per-byte) and ``tokens`` (a list of uint16
+when the vocabulary fits, else uint32) that starts with the separator. The list column's values buffer *is* the
+flat token stream of the shard and its offsets are the document boundaries, so both are read without a copy:
+
+    tokens, offsets, table = read_token_shard(path)     # numpy views into the memory map
+    doc = table["doc_id"][doc_index_of(offsets, position)]
+
+``check_token_shard`` is what `crucible check-shards` runs on every file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+
+class ShardCheckError(ValueError):
+    """A token shard that training must not read; the message names the shard and the position."""
+
+
+def token_dtype(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def shuffled(n: int, seed: int, salt: str) -> np.ndarray:
+    """A deterministic permutation of range(n) for this seed and shard: documents are spread, not in crawl order."""
+    digest = hashlib.blake2b(f"{seed}:{salt}".encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "big")).permutation(n)
+
+
+def write_token_shard(path: Path, doc_ids: list[str], texts: list[str], ids: list[list[int]], separator: int,
+                      vocab_size: int) -> tuple[int, str]:
+    """Write one shard atomically (separator prepended to every document); returns (tokens, sha256)."""
+    dtype = token_dtype(vocab_size)
+    np_dtype = np.uint16 if dtype == pa.uint16() else np.uint32
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32 if lengths.sum() < 2**31 else np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.empty(int(offsets[-1]), dtype=np_dtype)
+    for start, doc in zip(offsets[:-1], ids):
+        flat[start] = separator
+        flat[start + 1:start + 1 + len(doc)] = doc
+    list_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
+    tokens = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
+        pa.array(offsets), pa.array(flat, type=dtype))
+    schema = pa.schema([("doc_id", pa.string()), ("bytes", pa.int64()), ("tokens", list_type(dtype))])
+    table = pa.table([pa.array(doc_ids, pa.string()), pa.array([len(t.encode()) for t in texts], pa.int64()), tokens],
+                     schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as writer:  # uncompressed: mmap-able
+            writer.write_table(table)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return int(offsets[-1]), digest
+
+
+def read_token_shard(path: Path) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """(flat tokens, document offsets, the table), the arrays being views into the memory-mapped file."""
+    table = ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    if not table.num_rows:
+        return np.empty(0, np.uint16), np.zeros(1, np.int64), table
+    chunks = table.column("tokens")
+    column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()  # one chunk: no copy
+    tokens = column.values.to_numpy(zero_copy_only=True)
+    offsets = column.offsets.to_numpy(zero_copy_only=True)
+    return tokens, offsets, table
+
+
+def doc_index_of(offsets: np.ndarray, position: int) -> int:
+    """The row of the document that holds token ``position``."""
+    return int(np.searchsorted(offsets, position, side="right") - 1)
+
+
+def check_token_shard(path: Path, *, vocab_size: int, separator: int, sha256: str | None = None) -> dict[str, int]:
+    """Check one shard; returns {documents, tokens} or raises ShardCheckError naming the shard and position."""
+    name = Path(path).name
+    if sha256 is not None:
+        with open(path, "rb") as fh:
+            actual = hashlib.file_digest(fh, "sha256").hexdigest()
+        if actual != sha256:
+            raise ShardCheckError(f"{name}: sha256 {actual[:12]}… does not match the manifest's {sha256[:12]}…")
+    try:
+        tokens, offsets, table = read_token_shard(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ShardCheckError(f"{name}: not a readable Arrow IPC file: {err}") from None
+    want = token_dtype(vocab_size)
+    got = table.schema.field("tokens").type.value_type
+    if got.bit_width < want.bit_width:
+        raise ShardCheckError(f"{name}: token type {got} cannot hold a vocabulary of {vocab_size}")
+    if int(offsets[-1]) != len(tokens) or (len(offsets) - 1) != table.num_rows:
+        raise ShardCheckError(f"{name}: the index ends at token {int(offsets[-1])} but the shard holds {len(tokens)}")
+    starts = offsets[:-1]
+    bad = np.nonzero(tokens[starts] != separator)[0] if len(starts) else []
+    if len(bad):
+        raise ShardCheckError(f"{name}: document {int(bad[0])} (token {int(starts[bad[0]])}) does not start with "
+                              f"the separator {separator}")
+    over = np.nonzero(tokens >= vocab_size)[0]
+    if len(over):
+        raise ShardCheckError(f"{name}: token {int(over[0])} is id {int(tokens[over[0]])}, outside the vocabulary "
+                              f"of {vocab_size}")
+    return {"documents": table.num_rows, "tokens": len(tokens)}
