@@ -489,3 +489,38 @@ def benchmarks_check(directory: str) -> None:
         rows.append({"task": f.stem, "items": len(items), "format": item_kind(items[0]) if items else "",
                      "known task": "yes" if spec else "no"})
     console.print(_table(f"benchmarks in {directory}", rows, ["task", "items", "format", "known task"]))
+
+
+@main.command("check-shards")
+@click.argument("dataset", metavar="DATASET")
+@warehouse_option
+@_handle_errors
+def check_shards(dataset: str, warehouse_path: str | None, config_path: str | None) -> None:
+    """Check a tokenize dataset's shards: hashes, index length, separators, token ids and dtype.
+
+    DATASET is a dataset id (see `crucible lineage`), 'latest' (the newest tokenize output) or a directory.
+    Fails with the shard and position of the first problem.
+
+    \b
+    Example:
+        crucible check-shards latest
+        crucible check-shards tokenize-3f2a9c1b0d4e
+        crucible check-shards work/datasets/tokenize/3f2a9c1b0d4e1234
+    """
+    from tasks.token_shards import ShardCheckError
+    from tasks.tokenize import TokenizeStage
+
+    if Path(dataset).is_dir():
+        directory = Path(dataset)
+    else:
+        wh = _warehouse(warehouse_path, config_path)
+        found = wh.latest_dataset("tokenize") if dataset == "latest" else wh.dataset(dataset)
+        if found is None or found["stage"] != "tokenize":
+            raise WarehouseError(f"no tokenize dataset {dataset!r} in {wh.path}")
+        directory = Path(found["uri"])
+    try:
+        rows = TokenizeStage.check(directory)
+    except ShardCheckError as err:
+        _fail(f"{directory}: {err}")
+    console.print(_table(f"token shards in {directory}", rows, ["shard", "documents", "tokens"]))
+    console.print(f"{len(rows)} shards check out", highlight=False)

@@ -9,6 +9,7 @@ The flow is the only place that decides whether a stage runs:
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -247,9 +248,20 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
         if isinstance(stage, ReduceStage):
             for table, path in stage.records(out_dir).items():
                 say(f"{stage_name}: {wh.load_records(table, stage_run_id, path)} rows into {table}")
+            for path in stage.artifacts(out_dir):  # e.g. the tokenizer: a dataset of its own, with its hash
+                _record_artifact(wh, stage_name, path, input_ids, stage_run_id)
+        stats: Counter = Counter()
+        for r in results:
+            stats.update(r.stats)
+        if stats:
+            figures = dict(stats)
+            if stats.get("val_tokens", 0) > stats.get("val_docs", 0):  # separators carry no bytes
+                figures["val_bytes_per_token"] = stats["val_bytes"] / (stats["val_tokens"] - stats["val_docs"])
+            wh.record_metrics(run_id, [(None, f"{stage_name}.{k}", float(v)) for k, v in sorted(figures.items())],
+                              stage_run_id=stage_run_id)
         dataset_id = f"{stage_name}-{key[:12]}"
         wh.record_dataset(dataset_id=dataset_id, stage=stage_name, stage_key=key, uri=str(out_dir),
-                          format="parquet", fingerprint=manifest.fingerprint,
+                          format=getattr(stage, "dataset_format", "parquet"), fingerprint=manifest.fingerprint,
                           files=[(str(out_dir / f.name), f.rows, f.bytes, f.sha256) for f in manifest.files],
                           parents=input_ids, created_by=stage_run_id)
         drops, drop_bytes, notes = Counter(), Counter(), Counter()
@@ -267,6 +279,16 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
               f"{f' ({resumed} resumed)' if resumed else ''}, {sum(drops.values())} dropped, "
               f"{time.perf_counter() - t0:.1f}s")
         return wh.dataset(dataset_id)
+
+
+def _record_artifact(wh: Warehouse, stage_name: str, path: Path, parents: list[str], stage_run_id: str) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    kind = path.stem
+    wh.record_dataset(dataset_id=f"{kind}-{digest[:12]}", stage=kind, stage_key=None, uri=str(path),
+                      format=path.suffix.lstrip("."), fingerprint=digest,
+                      files=[(str(path), None, path.stat().st_size, digest)], parents=parents,
+                      created_by=stage_run_id)
+    say(f"{stage_name}: {kind} {path} sha256 {digest[:12]}")
 
 
 def _raise_failures(stage_name: str, step: str, failures: list[str], units: list[Unit]) -> None:

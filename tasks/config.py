@@ -262,6 +262,26 @@ class DecontaminateConfig(ShardedStageConfig):
         return self
 
 
+class TokenizeConfig(ShardedStageConfig):
+    vocab_size: int = Field(8192, ge=300, le=2**20, description="BPE vocabulary, special tokens included.")
+    special_tokens: list[str] = Field(["<|bos|>"], min_length=1, description="They take the first ids.")
+    separator: str = Field("<|bos|>", description="Prepended to every document; one of special_tokens.")
+    tokenizer_path: Path | None = Field(None, description="Use this tokenizer.json instead of training one.")
+    sample_max_bytes: int = Field(256 * 2**20, ge=1, description=(
+        "Most bytes of training-split text the BPE is trained on, taken in a fixed pseudo-random order."))
+    val_fraction: float = Field(0.01, ge=0.0, le=0.5, description="Documents held out, by hash of doc_id.")
+    split_seed: int = Field(0, ge=0)
+    shuffle_seed: int = Field(1, ge=0, description="Orders the documents within each shard.")
+    encoder: Literal["auto", "tokenizers"] = Field("auto", description=(
+        "auto: tiktoken when it gives the same ids as tokenizers on a probe of the sample, else tokenizers."))
+
+    @model_validator(mode="after")
+    def _separator_is_special(self) -> "TokenizeConfig":
+        if self.separator not in self.special_tokens:
+            raise ValueError(f"separator {self.separator!r} is not in special_tokens {self.special_tokens}")
+        return self
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -274,6 +294,7 @@ class Config(Section):
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
+    tokenize: TokenizeConfig = TokenizeConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -371,6 +392,7 @@ def _absolute(cfg: Config, base: Path) -> Config:
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
         "crawl": cfg.crawl.model_copy(update={"seeds_file": resolve(cfg.crawl.seeds_file)}),
         "quality": quality,
+        "tokenize": cfg.tokenize.model_copy(update={"tokenizer_path": resolve(cfg.tokenize.tokenizer_path)}),
         "dedup": cfg.dedup.model_copy(update={"state_dir": resolve(cfg.dedup.state_dir) or work.resolve() / "dedup_state"}),
         "decontaminate": cfg.decontaminate.model_copy(update={
             "benchmarks_dir": resolve(cfg.decontaminate.benchmarks_dir) or work.resolve() / "benchmarks" / "smoke"}),

@@ -10,9 +10,10 @@ from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
 from tasks.language import LanguageStage
 from tasks.quality import QualityStage
+from tasks.tokenize import TokenizeStage
 
 STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage,
-                                                              DedupStage, DecontaminateStage)}
+                                                              DedupStage, DecontaminateStage, TokenizeStage)}
 ORDER: list[str] = list(STAGES)
 
 

@@ -105,6 +105,7 @@ class ShardResult:
     drops: dict[str, int] = field(default_factory=dict)
     drop_bytes: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)  # kept records with a repaired defect, by kind
+    stats: dict[str, int] = field(default_factory=dict)  # other per-unit figures (tokens written), summed per stage
     seconds: float = 0.0
     resumed: bool = False
 

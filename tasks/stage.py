@@ -184,6 +184,10 @@ class ReduceStage(Stage):
         """Parquet files for the warehouse to load when the stage finishes: table name -> file."""
         return {}
 
+    def artifacts(self, out_dir: Path) -> list[Path]:
+        """Files the stage made besides its shards (a tokenizer), each recorded as a dataset with its hash."""
+        return []
+
 
 def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
     """Scan one unit, or return the recorded result of a scan that finished before."""

@@ -1,0 +1,87 @@
+"""The tokenize stage: split, BPE, shards that decode back to the documents, determinism, check-shards."""
+import json
+
+import pytest
+
+from tasks.config import TokenizeConfig
+from tasks.decontaminate import SCHEMA as DECONTAMINATE_SCHEMA
+from tasks.shards import read_dataset_manifest, write_dataset_manifest
+from tasks.stage import run_reduce, run_scan, run_unit
+from tasks.token_shards import ShardCheckError, read_token_shard
+from tasks.tokenize import TokenizeStage, load_encoder
+from tests.helpers import write_dataset
+
+DOCS = {f"doc-{i:03d}": f"Page {i}: the harbour master counted {i * 3} boats, and the river rose again. " * (1 + i % 3)
+        for i in range(120)}
+
+
+def tokenize(tmp_path, name="out", **cfg):
+    up = tmp_path / "in"
+    if not up.exists():
+        write_dataset(up, DECONTAMINATE_SCHEMA, [{"doc_id": d, "text": t} for d, t in DOCS.items()],
+                      stage="decontaminate", shard_docs=50)
+    cfg = {"vocab_size": 400, "val_fraction": 0.2, "shard_max_docs": 40, **cfg}
+    stage = TokenizeStage(TokenizeConfig(**cfg))
+    out = tmp_path / name
+    units = stage.plan(up)
+    facts = run_reduce(stage, out, [run_scan(stage, u, out) for u in units], "key")
+    results = [run_unit(stage, u, out) for u in units]
+    write_dataset_manifest(out, "tokenize", "key", results)
+    return out, facts, results
+
+
+def decoded(out):
+    tok, _ = load_encoder(out / "_reduce" / "tokenizer.json", "tokenizers")
+    docs = {}
+    for f in read_dataset_manifest(out).files:
+        tokens, offsets, table = read_token_shard(out / f.name)
+        split = f.name.rsplit("-", 1)[1].split(".")[0]
+        for row, doc_id in enumerate(table["doc_id"].to_pylist()):
+            piece = tokens[offsets[row]:offsets[row + 1]]
+            assert piece[0] == 0
+            docs[doc_id] = (split, tok.decode(piece[1:].tolist()), table["bytes"][row].as_py())
+    return docs
+
+
+def test_shards_decode_back_to_every_document_in_one_split(tmp_path):
+    out, facts, results = tokenize(tmp_path)
+    assert facts["encoder"] == "tiktoken" and facts["separator_id"] == 0
+    docs = decoded(out)
+    assert set(docs) == set(DOCS)  # every document once: the splits are disjoint and cover the input
+    for doc_id, (split, text, nbytes) in docs.items():
+        assert text == DOCS[doc_id] and nbytes == len(DOCS[doc_id].encode())
+    val = {d for d, (s, _, _) in docs.items() if s == "val"}
+    assert 10 < len(val) < 40
+    assert sum(r.stats.get("val_docs", 0) for r in results) == len(val)
+    assert TokenizeStage.check(out)[0]["documents"] > 0
+
+
+def test_the_same_input_and_seeds_give_identical_shards(tmp_path):
+    a, _, _ = tokenize(tmp_path, "a")
+    b, _, _ = tokenize(tmp_path, "b")
+    c, _, _ = tokenize(tmp_path, "c", shuffle_seed=7)
+    fa, fb, fc = (read_dataset_manifest(d).fingerprint for d in (a, b, c))
+    assert fa == fb != fc
+
+
+def test_a_given_tokenizer_is_used_as_it_is(tmp_path):
+    first, facts, _ = tokenize(tmp_path, "first")
+    again, facts2, _ = tokenize(tmp_path, "again", tokenizer_path=first / "_reduce" / "tokenizer.json",
+                                vocab_size=999)
+    assert facts2["tokenizer_sha256"] == facts["tokenizer_sha256"] and facts2["vocab_size"] == facts["vocab_size"]
+
+
+def test_check_finds_a_corrupted_shard(tmp_path):
+    out, _, _ = tokenize(tmp_path)
+    shard = out / read_dataset_manifest(out).files[0].name
+    data = bytearray(shard.read_bytes())
+    data[-200] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ShardCheckError, match=shard.name):
+        TokenizeStage.check(out)
+
+
+def test_separator_must_be_a_special_token():
+    with pytest.raises(ValueError, match="separator"):
+        TokenizeConfig(separator="<|eos|>")
+    assert json.loads(TokenizeConfig().model_dump_json())["special_tokens"] == ["<|bos|>"]
