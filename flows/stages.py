@@ -246,6 +246,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
 
         manifest = write_dataset_manifest(out_dir, stage_name, key, results)
         if isinstance(stage, ReduceStage):
+            stage.finalize(out_dir)
             for table, path in stage.records(out_dir).items():
                 say(f"{stage_name}: {wh.load_records(table, stage_run_id, path)} rows into {table}")
             for path in stage.artifacts(out_dir):  # e.g. the tokenizer: a dataset of its own, with its hash

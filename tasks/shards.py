@@ -48,12 +48,23 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path, *, group_by: str | None = None,
+                         compression: str = COMPRESSION) -> None:
+    """Write a Parquet file atomically. With ``group_by`` (a column the table is sorted by) every distinct value
+    gets row groups of its own, so a reader can fetch one value's rows from the row-group statistics alone.
+    ``compression="none"`` suits scratch files that are read once and deleted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
+        if group_by is None or not table.num_rows:
+            pq.write_table(table, tmp, compression=compression, row_group_size=ROW_GROUP_ROWS)
+        else:
+            keys = table.column(group_by).to_numpy()
+            cuts = [0, *(np.nonzero(keys[1:] != keys[:-1])[0] + 1).tolist(), len(keys)]
+            with pq.ParquetWriter(tmp, table.schema, compression=compression) as writer:
+                for start, stop in zip(cuts[:-1], cuts[1:]):
+                    writer.write_table(table.slice(start, stop - start), row_group_size=ROW_GROUP_ROWS)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

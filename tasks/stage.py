@@ -17,7 +17,7 @@ import json
 from abc import ABC, abstractmethod
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -40,10 +40,12 @@ class Source:
 
 @dataclass(frozen=True)
 class Unit:
-    """One Prefect task's worth of work; it writes the shards ``part-<index>-*.parquet``."""
+    """One Prefect task's worth of work; it writes the shards ``part-<index>-*.parquet``. It is unit ``index`` of
+    ``of`` in its plan (a stage that scatters documents across units, like tokenize, needs both)."""
 
     index: int
     sources: tuple[Source, ...]
+    of: int = 1
 
     @property
     def name(self) -> str:
@@ -114,7 +116,7 @@ class Stage(ABC):
                     current, filled = [], 0
         if current:
             units.append(Unit(len(units), tuple(current)))
-        return units
+        return [replace(u, of=len(units)) for u in units]
 
     def input_rows(self, unit: Unit, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for src in unit.sources:
@@ -187,6 +189,9 @@ class ReduceStage(Stage):
     def artifacts(self, out_dir: Path) -> list[Path]:
         """Files the stage made besides its shards (a tokenizer), each recorded as a dataset with its hash."""
         return []
+
+    def finalize(self, out_dir: Path) -> None:
+        """Runs once the dataset manifest is sealed: write derived manifests, delete scratch only process needed."""
 
 
 def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:

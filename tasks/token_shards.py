@@ -7,17 +7,23 @@ flat token stream of the shard and its offsets are the document boundaries, so b
     tokens, offsets, table = read_token_shard(path)     # numpy views into the memory map
     doc = table["doc_id"][doc_index_of(offsets, position)]
 
-``check_token_shard`` is what `crucible check-shards` runs on every file.
+A finished dataset also holds ``_tokens.json`` (``write_token_manifest``): per split, every shard with its
+documents, tokens, UTF-8 bytes and sha256, plus the tokenizer's path and hash, the vocabulary size, the dtype and the
+separator id. Training reads it (``model.data``); ``check_token_manifest`` is what `crucible check-shards` runs.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from itertools import chain
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 
@@ -35,24 +41,27 @@ def shuffled(n: int, seed: int, salt: str) -> np.ndarray:
     return np.random.default_rng(int.from_bytes(digest, "big")).permutation(n)
 
 
-def write_token_shard(path: Path, doc_ids: list[str], texts: list[str], ids: list[list[int]], separator: int,
+def write_token_shard(path: Path, doc_ids: list[str], sizes: Sequence[int], ids: list[list[int]], separator: int,
                       vocab_size: int) -> tuple[int, str]:
-    """Write one shard atomically (separator prepended to every document); returns (tokens, sha256)."""
+    """Write one shard atomically (separator prepended to every document); returns (tokens, sha256).
+
+    ``sizes`` are the documents' UTF-8 byte counts (for bits-per-byte), ``ids`` their token ids without separator.
+    """
     dtype = token_dtype(vocab_size)
     np_dtype = np.uint16 if dtype == pa.uint16() else np.uint32
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int32 if lengths.sum() < 2**31 else np.int64)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.empty(int(offsets[-1]), dtype=np_dtype)
-    for start, doc in zip(offsets[:-1], ids):
-        flat[start] = separator
-        flat[start + 1:start + 1 + len(doc)] = doc
+    text = np.ones(len(flat), dtype=bool)
+    text[offsets[:-1]] = False
+    flat[offsets[:-1]] = separator
+    flat[text] = np.fromiter(chain.from_iterable(ids), dtype=np_dtype, count=len(flat) - len(ids))
     list_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
     tokens = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
         pa.array(offsets), pa.array(flat, type=dtype))
     schema = pa.schema([("doc_id", pa.string()), ("bytes", pa.int64()), ("tokens", list_type(dtype))])
-    table = pa.table([pa.array(doc_ids, pa.string()), pa.array([len(t.encode()) for t in texts], pa.int64()), tokens],
-                     schema=schema)
+    table = pa.table([pa.array(doc_ids, pa.string()), pa.array(sizes, pa.int64()), tokens], schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
@@ -114,3 +123,66 @@ def check_token_shard(path: Path, *, vocab_size: int, separator: int, sha256: st
         raise ShardCheckError(f"{name}: token {int(over[0])} is id {int(tokens[over[0]])}, outside the vocabulary "
                               f"of {vocab_size}")
     return {"documents": table.num_rows, "tokens": len(tokens)}
+
+
+TOKEN_MANIFEST = "_tokens.json"
+
+
+def split_of(shard_name: str) -> str:
+    """'part-00003-train.arrow' -> 'train'."""
+    return shard_name.rsplit("-", 1)[-1].split(".", 1)[0]
+
+
+def write_token_manifest(out_dir: Path, files: list[Any], *, tokenizer: Path, vocab_size: int, separator_id: int,
+                         encoder: str, tokenizer_sha256: str) -> dict[str, Any]:
+    """Write ``_tokens.json`` for the shards ``files`` (ShardFile: name, rows, sha256) of a token dataset."""
+    from tasks.shards import atomic_write_json
+
+    splits: dict[str, dict[str, Any]] = {}
+    for f in sorted(files, key=lambda f: f.name):
+        tokens, _, table = read_token_shard(Path(out_dir) / f.name)
+        split = splits.setdefault(split_of(f.name), {"docs": 0, "tokens": 0, "bytes": 0, "shards": []})
+        shard = {"name": f.name, "docs": table.num_rows, "tokens": len(tokens),
+                 "bytes": int(pc.sum(table["bytes"]).as_py() or 0), "sha256": f.sha256}
+        split["shards"].append(shard)
+        for k in ("docs", "tokens", "bytes"):
+            split[k] += shard[k]
+    manifest = {"tokenizer": os.path.relpath(tokenizer, out_dir), "tokenizer_sha256": tokenizer_sha256,
+                "vocab_size": vocab_size, "dtype": str(token_dtype(vocab_size)), "separator_id": separator_id,
+                "encoder": encoder, "splits": splits}
+    atomic_write_json(Path(out_dir) / TOKEN_MANIFEST, manifest)
+    return manifest
+
+
+def read_token_manifest(dataset_dir: Path) -> dict[str, Any]:
+    path = Path(dataset_dir) / TOKEN_MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{dataset_dir} is not a finished token dataset: {TOKEN_MANIFEST} is missing") from None
+
+
+def check_token_manifest(dataset_dir: Path, files: list[Any]) -> list[dict[str, Any]]:
+    """Check every shard against ``_tokens.json`` and the dataset manifest's ``files``; ShardCheckError if not."""
+    manifest = read_token_manifest(dataset_dir)
+    listed = {s["name"]: s for split in manifest["splits"].values() for s in split["shards"]}
+    if set(listed) != {f.name for f in files}:
+        raise ShardCheckError(f"{TOKEN_MANIFEST} lists {sorted(listed)} but the dataset holds "
+                              f"{sorted(f.name for f in files)}")
+    tokenizer = Path(dataset_dir) / manifest["tokenizer"]
+    with open(tokenizer, "rb") as fh:
+        if hashlib.file_digest(fh, "sha256").hexdigest() != manifest["tokenizer_sha256"]:
+            raise ShardCheckError(f"{tokenizer.name}: sha256 does not match {TOKEN_MANIFEST}")
+    if manifest["dtype"] != str(token_dtype(manifest["vocab_size"])):
+        raise ShardCheckError(f"{TOKEN_MANIFEST}: dtype {manifest['dtype']} does not fit a vocabulary of "
+                              f"{manifest['vocab_size']}")
+    rows = []
+    for f in files:
+        found = check_token_shard(Path(dataset_dir) / f.name, vocab_size=manifest["vocab_size"],
+                                  separator=manifest["separator_id"], sha256=f.sha256)
+        want = listed[f.name]
+        if (found["documents"], found["tokens"]) != (want["docs"], want["tokens"]) or want["sha256"] != f.sha256:
+            raise ShardCheckError(f"{f.name}: holds {found['documents']} documents and {found['tokens']} tokens but "
+                                  f"{TOKEN_MANIFEST} says {want['docs']} and {want['tokens']}")
+        rows.append({"shard": f.name, **found})
+    return rows

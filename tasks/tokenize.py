@@ -2,13 +2,16 @@
 
 Three steps (see ``ReduceStage``):
 
-1. scan, per unit: each document's split (held out by hash of doc_id, ``val_fraction``), and for training-split
-   documents a sampling rank (a hash) and their size;
+1. scan, per unit: each document gets its split (held out by hash of doc_id, ``val_fraction``), a sampling rank
+   (a hash) and an output shard (another hash, over the plan's units), and is written to scratch grouped by that
+   shard: every output shard gathers documents from every input unit, so no shard (and no training rank) holds a
+   contiguous slice of one source;
 2. reduce, once: the training texts with the lowest ranks, up to ``sample_max_bytes``, train the byte-level BPE
    (or ``tokenizer_path`` is loaded); ``tokenizer.json`` is saved with its sha256 and recorded as a dataset, and
    the encoder is chosen: tiktoken when it gives exactly the ids of ``tokenizers`` on a probe of the sample;
-3. process, per unit: documents are shuffled with a seed, encoded, and written as ``<unit>-train.arrow`` and
-   ``<unit>-val.arrow`` (see ``tasks.token_shards``), every document starting with the separator.
+3. process, per unit: the unit gathers its documents from every scan, shuffles them with a seed, encodes them and
+   writes ``<unit>-train.arrow`` and ``<unit>-val.arrow`` (see ``tasks.token_shards``), each document starting
+   with the separator. ``finalize`` writes ``_tokens.json``, the manifest training reads.
 """
 from __future__ import annotations
 
@@ -18,34 +21,39 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.config import TokenizeConfig
-from tasks.shards import DropLog, ShardFile, ShardResult, ShardWriter, atomic_write_bytes, write_parquet_atomic
-from tasks.stage import ReduceStage, Source, Unit
-from tasks.token_shards import shuffled, write_token_shard
+from tasks.shards import (DropLog, ShardFile, ShardResult, ShardWriter, atomic_write_bytes, read_dataset_manifest,
+                          write_parquet_atomic)
+from tasks.stage import ReduceStage, Unit
+from tasks.token_shards import (check_token_manifest, shuffled, write_token_manifest, write_token_shard)
 from tasks.tokenizer import TiktokenEncoder, TokenizersEncoder, fastest_encoder, is_validation, train_bpe
 
-SAMPLE_SCHEMA = pa.schema([("doc_id", pa.string()), ("rank", pa.uint64()), ("bytes", pa.int64()),
-                           ("source", pa.int32()), ("row", pa.int64())])
-PROBE_DOCS = 200
+SCATTER_SCHEMA = pa.schema([("shard", pa.uint32()), ("doc_id", pa.string()), ("text", pa.string()),
+                            ("val", pa.bool_()), ("rank", pa.uint64()), ("bytes", pa.int64())])
+PROBE_DOCS, PROBE_BYTES = 64, 1 << 18  # the equality probe: this many sample documents, at most this much text
 
 
-def _rank(doc_id: str, seed: int) -> int:
-    return int.from_bytes(hashlib.blake2b(f"sample:{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
+def _hash(kind: str, seed: int, doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{kind}:{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
 
 
 _loaded: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def load_encoder(path: Path, encoder: str):
-    """(tokenizer, encoder) for a saved tokenizer.json, built once per process."""
+def load_encoder(path: Path, encoder: str, built: tuple[Any, Any] | None = None):
+    """(tokenizer, encoder) for a saved tokenizer.json, built once per process (``built``: the pair, to keep)."""
     from tokenizers import Tokenizer
 
     key = f"{path}:{encoder}:{path.stat().st_mtime_ns}"
     with _lock:
+        if built is not None:
+            _loaded[key] = built
         if key not in _loaded:
             tok = Tokenizer.from_file(str(path))
             _loaded[key] = (tok, TiktokenEncoder(tok) if encoder == "tiktoken" else TokenizersEncoder(tok))
@@ -62,43 +70,51 @@ class TokenizeStage(ReduceStage):
 
     def scan(self, unit: Unit, scratch: Path) -> dict[str, Any]:
         cfg = self.config
-        rows, docs, val = [], 0, 0
-        for s, src in enumerate(unit.sources):
-            for r, row in enumerate(self._rows(src, ["doc_id", "text"])):
-                docs += 1
-                if is_validation(row["doc_id"], cfg.val_fraction, cfg.split_seed):
-                    val += 1
-                    continue
-                rows.append({"doc_id": row["doc_id"], "rank": _rank(row["doc_id"], cfg.split_seed),
-                             "bytes": len((row["text"] or "").encode()), "source": s, "row": r})
-        write_parquet_atomic(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), scratch / f"sample-{unit.name}.parquet")
-        return {"docs": docs, "val_docs": val,
-                "sources": [[src.uri, src.start, src.stop] for src in unit.sources]}
+        parts, docs, val = [], 0, 0
+        for batch in self.input_batches(unit, ["doc_id", "text"]):
+            ids = batch.column("doc_id").to_pylist()
+            held = [is_validation(d, cfg.val_fraction, cfg.split_seed) for d in ids]
+            parts.append(pa.record_batch([
+                pa.array([_hash("shard", cfg.shuffle_seed, d) % unit.of for d in ids], pa.uint32()),
+                batch.column("doc_id"), batch.column("text"), pa.array(held, pa.bool_()),
+                pa.array([_hash("sample", cfg.split_seed, d) for d in ids], pa.uint64()),
+                pc.fill_null(pc.binary_length(batch.column("text")), 0).cast(pa.int64())], schema=SCATTER_SCHEMA))
+            docs += len(ids)
+            val += sum(held)
+        table = pa.Table.from_batches(parts, SCATTER_SCHEMA).sort_by("shard")  # stable: input order within a shard
+        # uncompressed: this copy is read once by process and deleted by finalize, and zstd would cost ~10% here
+        write_parquet_atomic(table, self._scattered(scratch, unit.name), group_by="shard", compression="none")
+        return {"docs": docs, "val_docs": val}
 
-    def _rows(self, src: Source, columns: list[str]) -> Iterator[dict[str, Any]]:
-        return self.input_rows(Unit(0, (src,)), columns)
+    @staticmethod
+    def _scattered(scratch: Path, unit: str) -> Path:
+        return scratch / f"docs-{unit}.parquet"
 
-    def _sample_texts(self, scratch: Path, scans: list[dict[str, Any]]) -> Iterator[str]:
-        """Training-split texts in rank order... by unit, keeping only ranks under the byte budget's cut-off."""
-        table = pa.concat_tables([pq.read_table(f) for f in sorted(scratch.glob("sample-part-*.parquet"))]) \
-            if list(scratch.glob("sample-part-*.parquet")) else SAMPLE_SCHEMA.empty_table()
-        table = table.sort_by("rank")
-        total, cutoff = 0, None
-        for rank, size in zip(table["rank"].to_pylist(), table["bytes"].to_pylist()):
-            if total + size > self.config.sample_max_bytes and total:
-                break
-            total += size
-            cutoff = rank
-        if cutoff is None:
+    def _scatter_files(self, scratch: Path) -> list[Path]:
+        """Every scan's scattered documents; a missing one (deleted by finalize) is an error, never an empty shard."""
+        units = sorted(f.name[len("scan-"):-len(".json")] for f in scratch.glob("scan-*.json"))
+        missing = [u for u in units if not self._scattered(scratch, u).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{scratch}: the scattered documents of {', '.join(missing)} are gone; "
+                                    f"delete {scratch.parent} and run the stage again")
+        return [self._scattered(scratch, u) for u in units]
+
+    def _sample_texts(self, scratch: Path) -> Iterator[str]:
+        """Training-split texts whose rank is under the cut-off that fills ``sample_max_bytes``."""
+        files = self._scatter_files(scratch)
+        if not files:
             return
-        by_unit = {s["unit"]: s for s in scans}
-        for f in sorted(scratch.glob("sample-part-*.parquet")):
-            unit = f.name[len("sample-"):-len(".parquet")]
-            chosen = {(r["source"], r["row"]) for r in pq.read_table(f).to_pylist() if r["rank"] <= cutoff}
-            for s, (uri, start, stop) in enumerate(by_unit[unit]["sources"]):
-                for r, row in enumerate(self._rows(Source(uri, start, stop), ["text"])):
-                    if (s, r) in chosen:
-                        yield row["text"] or ""
+        meta = pa.concat_tables([pq.read_table(f, columns=["val", "rank", "bytes"]) for f in files])
+        meta = meta.filter(pc.invert(meta["val"])).sort_by("rank")
+        used = np.cumsum(meta["bytes"].to_numpy())
+        take = max(1, int(np.searchsorted(used, self.config.sample_max_bytes, side="right"))) if len(used) else 0
+        if not take:
+            return
+        cutoff = meta["rank"][take - 1]
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(columns=["val", "rank", "text"]):
+                chosen = pc.and_(pc.invert(batch.column("val")), pc.less_equal(batch.column("rank"), cutoff))
+                yield from (t or "" for t in batch.filter(chosen).column("text").to_pylist())
 
     def reduce(self, scratch: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
         from tokenizers import Tokenizer
@@ -107,61 +123,76 @@ class TokenizeStage(ReduceStage):
         if cfg.tokenizer_path is not None:
             tok = Tokenizer.from_file(str(cfg.tokenizer_path))
         else:
-            tok = train_bpe(self._sample_texts(scratch, scans), cfg.vocab_size, cfg.special_tokens)
+            tok = train_bpe(self._sample_texts(scratch), cfg.vocab_size, cfg.special_tokens)
         separator = tok.token_to_id(cfg.separator)
         if separator is None:
             raise ValueError(f"the tokenizer has no {cfg.separator!r} token to separate documents")
         blob = tok.to_str().encode()
         atomic_write_bytes(scratch / "tokenizer.json", blob)
-        probe = [t for _, t in zip(range(PROBE_DOCS), self._sample_texts(scratch, scans))]
-        encoder = fastest_encoder(tok, probe).name if cfg.encoder == "auto" else "tokenizers"
+        probe, size = [], 0
+        for text in self._sample_texts(scratch):
+            if len(probe) == PROBE_DOCS or size > PROBE_BYTES:
+                break
+            probe.append(text)
+            size += len(text)
+        chosen = fastest_encoder(tok, probe) if cfg.encoder == "auto" else TokenizersEncoder(tok)
+        encoder = chosen.name
+        load_encoder(scratch / "tokenizer.json", encoder, built=(tok, chosen))  # process, in this process, reuses it
         return {"vocab_size": tok.get_vocab_size(), "separator_id": separator, "encoder": encoder,
-                "tokenizer_sha256": hashlib.sha256(blob).hexdigest(), "docs": sum(s["docs"] for s in scans)}
-
-    def after_reduce(self, scratch: Path) -> None:
-        for f in scratch.glob("sample-part-*.parquet"):
-            f.unlink(missing_ok=True)
+                "tokenizer_sha256": hashlib.sha256(blob).hexdigest(), "docs": sum(s["docs"] for s in scans),
+                "units": len(scans)}
 
     @staticmethod
     def check(dataset_dir: Path) -> list[dict[str, Any]]:
-        """Validate every token shard of a tokenize dataset against its manifest and tokenizer (check-shards)."""
-        from tasks.shards import read_dataset_manifest
-        from tasks.token_shards import check_token_shard
-
-        facts = json.loads((ReduceStage.scratch_dir(dataset_dir) / "reduce.json").read_text())
-        rows = []
-        for f in read_dataset_manifest(dataset_dir).files:
-            found = check_token_shard(dataset_dir / f.name, vocab_size=facts["vocab_size"],
-                                      separator=facts["separator_id"], sha256=f.sha256)
-            rows.append({"shard": f.name, **found})
-        return rows
+        """Validate every token shard of a tokenize dataset against its manifests and tokenizer (check-shards)."""
+        return check_token_manifest(dataset_dir, read_dataset_manifest(dataset_dir).files)
 
     def artifacts(self, out_dir: Path) -> list[Path]:
         return [self.scratch_dir(out_dir) / "tokenizer.json"]
+
+    def finalize(self, out_dir: Path) -> None:
+        scratch = self.scratch_dir(out_dir)
+        facts = json.loads((scratch / "reduce.json").read_text())
+        write_token_manifest(out_dir, read_dataset_manifest(out_dir).files, tokenizer=scratch / "tokenizer.json",
+                             **{k: facts[k] for k in ("vocab_size", "separator_id", "encoder", "tokenizer_sha256")})
+        for f in scratch.glob("docs-part-*.parquet"):  # the scattered text copy; only process needed it
+            f.unlink(missing_ok=True)
+
+    def _gather(self, unit: Unit, scratch: Path) -> Iterator[pa.Table]:
+        """This unit's documents from every scan: the row groups whose shard is this unit's index."""
+        for f in self._scatter_files(scratch):
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                stats = pf.metadata.row_group(g).column(0).statistics
+                if stats is None or not stats.has_min_max or stats.min <= unit.index <= stats.max:
+                    table = pf.read_row_group(g, columns=["shard", "doc_id", "text", "val"])
+                    yield table.filter(pc.equal(table["shard"], unit.index))
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         cfg = self.config
         scratch = self.scratch_dir(writer.out_dir)
         facts = json.loads((scratch / "reduce.json").read_text())
         tok, encoder = load_encoder(scratch / "tokenizer.json", facts["encoder"])
-        splits: dict[str, tuple[list[str], list[str]]] = {"train": ([], []), "val": ([], [])}
-        for row in self.input_rows(unit, ["doc_id", "text"]):
-            result.docs_in += 1
-            text = row["text"] or ""
-            result.bytes_in += len(text)
-            split = "val" if is_validation(row["doc_id"], cfg.val_fraction, cfg.split_seed) else "train"
-            splits[split][0].append(row["doc_id"])
-            splits[split][1].append(text)
-        for split, (ids, texts) in splits.items():
-            if not ids:
+        tables = list(self._gather(unit, scratch))
+        if not tables:
+            return
+        docs = pa.concat_tables(tables)
+        result.docs_in = docs.num_rows
+        sizes = pc.fill_null(pc.binary_length(docs["text"]), 0).cast(pa.int64())
+        result.bytes_in = int(pc.sum(sizes).as_py() or 0)
+        docs = docs.append_column("bytes", sizes)
+        for split, held in (("train", False), ("val", True)):
+            part = docs.filter(pc.equal(docs["val"], held))
+            if not part.num_rows:
                 continue
-            order = shuffled(len(ids), cfg.shuffle_seed, f"{unit.name}-{split}")
-            ids, texts = [ids[i] for i in order], [texts[i] for i in order]
+            part = part.take(shuffled(part.num_rows, cfg.shuffle_seed, f"{unit.name}-{split}"))
             name = f"{unit.name}-{split}.arrow"
-            tokens, sha = write_token_shard(writer.out_dir / name, ids, texts, encoder.encode_batch(texts),
-                                            separator=facts["separator_id"], vocab_size=facts["vocab_size"])
-            writer.files.append(ShardFile(name, len(ids), (writer.out_dir / name).stat().st_size, sha))
-            writer.docs_out += len(ids)
+            texts = pc.fill_null(part["text"], "").to_pylist()
+            tokens, sha = write_token_shard(writer.out_dir / name, part["doc_id"].to_pylist(), part["bytes"],
+                                            encoder.encode_batch(texts), separator=facts["separator_id"],
+                                            vocab_size=facts["vocab_size"])
+            writer.files.append(ShardFile(name, part.num_rows, (writer.out_dir / name).stat().st_size, sha))
+            writer.docs_out += part.num_rows
             result.stats[f"{split}_tokens"] = tokens
-            result.stats[f"{split}_docs"] = len(ids)
-            result.stats[f"{split}_bytes"] = sum(len(t.encode()) for t in texts)
+            result.stats[f"{split}_docs"] = part.num_rows
+            result.stats[f"{split}_bytes"] = int(pc.sum(part["bytes"]).as_py())

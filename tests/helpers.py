@@ -121,6 +121,8 @@ def run_stage(stage, input_dir: Path, out_dir: Path, key: str = "test-key"):
         facts = run_reduce(stage, out_dir, [run_scan(stage, u, out_dir) for u in units], key)
     results = [run_unit(stage, u, out_dir) for u in units]
     write_dataset_manifest(out_dir, stage.name, key, results)
+    if isinstance(stage, ReduceStage):
+        stage.finalize(out_dir)
     kept = [r for res in results for f in res.files for r in pq.read_table(out_dir / f.name).to_pylist()]
     dropped = [r for res in results if res.drops_file for r in pq.read_table(out_dir / res.drops_file).to_pylist()]
     return kept, dropped, facts

@@ -21,7 +21,8 @@ def write(tmp_path, tok, name="s.arrow", order=None):
         ids = [ids[i] for i in order]
     texts = [DOCS[d] for d in ids]
     encoded = TiktokenEncoder(tok).encode_batch(texts)
-    return write_token_shard(tmp_path / name, ids, texts, encoded, separator=0, vocab_size=tok.get_vocab_size())
+    return write_token_shard(tmp_path / name, ids, [len(t.encode()) for t in texts], encoded, separator=0,
+                             vocab_size=tok.get_vocab_size())
 
 
 def test_decoding_the_shard_gives_back_every_document(tmp_path, tok):

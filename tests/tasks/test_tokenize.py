@@ -27,6 +27,7 @@ def tokenize(tmp_path, name="out", **cfg):
     facts = run_reduce(stage, out, [run_scan(stage, u, out) for u in units], "key")
     results = [run_unit(stage, u, out) for u in units]
     write_dataset_manifest(out, "tokenize", "key", results)
+    stage.finalize(out)
     return out, facts, results
 
 
@@ -85,3 +86,48 @@ def test_separator_must_be_a_special_token():
     with pytest.raises(ValueError, match="separator"):
         TokenizeConfig(separator="<|eos|>")
     assert json.loads(TokenizeConfig().model_dump_json())["special_tokens"] == ["<|bos|>"]
+
+
+def test_every_shard_mixes_documents_from_every_input_unit(tmp_path):
+    out, _, _ = tokenize(tmp_path, val_fraction=0.0)
+    up = TokenizeStage(TokenizeConfig(shard_max_docs=40)).plan(tmp_path / "in")
+    unit_of = {}
+    for u in up:
+        for row in TokenizeStage(TokenizeConfig()).input_rows(u, ["doc_id"]):
+            unit_of[row["doc_id"]] = u.index
+    shards = read_dataset_manifest(out).files
+    assert len(shards) == len(up) == 3
+    for f in shards:
+        _, _, table = read_token_shard(out / f.name)
+        sources = {unit_of[d] for d in table["doc_id"].to_pylist()}
+        assert sources == {0, 1, 2}, f.name  # input units 0..2 hold docs 0-39, 40-79, 80-119 in order
+    assert not list((out / "_reduce").glob("docs-*")), "finalize deletes the scattered text"
+
+
+def test_token_manifest_describes_every_shard_and_check_holds_shards_to_it(tmp_path):
+    out, facts, _ = tokenize(tmp_path)
+    manifest = json.loads((out / "_tokens.json").read_text())
+    assert manifest["dtype"] == "uint16" and manifest["separator_id"] == facts["separator_id"] == 0
+    assert manifest["tokenizer_sha256"] == facts["tokenizer_sha256"]
+    assert (out / manifest["tokenizer"]).is_file()
+    files = {f.name: f for f in read_dataset_manifest(out).files}
+    for split in ("train", "val"):
+        for shard in manifest["splits"][split]["shards"]:
+            tokens, offsets, table = read_token_shard(out / shard["name"])
+            assert (shard["docs"], shard["tokens"], shard["sha256"]) == (table.num_rows, len(tokens),
+                                                                         files[shard["name"]].sha256)
+            assert shard["bytes"] == sum(len(DOCS[d].encode()) for d in table["doc_id"].to_pylist())
+    assert manifest["splits"]["train"]["docs"] + manifest["splits"]["val"]["docs"] == len(DOCS)
+    manifest["splits"]["train"]["shards"][0]["tokens"] += 1
+    (out / "_tokens.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardCheckError, match=manifest["splits"]["train"]["shards"][0]["name"]):
+        TokenizeStage.check(out)
+
+
+def test_a_unit_whose_scattered_input_is_gone_fails_instead_of_writing_an_empty_shard(tmp_path):
+    out, _, _ = tokenize(tmp_path)
+    stage = TokenizeStage(TokenizeConfig(vocab_size=400, val_fraction=0.2, shard_max_docs=40))
+    unit = stage.plan(tmp_path / "in")[0]
+    (out / f"{unit.name}.json").unlink()
+    with pytest.raises(Exception, match="scattered documents"):
+        run_unit(stage, unit, out)

@@ -1,0 +1,217 @@
+"""Training and validation batches from a tokenize dataset: memory-mapped, rank-disjoint, resumable.
+
+The shards (``tasks.token_shards``) are memory-mapped once; a batch copies only the tokens it holds.
+
+Training rows (``TrainLoader``) are ``seq_len + 1`` tokens long (inputs and targets shifted by one) and every row
+starts at a document start, packed as nanochat's BOS-aligned best fit does: from a buffer of documents, take the
+longest one that fits the rest of the row, again and again; when none fits, crop the shortest to fill the row
+exactly. There is no padding; the cropped tail of a document is not used (``tokens_cropped`` counts it).
+
+Order: epoch ``e`` visits the shards in a permutation seeded by (seed, e), and each shard's documents in a
+permutation seeded by (seed, e, shard). Rank ``r`` of ``world_size`` takes the documents at positions
+``r, r + world_size, ...`` of that sequence, so ranks never share a document, and since the tokenize stage spreads
+every source over every shard, no rank reads one source's contiguous slice. ``state_dict()`` holds the cursor and
+the documents in the packing buffer, so ``load_state_dict`` resumes on exactly the next batch.
+
+Validation (``ValLoader``) reads the val split's tokens once, in shard order, as one stream cut into rows that
+overlap by one token, so every token but the first is a target exactly once; rank ``r`` takes rows
+``r, r + world_size, ...``; the last row is padded with target ``IGNORE`` (-1).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from tasks.token_shards import read_token_manifest, read_token_shard
+
+IGNORE = -1
+STATE_VERSION = 1
+
+
+def _rng(*parts: Any) -> np.random.Generator:
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return np.random.default_rng(int.from_bytes(digest, "big"))
+
+
+class TokenSplit:
+    """One split of a token dataset: its shards memory-mapped, read as numpy views."""
+
+    def __init__(self, dataset_dir: str | Path, split: str) -> None:
+        self.dir = Path(dataset_dir)
+        self.manifest = read_token_manifest(self.dir)
+        info = self.manifest["splits"].get(split)
+        if not info or not info["docs"]:
+            raise ValueError(f"{self.dir}: the {split} split is empty (raise tokenize.val_fraction or add data)"
+                             if split == "val" else f"{self.dir}: the {split} split is empty")
+        self.split = split
+        self.names = [s["name"] for s in info["shards"]]
+        self.docs = np.array([s["docs"] for s in info["shards"]], dtype=np.int64)
+        self.tokens = int(info["tokens"])
+        self.bytes = int(info["bytes"])
+        self.vocab_size = int(self.manifest["vocab_size"])
+        self.separator_id = int(self.manifest["separator_id"])
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(flat tokens, document offsets) of shard ``i``, views into its memory map."""
+        if i not in self._open:
+            tokens, offsets, _ = read_token_shard(self.dir / self.names[i])
+            self._open[i] = (tokens, offsets)
+        return self._open[i]
+
+    def document(self, i: int, d: int) -> np.ndarray:
+        tokens, offsets = self.shard(i)
+        return tokens[offsets[d]:offsets[d + 1]]
+
+
+class TrainLoader:
+    """Endless (inputs, targets) batches of shape (batch_size, seq_len) for one DDP rank; see the module doc."""
+
+    def __init__(self, dataset_dir: str | Path, *, batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, buffer_docs: int = 256, split: str = "train",
+                 device: str | torch.device = "cpu") -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size}")
+        if batch_size < 1 or seq_len < 1 or buffer_docs < 1:
+            raise ValueError("batch_size, seq_len and buffer_docs must be positive")
+        self.data = TokenSplit(dataset_dir, split)
+        if self.data.docs.sum() < world_size:
+            raise ValueError(f"{split} has {int(self.data.docs.sum())} documents, fewer than {world_size} ranks")
+        self.batch_size, self.seq_len, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.seed, self.buffer_docs = seed, buffer_docs
+        self.device = torch.device(device)
+        pin = self.device.type == "cuda"
+        self._rows = torch.empty((batch_size, seq_len + 1), dtype=torch.int64, pin_memory=pin)
+        self._rows_np = self._rows.numpy()
+        # cursor: epoch, position in the epoch's shard order, this rank's next document index in that shard
+        self.epoch, self.shard_pos, self.doc_pos = 0, 0, None
+        self.buffer: list[tuple[int, int]] = []
+        self._lengths: list[int] = []  # token counts of the buffered documents
+        self.batches = 0
+        self.tokens_cropped = 0
+        self._plan_epoch()
+
+    # -- the document stream -----------------------------------------------------------------------------------
+
+    def _plan_epoch(self) -> None:
+        self._shard_order = _rng("shards", self.seed, self.epoch).permutation(len(self.data.names))
+        before = np.concatenate([[0], np.cumsum(self.data.docs[self._shard_order])[:-1]])
+        self._first = (self.rank - before) % self.world_size  # this rank's first document position in each shard
+        self._doc_order = None
+
+    def _next_doc(self) -> tuple[int, int]:
+        while True:
+            if self.shard_pos == len(self._shard_order):
+                self.epoch, self.shard_pos, self.doc_pos = self.epoch + 1, 0, None
+                self._plan_epoch()
+            shard = int(self._shard_order[self.shard_pos])
+            if self._doc_order is None:
+                self._doc_order = _rng("docs", self.seed, self.epoch, shard).permutation(int(self.data.docs[shard]))
+                if self.doc_pos is None:
+                    self.doc_pos = int(self._first[self.shard_pos])
+            if self.doc_pos < len(self._doc_order):
+                doc = int(self._doc_order[self.doc_pos])
+                self.doc_pos += self.world_size
+                return shard, doc
+            self.shard_pos, self.doc_pos, self._doc_order = self.shard_pos + 1, None, None
+
+    def _fill_buffer(self) -> None:
+        while len(self.buffer) < self.buffer_docs:
+            ref = self._next_doc()
+            self.buffer.append(ref)
+            self._lengths.append(len(self.data.document(*ref)))
+
+    # -- packing -----------------------------------------------------------------------------------------------
+
+    def _pack_row(self, row: np.ndarray) -> None:
+        filled, width = 0, len(row)
+        while filled < width:
+            self._fill_buffer()
+            lengths = np.array(self._lengths)
+            space = width - filled
+            fits = np.where(lengths <= space, lengths, -1)
+            pick = int(np.argmax(fits)) if fits.max() > 0 else int(np.argmin(lengths))
+            self._lengths.pop(pick)
+            doc = self.data.document(*self.buffer.pop(pick))
+            take = min(len(doc), space)
+            row[filled:filled + take] = doc[:take]
+            self.tokens_cropped += len(doc) - take
+            filled += take
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for row in self._rows_np:
+            self._pack_row(row)
+        self.batches += 1
+        rows = self._rows.to(self.device, non_blocking=True) if self.device.type != "cpu" else self._rows.clone()
+        return rows[:, :-1], rows[:, 1:]
+
+    # -- resume ------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "seq_len": self.seq_len, "shards": list(self.data.names), "epoch": self.epoch,
+                "shard_pos": self.shard_pos, "doc_pos": self.doc_pos, "buffer": [list(r) for r in self.buffer],
+                "batches": self.batches, "tokens_cropped": self.tokens_cropped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.state_dict()
+        for key in ("version", "seed", "rank", "world_size", "seq_len", "shards"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"cannot resume: the saved loader has {key}={state.get(key)!r}, this one "
+                                 f"{mine[key]!r}")
+        self.epoch, self.shard_pos, self.doc_pos = state["epoch"], state["shard_pos"], state["doc_pos"]
+        self._plan_epoch()
+        if self.doc_pos is not None and self.shard_pos < len(self._shard_order):
+            shard = int(self._shard_order[self.shard_pos])
+            self._doc_order = _rng("docs", self.seed, self.epoch, shard).permutation(int(self.data.docs[shard]))
+        self.buffer = [(int(s), int(d)) for s, d in state["buffer"]]
+        self._lengths = [len(self.data.document(*ref)) for ref in self.buffer]
+        self.batches, self.tokens_cropped = state["batches"], state["tokens_cropped"]
+
+
+class ValLoader:
+    """The val split once, in order, as (inputs, targets) batches; padding targets are ``IGNORE``."""
+
+    def __init__(self, dataset_dir: str | Path, *, batch_size: int, seq_len: int, rank: int = 0,
+                 world_size: int = 1, split: str = "val") -> None:
+        self.data = TokenSplit(dataset_dir, split)
+        self.batch_size, self.seq_len, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.rows = max(1, -(-(self.data.tokens - 1) // seq_len))  # rows of seq_len targets covering the stream
+        self._starts = np.concatenate([[0], np.cumsum([self.data.shard(i)[0].size
+                                                       for i in range(len(self.data.names))])])
+
+    def _read(self, start: int, stop: int, out: np.ndarray) -> int:
+        """Copy stream tokens [start, stop) into ``out``; returns how many there were."""
+        stop = min(stop, int(self._starts[-1]))
+        n = 0
+        i = int(np.searchsorted(self._starts, start, side="right") - 1)
+        while start + n < stop:
+            tokens = self.data.shard(i)[0]
+            lo = start + n - int(self._starts[i])
+            take = min(len(tokens) - lo, stop - start - n)
+            out[n:n + take] = tokens[lo:lo + take]
+            n += take
+            i += 1
+        return n
+
+    def __len__(self) -> int:
+        mine = len(range(self.rank, self.rows, self.world_size))
+        return -(-mine // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        mine = list(range(self.rank, self.rows, self.world_size))
+        for b in range(0, len(mine), self.batch_size):
+            rows = np.full((len(mine[b:b + self.batch_size]), self.seq_len + 1), IGNORE, dtype=np.int64)
+            for row, r in zip(rows, mine[b:b + self.batch_size]):
+                got = self._read(r * self.seq_len, r * self.seq_len + self.seq_len + 1, row)
+                row[got:] = IGNORE
+            batch = torch.from_numpy(rows)
+            inputs = batch[:, :-1].clamp(min=0)  # a padded input position only predicts an ignored target
+            yield inputs, batch[:, 1:]
