@@ -8,10 +8,13 @@ longest one that fits the rest of the row, again and again; when none fits, crop
 exactly. There is no padding; the cropped tail of a document is not used (``tokens_cropped`` counts it).
 
 Order: epoch ``e`` visits the shards in a permutation seeded by (seed, e), and each shard's documents in a
-permutation seeded by (seed, e, shard). Rank ``r`` of ``world_size`` takes the documents at positions
-``r, r + world_size, ...`` of that sequence, so ranks never share a document, and since the tokenize stage spreads
-every source over every shard, no rank reads one source's contiguous slice. ``state_dict()`` holds the cursor and
-the documents in the packing buffer, so ``load_state_dict`` resumes on exactly the next batch.
+permutation seeded by (seed, e, shard). Every rank packs that one global sequence of rows (packing needs only the
+documents' lengths, read from the index) and keeps rows ``r, r + world_size, ...``, copying only their tokens; so
+ranks never share a row or a document, and the rows of a global batch are the same whatever the world size: one
+process with gradient accumulation sees exactly what N ranks see together. The tokenize stage spreads every source
+over every shard, so no rank reads one source's contiguous slice. ``state_dict()`` holds the cursor and the
+documents in the packing buffer (identical on every rank), so ``load_state_dict`` resumes on exactly the next
+batch, with the same or another world size.
 
 Validation (``ValLoader``) reads the val split's tokens once, in shard order, as one stream cut into rows that
 overlap by one token, so every token but the first is a target exactly once; rank ``r`` takes rows
@@ -79,8 +82,6 @@ class TrainLoader:
         if batch_size < 1 or seq_len < 1 or buffer_docs < 1:
             raise ValueError("batch_size, seq_len and buffer_docs must be positive")
         self.data = TokenSplit(dataset_dir, split)
-        if self.data.docs.sum() < world_size:
-            raise ValueError(f"{split} has {int(self.data.docs.sum())} documents, fewer than {world_size} ranks")
         self.batch_size, self.seq_len, self.rank, self.world_size = batch_size, seq_len, rank, world_size
         self.seed, self.buffer_docs = seed, buffer_docs
         self.device = torch.device(device)
@@ -88,7 +89,7 @@ class TrainLoader:
         self._rows = torch.empty((batch_size, seq_len + 1), dtype=torch.int64, pin_memory=pin)
         self._rows_np = self._rows.numpy()
         # cursor: epoch, position in the epoch's shard order, this rank's next document index in that shard
-        self.epoch, self.shard_pos, self.doc_pos = 0, 0, None
+        self.epoch, self.shard_pos, self.doc_pos = 0, 0, 0
         self.buffer: list[tuple[int, int]] = []
         self._lengths: list[int] = []  # token counts of the buffered documents
         self.batches = 0
@@ -99,55 +100,61 @@ class TrainLoader:
 
     def _plan_epoch(self) -> None:
         self._shard_order = _rng("shards", self.seed, self.epoch).permutation(len(self.data.names))
-        before = np.concatenate([[0], np.cumsum(self.data.docs[self._shard_order])[:-1]])
-        self._first = (self.rank - before) % self.world_size  # this rank's first document position in each shard
         self._doc_order = None
 
     def _next_doc(self) -> tuple[int, int]:
         while True:
             if self.shard_pos == len(self._shard_order):
-                self.epoch, self.shard_pos, self.doc_pos = self.epoch + 1, 0, None
+                self.epoch, self.shard_pos, self.doc_pos = self.epoch + 1, 0, 0
                 self._plan_epoch()
             shard = int(self._shard_order[self.shard_pos])
             if self._doc_order is None:
                 self._doc_order = _rng("docs", self.seed, self.epoch, shard).permutation(int(self.data.docs[shard]))
-                if self.doc_pos is None:
-                    self.doc_pos = int(self._first[self.shard_pos])
             if self.doc_pos < len(self._doc_order):
                 doc = int(self._doc_order[self.doc_pos])
-                self.doc_pos += self.world_size
+                self.doc_pos += 1
                 return shard, doc
-            self.shard_pos, self.doc_pos, self._doc_order = self.shard_pos + 1, None, None
+            self.shard_pos, self.doc_pos, self._doc_order = self.shard_pos + 1, 0, None
+
+    def _length(self, ref: tuple[int, int]) -> int:
+        offsets = self.data.shard(ref[0])[1]
+        return int(offsets[ref[1] + 1] - offsets[ref[1]])
 
     def _fill_buffer(self) -> None:
         while len(self.buffer) < self.buffer_docs:
             ref = self._next_doc()
             self.buffer.append(ref)
-            self._lengths.append(len(self.data.document(*ref)))
+            self._lengths.append(self._length(ref))
 
     # -- packing -----------------------------------------------------------------------------------------------
 
-    def _pack_row(self, row: np.ndarray) -> None:
-        filled, width = 0, len(row)
+    def _plan_row(self) -> list[tuple[tuple[int, int], int]]:
+        """The next global row: [(document, tokens taken from its start)], best fit, the last one maybe cropped."""
+        plan, filled, width = [], 0, self.seq_len + 1
         while filled < width:
             self._fill_buffer()
             lengths = np.array(self._lengths)
             space = width - filled
             fits = np.where(lengths <= space, lengths, -1)
             pick = int(np.argmax(fits)) if fits.max() > 0 else int(np.argmin(lengths))
-            self._lengths.pop(pick)
-            doc = self.data.document(*self.buffer.pop(pick))
-            take = min(len(doc), space)
-            row[filled:filled + take] = doc[:take]
-            self.tokens_cropped += len(doc) - take
+            length = self._lengths.pop(pick)
+            take = min(length, space)
+            plan.append((self.buffer.pop(pick), take))
+            self.tokens_cropped += length - take
             filled += take
+        return plan
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        for row in self._rows_np:
-            self._pack_row(row)
+        for i in range(self.batch_size * self.world_size):
+            plan = self._plan_row()
+            if i % self.world_size == self.rank:  # this rank's row: copy its tokens out of the memory maps
+                row, filled = self._rows_np[i // self.world_size], 0
+                for ref, take in plan:
+                    row[filled:filled + take] = self.data.document(*ref)[:take]
+                    filled += take
         self.batches += 1
         rows = self._rows.to(self.device, non_blocking=True) if self.device.type != "cpu" else self._rows.clone()
         return rows[:, :-1], rows[:, 1:]
@@ -155,24 +162,22 @@ class TrainLoader:
     # -- resume ------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                "seq_len": self.seq_len, "shards": list(self.data.names), "epoch": self.epoch,
-                "shard_pos": self.shard_pos, "doc_pos": self.doc_pos, "buffer": [list(r) for r in self.buffer],
-                "batches": self.batches, "tokens_cropped": self.tokens_cropped}
+        """The packer's position, the same on every rank: save rank 0's."""
+        return {"version": STATE_VERSION, "seed": self.seed, "seq_len": self.seq_len, "shards": list(self.data.names),
+                "epoch": self.epoch, "shard_pos": self.shard_pos, "doc_pos": self.doc_pos,
+                "buffer": [list(r) for r in self.buffer], "batches": self.batches,
+                "tokens_cropped": self.tokens_cropped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.state_dict()
-        for key in ("version", "seed", "rank", "world_size", "seq_len", "shards"):
+        for key in ("version", "seed", "seq_len", "shards"):
             if state.get(key) != mine[key]:
                 raise ValueError(f"cannot resume: the saved loader has {key}={state.get(key)!r}, this one "
                                  f"{mine[key]!r}")
         self.epoch, self.shard_pos, self.doc_pos = state["epoch"], state["shard_pos"], state["doc_pos"]
         self._plan_epoch()
-        if self.doc_pos is not None and self.shard_pos < len(self._shard_order):
-            shard = int(self._shard_order[self.shard_pos])
-            self._doc_order = _rng("docs", self.seed, self.epoch, shard).permutation(int(self.data.docs[shard]))
         self.buffer = [(int(s), int(d)) for s, d in state["buffer"]]
-        self._lengths = [len(self.data.document(*ref)) for ref in self.buffer]
+        self._lengths = [self._length(ref) for ref in self.buffer]
         self.batches, self.tokens_cropped = state["batches"], state["tokens_cropped"]
 
 

@@ -67,22 +67,24 @@ def test_best_fit_takes_the_longest_document_that_fits(tmp_path):
     assert loader.tokens_cropped == 0
 
 
-def test_two_ranks_read_disjoint_documents_that_together_cover_the_split(tmp_path):
+def test_ranks_split_one_global_sequence_of_rows_and_share_no_document(tmp_path):
     data = token_dataset(tmp_path, LENGTHS)
-    seen = []
-    for rank in (0, 1):
-        loader = TrainLoader(data, batch_size=2, seq_len=64, rank=rank, world_size=2, seed=3)
-        docs = []
-        while loader.epoch == 0:
-            docs.append(loader._next_doc())
-        seen.append({(s, d) for s, d in docs[:-1]})
-        assert len(seen[-1]) == len(docs) - 1
-    assert not seen[0] & seen[1]
-    assert len(seen[0] | seen[1]) == len(LENGTHS)
-    batches = [next(TrainLoader(data, batch_size=8, seq_len=64, rank=r, world_size=2, seed=3, buffer_docs=16))
-               for r in (0, 1)]  # a small buffer: both stay in epoch 0, where ranks share nothing
-    docs = [{d for row in x for d, _ in runs(row)} - {None} for x, _ in batches]
-    assert docs[0] and docs[1] and not docs[0] & docs[1]
+    one = TrainLoader(data, batch_size=8, seq_len=64, seed=3)
+    two = [TrainLoader(data, batch_size=4, seq_len=64, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    for _ in range(3):
+        x1, _ = next(one)
+        x0, xr = (next(loader)[0] for loader in two)
+        assert torch.equal(x1[0::2], x0) and torch.equal(x1[1::2], xr)  # the global batch is world-invariant
+        docs = [{d for row in x for d, _ in runs(row)} - {None} for x in (x0, xr)]
+        assert docs[0] and docs[1] and not docs[0] & docs[1]
+
+
+def test_an_epoch_visits_every_document_once(tmp_path):
+    loader = TrainLoader(token_dataset(tmp_path, LENGTHS), batch_size=1, seq_len=8, seed=3)
+    docs = []
+    while loader.epoch == 0:
+        docs.append(loader._next_doc())
+    assert len(set(docs[:-1])) == len(docs) - 1 == len(LENGTHS)
 
 
 def test_the_same_seed_gives_the_same_batches_and_another_seed_others(tmp_path):
@@ -108,11 +110,22 @@ def test_load_state_dict_resumes_on_exactly_the_next_batch(tmp_path, stop):
     assert first.epoch >= 1 and first.state_dict() == resumed.state_dict()
 
 
-def test_a_state_from_another_world_size_is_refused(tmp_path):
+def test_a_run_resumes_on_another_world_size_where_it_stopped(tmp_path):
     data = token_dataset(tmp_path, LENGTHS)
-    state = TrainLoader(data, batch_size=1, seq_len=8, world_size=2).state_dict()
-    with pytest.raises(ValueError, match="world_size"):
-        TrainLoader(data, batch_size=1, seq_len=8).load_state_dict(state)
+    two = [TrainLoader(data, batch_size=2, seq_len=24, rank=r, world_size=2, seed=4) for r in (0, 1)]
+    one = TrainLoader(data, batch_size=4, seq_len=24, seed=4)
+    for _ in range(5):
+        next(one), next(two[0]), next(two[1])
+    resumed = TrainLoader(data, batch_size=4, seq_len=24, seed=4)
+    resumed.load_state_dict(two[0].state_dict())
+    assert torch.equal(next(resumed)[0], next(one)[0])
+
+
+def test_a_state_from_another_seed_is_refused(tmp_path):
+    data = token_dataset(tmp_path, LENGTHS)
+    state = TrainLoader(data, batch_size=1, seq_len=8, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        TrainLoader(data, batch_size=1, seq_len=8, seed=2).load_state_dict(state)
 
 
 def test_val_loader_covers_the_val_stream_once_in_order_across_ranks(tmp_path):
