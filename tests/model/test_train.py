@@ -1,0 +1,176 @@
+"""model/train.py and model/export.py: schedule, decoupled decay, checkpoints, kill-and-resume, DDP, export."""
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.gpt import GPT, GPTConfig
+from model.train import TrainArgs, lr_at, param_groups
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.tasks.test_tokenize import tokenize
+
+    out, _, _ = tokenize(tmp_path_factory.mktemp("tokens"))
+    return out
+
+
+def run_args(tmp_path, data, name="run", **kw) -> Path:
+    args = {"data_dir": str(data), "out_dir": str(tmp_path / name), "model": {"depth": 2, "d_model": 64},
+            "batch_size": 4, "seq_len": 64, "max_steps": 20, "eval_every": 10, "checkpoint_every": 5,
+            "warmup_steps": 3, "lr": 3e-3, **kw}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(args))
+    return path
+
+
+def train(config: Path, nproc: int = 1, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "model.train", "--config", str(config)]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+               f"--master-port={port}", "-m", "model.train", "--config", str(config)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return out
+
+
+def curve(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_warmup_then_cosine_to_the_floor_or_warmup_stable_decay():
+    args = TrainArgs(data_dir="-", out_dir="-", lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert [lr_at(args, s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert math.isclose(lr_at(args, 60), 0.55) and math.isclose(lr_at(args, 110), 0.1)
+    assert all(lr_at(args, s) >= lr_at(args, s + 1) for s in range(10, 120))
+    wsd = TrainArgs(data_dir="-", out_dir="-", lr=1.0, warmup_steps=10, max_steps=100, schedule="wsd",
+                    decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_at(wsd, 50) == 1.0 == lr_at(wsd, 80) and math.isclose(lr_at(wsd, 90), 0.5) and lr_at(wsd, 100) == 0
+
+
+def test_adamw_decays_matrices_by_lr_times_lambda_times_theta_and_nothing_else():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, depth=1, d_model=64, seq_len=8))
+    groups = param_groups(model, 0.1)
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "embed_tokens.weight" not in names and not any("norm" in n for n in names)
+    assert "lm_head.weight" in names and "layers.0.mlp.down_proj.weight" in names
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(groups, lr=0.5, betas=(0.9, 0.95), eps=1e-8)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: the step is the decay alone
+    opt.step()
+    for n, p in model.named_parameters():
+        want = before[n] * (1 - 0.5 * 0.1) if n in names else before[n]
+        assert torch.allclose(p, want), n
+
+
+def test_a_run_writes_metrics_estimates_and_complete_checkpoints(tmp_path, data):
+    finish(train(run_args(tmp_path, data)))
+    run = tmp_path / "run"
+    rows = curve(run)
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and "mfu" not in r for r in steps)  # CPU: no MFU
+    val = [r for r in rows if "val_bpb" in r]
+    assert [r["step"] for r in val] == [10, 20]
+    manifest = json.loads((data / "_tokens.json").read_text())
+    assert val[-1]["val_bytes"] == manifest["splits"]["val"]["bytes"]  # bpb divides by every target byte
+    est = json.loads((run / "estimates.json").read_text())
+    assert est["train_flops_6nd"] == 6 * est["params"] * est["tokens"] and est["tokens"] == 20 * 4 * 64
+    assert est["memory_params_optimizer_bytes"] == 16 * est["params"]
+    final = json.loads((run / "final.json").read_text())
+    ckpt = run / "checkpoints" / final["checkpoint"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 20 and state["tokens"] == 20 * 256 and state["loader"]["batches"] == 20
+    assert {f.name for f in ckpt.iterdir()} == {"model.pt", "optimizer.pt", "rng.pt", "state.json"}
+    assert json.loads((run / "best.json").read_text())["checkpoint"] in {c.name for c in (run / "checkpoints").iterdir()}
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tmp_path, data):
+    kw = {"max_steps": 120, "checkpoint_every": 7, "eval_every": 20, "batch_size": 8}
+    finish(train(run_args(tmp_path, data, "whole", **kw)))
+    config = run_args(tmp_path, data, "killed", **kw)
+    proc = train(config)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "final.json").exists(), "the run ended before it was killed"
+    out = finish(train(config))
+    assert "resuming from step-" in out
+    whole, resumed = curve(tmp_path / "whole"), curve(tmp_path / "killed")
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole]
+    for a, b in zip(whole, resumed):
+        for key in ("loss", "grad_norm", "lr", "val_loss", "val_bpb"):
+            assert a.get(key) == b.get(key), (a["step"], key)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_under_torchrun_match_one_process_on_the_same_global_batch(tmp_path, data):
+    kw = {"batch_size": 2, "total_batch_tokens": 4 * 64, "max_steps": 8, "eval_every": 4, "checkpoint_every": 0}
+    finish(train(run_args(tmp_path, data, "one", **kw)))
+    out = finish(train(run_args(tmp_path, data, "two", **kw), nproc=2))
+    assert "2 ranks" in out
+    one, two = curve(tmp_path / "one"), curve(tmp_path / "two")
+    for a, b in zip(one, two):
+        for key in ("loss", "grad_norm", "val_loss", "val_bpb"):
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-4), (a["step"], key, a[key], b[key])
+    wa = torch.load(tmp_path / "one" / "checkpoints" / "step-0000008" / "model.pt")
+    wb = torch.load(tmp_path / "two" / "checkpoints" / "step-0000008" / "model.pt")
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], atol=1e-5), name
+
+
+def test_the_export_loads_in_transformers_with_the_same_logits_and_ids(tmp_path, data):
+    transformers = pytest.importorskip("transformers")
+    from model.export import ExportError, export
+    from tasks.tokenize import load_encoder
+
+    finish(train(run_args(tmp_path, data, max_steps=4, eval_every=0)))
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000004"
+    hf_dir = export(ckpt, tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    text = "Page 7: the harbour master counted 21 boats, and the river rose again."
+    _, ours = load_encoder(data / "_reduce" / "tokenizer.json", "tiktoken")
+    ids = tok(text)["input_ids"]
+    assert ids == ours.encode_batch([text])[0]
+    state = json.loads((ckpt / "state.json").read_text())
+    gpt = GPT(GPTConfig(**state["model"]))
+    gpt.load_state_dict(torch.load(ckpt / "model.pt"))
+    x = torch.tensor([[0] + ids])
+    with torch.no_grad():
+        assert (gpt.eval()(x) - model.eval()(x).logits).abs().max().item() < 1e-4
+    state["model"]["qk_norm"] = True
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ExportError, match="qk_norm"):
+        export(ckpt, tmp_path / "refused")
