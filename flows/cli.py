@@ -491,6 +491,17 @@ def benchmarks_check(directory: str) -> None:
     console.print(_table(f"benchmarks in {directory}", rows, ["task", "items", "format", "known task"]))
 
 
+def _dataset_dir(ref: str, stage: str, warehouse_path: str | None, config_path: str | None) -> Path:
+    """A directory as it is, 'latest' (the stage's newest output) or a dataset id of that stage."""
+    if Path(ref).is_dir():
+        return Path(ref)
+    wh = _warehouse(warehouse_path, config_path)
+    found = wh.latest_dataset(stage) if ref == "latest" else wh.dataset(ref)
+    if found is None or found["stage"] != stage:
+        raise WarehouseError(f"no {stage} dataset {ref!r} in {wh.path}")
+    return Path(found["uri"])
+
+
 @main.command("check-shards")
 @click.argument("dataset", metavar="DATASET")
 @warehouse_option
@@ -510,17 +521,38 @@ def check_shards(dataset: str, warehouse_path: str | None, config_path: str | No
     from tasks.token_shards import ShardCheckError
     from tasks.tokenize import TokenizeStage
 
-    if Path(dataset).is_dir():
-        directory = Path(dataset)
-    else:
-        wh = _warehouse(warehouse_path, config_path)
-        found = wh.latest_dataset("tokenize") if dataset == "latest" else wh.dataset(dataset)
-        if found is None or found["stage"] != "tokenize":
-            raise WarehouseError(f"no tokenize dataset {dataset!r} in {wh.path}")
-        directory = Path(found["uri"])
+    directory = _dataset_dir(dataset, "tokenize", warehouse_path, config_path)
     try:
         rows = TokenizeStage.check(directory)
     except ShardCheckError as err:
         _fail(f"{directory}: {err}")
     console.print(_table(f"token shards in {directory}", rows, ["shard", "documents", "tokens"]))
     console.print(f"{len(rows)} shards check out", highlight=False)
+
+
+@main.command("export")
+@click.argument("checkpoint", metavar="CHECKPOINT")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@warehouse_option
+@_handle_errors
+def export_cmd(checkpoint: str, out_dir: str, warehouse_path: str | None, config_path: str | None) -> None:
+    """Write a checkpoint as a Hugging Face LlamaForCausalLM directory (safetensors, config, tokenizer).
+
+    CHECKPOINT is a checkpoint dataset id (see `crucible lineage`), 'latest' (the newest train output) or a
+    checkpoint directory. transformers' AutoModelForCausalLM and AutoTokenizer load OUT_DIR offline. A model with an
+    option Llama cannot express (qk_norm, relu2, norm_weight = false, logit_softcap) is refused with the reasons.
+
+    \b
+    Example:
+        crucible export latest exported/
+        crucible export checkpoint-3f2a9c1b0d4e-0000200 exported/
+        crucible export work/train/3f2a9c1b0d4e1234/checkpoints/step-0000200 exported/
+    """
+    from model.export import ExportError, export
+
+    directory = _dataset_dir(checkpoint, "train", warehouse_path, config_path)
+    try:
+        written = export(directory, Path(out_dir))
+    except ExportError as err:
+        _fail(str(err))
+    console.print(f"exported {directory} to {written}", highlight=False)

@@ -31,6 +31,7 @@ from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
 from tasks.stage import ReduceStage, Stage, Unit, UnitFailed, prepare_output, run_reduce, run_scan, run_unit
+from tasks.train import TrainStage
 from warehouse.lineage import Warehouse
 
 
@@ -201,6 +202,9 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     stage = stage_class(stage_name)(cfg.section(stage_name))
     if isinstance(stage, CrawlStage):
         return run_crawl(cfg, stage, run_id, wh, recrawl)
+    if isinstance(stage, TrainStage):
+        from flows.train import run_train
+        return run_train(cfg, stage, run_id, wh, upstream)
     params = stage.config.model_dump(mode="json")
     t0 = time.perf_counter()
 

@@ -349,6 +349,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
     loader = TrainLoader(args.data_dir, batch_size=args.batch_size, seq_len=args.seq_len, rank=d.rank,
                          world_size=d.world, seed=args.seed, buffer_docs=args.buffer_docs, device=d.device)
     tbytes = token_bytes(Path(args.data_dir) / manifest["tokenizer"], vocab).to(d.device)
+    if args.eval_every and not manifest["splits"].get("val", {}).get("docs"):
+        if d.main:
+            print("warning: the val split is empty, so there is no validation (raise tokenize.val_fraction)",
+                  flush=True)
+        args.eval_every = 0
     fsdp = args.fsdp and d.world > 1
 
     wrapped: torch.nn.Module = model

@@ -282,6 +282,58 @@ class TokenizeConfig(ShardedStageConfig):
         return self
 
 
+class ModelConfig(Section):
+    """The GPT (model/gpt.py). ``depth`` sets the rest unless they are given; the last four cannot export to Llama."""
+
+    depth: int = Field(4, ge=1, le=128)
+    d_model: int | None = Field(None, ge=8, description="Default 64 * depth.")
+    n_heads: int | None = Field(None, ge=1, description="Default d_model / 64.")
+    n_kv_heads: int | None = Field(None, ge=1, description="Fewer than n_heads: grouped-query attention.")
+    mlp_hidden: int | None = Field(None, ge=8, description="Default 8/3 * d_model, rounded up to 64.")
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    tie_embeddings: bool = False
+    init_std: float = Field(0.02, gt=0)
+    qk_norm: bool = False
+    activation: Literal["swiglu", "relu2"] = "swiglu"
+    norm_weight: bool = True
+    logit_softcap: float | None = Field(None, gt=0)
+
+
+class TrainConfig(Section):
+    """Training (model/train.py, launched with torchrun). Batch sizes are in rows of seq_len tokens per rank."""
+
+    nproc_per_node: int | Literal["auto"] = Field("auto", description=(
+        "Processes torchrun starts: auto is the GPU count, else 1; set 2+ for CPU processes (gloo)."))
+    model: ModelConfig = ModelConfig()
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1, description="Rows per rank per micro-step.")
+    seq_len: int = Field(512, ge=8)
+    total_batch_tokens: int | None = Field(None, ge=8, description=(
+        "Tokens per optimizer step; gradient accumulation makes up the difference. Default: one micro-step."))
+    max_steps: int = Field(1000, ge=1)
+    max_seconds: float | None = Field(None, gt=0, description="Stop early, with a final checkpoint, after this.")
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: the share of steps spent decaying.")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(100, ge=0, description="Steps between validations (0: none, not even at the end).")
+    eval_batches: int | None = Field(None, ge=1, description="Default: the whole val split.")
+    checkpoint_every: int = Field(100, ge=0)
+    keep_checkpoints: int = Field(2, ge=0, description="Periodic checkpoints kept; best and final always are.")
+    compile: bool = False
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    fsdp: bool = Field(False, description="FSDP2 instead of DDP, for a model that does not fit one GPU.")
+    buffer_docs: int = Field(256, ge=1, description="Documents the best-fit packer chooses among.")
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -295,6 +347,7 @@ class Config(Section):
     dedup: DedupConfig = DedupConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
+    train: TrainConfig = TrainConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -325,8 +378,9 @@ def to_toml(value: dict[str, Any]) -> str:
             return repr(v)
         if isinstance(v, list):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):  # an inline table; quoted keys may be numbers
-            return "{ " + ", ".join(f"{json.dumps(str(k))} = {scalar(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, dict):  # an inline table (quoted keys may be numbers); unset entries are left out
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {scalar(x)}" for k, x in v.items()
+                                    if x is not None) + " }"
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
     top = [f"{k} = {scalar(v)}" for k, v in value.items() if not isinstance(v, dict) and v is not None]

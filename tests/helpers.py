@@ -126,3 +126,38 @@ def run_stage(stage, input_dir: Path, out_dir: Path, key: str = "test-key"):
     kept = [r for res in results for f in res.files for r in pq.read_table(out_dir / f.name).to_pylist()]
     dropped = [r for res in results if res.drops_file for r in pq.read_table(out_dir / res.drops_file).to_pylist()]
     return kept, dropped, facts
+
+
+TINY_TRAIN = {"model": {"depth": 1, "d_model": 32}, "seq_len": 32, "batch_size": 2, "max_steps": 3, "eval_every": 3,
+              "checkpoint_every": 2, "warmup_steps": 1}  # a train section that runs in seconds on CPU
+
+
+def prose(seed: int, sentences: int = 14) -> str:
+    """Paragraphs of plain English sentences that pass the quality rules and differ from page to page."""
+    import random
+
+    rng = random.Random(seed)
+    nouns = ("river harbour council teacher garden window market letter engine village bridge winter doctor "
+             "kitchen forest station library painter soldier orchard").split()
+    verbs = "opened carried watched painted repaired counted followed answered visited described".split()
+    extras = "slowly quietly early together carefully again later gladly often rarely".split()
+    out = []
+    for _ in range(sentences):
+        out.append(f"The {rng.choice(nouns)} of the {rng.choice(nouns)} {rng.choice(verbs)} the "
+                   f"{rng.choice(nouns)} {rng.choice(extras)}, and the {rng.choice(nouns)} {rng.choice(verbs)} "
+                   f"it with the {rng.choice(nouns)}.")
+    return "\n\n".join(" ".join(out[i:i + 3]) for i in range(0, len(out), 3))
+
+
+def prose_html(text: str) -> bytes:
+    paras = "".join(f"<p>{p}</p>" for p in text.split("\n\n"))
+    return f"<html><head><title>t</title></head><body><article>{paras}</article></body></html>".encode()
+
+
+def write_prose_warc(path: Path, n: int) -> Path:
+    """n pages of distinct prose that pass the quality rules and dedup, so a pipeline has documents to train on."""
+    with open(path, "wb") as fh:
+        w = WARCWriter(fh, gzip=True)
+        for i in range(n):
+            response(w, f"http://site{i % 3}.example.org/prose/{i}", prose_html(prose(i, 30)))
+    return path

@@ -10,7 +10,7 @@ from tasks.registry import ORDER
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
-            ["benchmarks", "check"], ["check-shards"]]
+            ["benchmarks", "check"], ["check-shards"], ["export"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
@@ -61,10 +61,12 @@ def test_read_commands_on_a_missing_warehouse(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_run_show_lineage_sql_round_trip(tmp_path):
-    from tests.helpers import write_pages_warc
+    from tests.helpers import TINY_TRAIN, write_prose_warc
 
-    write_pages_warc(tmp_path / "a.warc.gz", 12)
-    path = write_config(tmp_path, str(tmp_path / "*.warc.gz"))
+    write_prose_warc(tmp_path / "a.warc.gz", 12)
+    train = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TRAIN.items() if k != "model")
+    path = write_config(tmp_path, str(tmp_path / "*.warc.gz"), f"[train]\n{train}\n[train.model]\ndepth = 1\n"
+                                                              f"d_model = 32\n")
     cli = CliRunner()
     result = cli.invoke(main, ["run", str(path)])
     assert result.exit_code == 0, result.output
@@ -91,6 +93,11 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
 
     checked = cli.invoke(main, ["check-shards", "latest", *wh])
     assert checked.exit_code == 0 and "shards check out" in checked.output, checked.output
+
+    exported = cli.invoke(main, ["export", "latest", str(tmp_path / "hf"), *wh])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "tokenizer.json").is_file()
 
     rerun = cli.invoke(main, ["stage", "extract", str(path), "--input", "latest"])
     assert rerun.exit_code == 0 and "rerun" in cli.invoke(main, ["runs", *wh]).output

@@ -5,6 +5,7 @@ import pytest
 
 from tasks.config import parse_config
 from tasks.registry import ORDER
+from tests.helpers import TINY_TRAIN, prose, prose_html
 from tests.helpers import write_pages_warc
 from warehouse.lineage import Warehouse
 
@@ -21,10 +22,14 @@ def inputs(tmp_path) -> Path:
     return d
 
 
+DATA = ORDER[:ORDER.index("train")]  # the fixture's pages are near-copies: dedup leaves too few to train on
+
+
 def config(tmp_path, inputs, **sections):
     data = {"paths": {"work_dir": str(tmp_path / "work")},
             "ingest": {"inputs": [str(inputs / "*.warc.gz")], "shard_max_docs": 8},
-            "extract": {"shard_max_docs": 6}}
+            "extract": {"shard_max_docs": 6},
+            "train": TINY_TRAIN}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return parse_config(data, base=tmp_path)
@@ -33,7 +38,7 @@ def config(tmp_path, inputs, **sections):
 def run(cfg, stages=None, trigger="manual", upstream=None):
     from flows.pipeline import pipeline_flow
 
-    run_id = pipeline_flow(cfg, stages or ORDER, trigger, upstream)
+    run_id = pipeline_flow(cfg, stages or DATA, trigger, upstream)
     return Warehouse(cfg.warehouse_path).stage_runs(run_id), run_id
 
 
@@ -153,6 +158,18 @@ def test_a_failed_unit_fails_the_run_and_names_the_file(tmp_path, inputs):
     assert len(list((cfg.work_dir / "datasets" / "ingest").glob("*/part-*.json"))) == 3  # the rest resume later
 
 
+def test_training_with_no_training_documents_fails_the_run_with_the_reason(tmp_path, inputs):
+    from flows.train import TrainFailed
+
+    cfg = config(tmp_path, inputs)
+    with pytest.raises(TrainFailed, match="the train split is empty"):
+        run(cfg, ORDER)  # the fixture's pages are near-copies of each other: dedup keeps almost none
+    wh = Warehouse(cfg.warehouse_path)
+    [run_row] = wh.runs()
+    train = by_stage(wh.stage_runs(run_row["run_id"]))["train"]
+    assert run_row["status"] == "failed" and train["status"] == "failed" and "train split is empty" in train["error"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dask", "processes"])
 def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
@@ -161,20 +178,21 @@ def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
     fingerprints = [Warehouse(config(tmp_path / d, inputs).warehouse_path).dataset(s["output_dataset_id"])["fingerprint"]
                     for d, stages in (("t", threads), ("o", other)) for s in stages]
     half = len(fingerprints) // 2
-    assert fingerprints[:half] == fingerprints[half:] and half == len(ORDER) - 1  # all but crawl
+    assert fingerprints[:half] == fingerprints[half:] and half == len(DATA) - 1  # all but crawl
     assert not any(s["cache_hit"] for s in other)
 
 
 @pytest.mark.slow
 def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     from tests.conftest import REPO, shared_path
-    from tasks.config import load_config
+    from tasks.config import TrainConfig, load_config
 
     shared_path("corpora", "warc")
     shared_path("benchmarks")  # the config decontaminates against the real sets
     cfg = load_config(REPO / "configs" / "shared_corpora.toml", base=REPO)
     cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"work_dir": tmp_path / "work"}),
-                                 "dedup": cfg.dedup.model_copy(update={"state_dir": tmp_path / "state"})})
+                                 "dedup": cfg.dedup.model_copy(update={"state_dir": tmp_path / "state"}),
+                                 "train": TrainConfig.model_validate(TINY_TRAIN)})
     stages, run_id = run(cfg, ORDER[1:])
     assert [s["status"] for s in stages] == ["completed"] * (len(ORDER) - 1)
     assert by_stage(stages)["ingest"]["docs_out"] >= 400 and by_stage(stages)["decontaminate"]["docs_out"] > 0
@@ -193,25 +211,8 @@ def test_dask_runner_on_an_existing_cluster_address(tmp_path, inputs):
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         stages, _ = run(config(tmp_path, inputs, runner={"kind": "dask", "address": cluster.scheduler_address}))
-    assert {s["status"] for s in stages} == {"completed"} and len(stages) == len(ORDER) - 1
+    assert {s["status"] for s in stages} == {"completed"} and len(stages) == len(DATA) - 1
     assert by_stage(stages)["extract"]["docs_out"] == 35
-
-
-def prose(seed: int, sentences: int = 14) -> str:
-    """Paragraphs of plain English sentences that pass the quality rules and differ from page to page."""
-    import random
-
-    rng = random.Random(seed)
-    nouns = ("river harbour council teacher garden window market letter engine village bridge winter doctor "
-             "kitchen forest station library painter soldier orchard").split()
-    verbs = "opened carried watched painted repaired counted followed answered visited described".split()
-    extras = "slowly quietly early together carefully again later gladly often rarely".split()
-    out = []
-    for _ in range(sentences):
-        out.append(f"The {rng.choice(nouns)} of the {rng.choice(nouns)} {rng.choice(verbs)} the "
-                   f"{rng.choice(nouns)} {rng.choice(extras)}, and the {rng.choice(nouns)} {rng.choice(verbs)} "
-                   f"it with the {rng.choice(nouns)}.")
-    return "\n\n".join(" ".join(out[i:i + 3]) for i in range(0, len(out), 3))
 
 
 def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
@@ -219,10 +220,6 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
 
     from tasks.benchmarks import _SMOKE, contamination_text
     from tests.helpers import response
-
-    def html(text: str) -> bytes:
-        paras = "".join(f"<p>{p}</p>" for p in text.split("\n\n"))
-        return f"<html><head><title>t</title></head><body><article>{paras}</article></body></html>".encode()
 
     texts = {f"p{i}": prose(i) for i in range(6)}
     words = texts["p1"].split()
@@ -235,10 +232,18 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     with open(d / "pages.warc.gz", "wb") as fh:
         w = WARCWriter(fh, gzip=True)
         for name, text in texts.items():
-            response(w, f"http://example.org/{name}", html(text))
+            response(w, f"http://example.org/{name}", prose_html(text))
     cfg = config(tmp_path, d)
-    stages, run_id = run(cfg)
+    stages, run_id = run(cfg, ORDER)
     wh = Warehouse(cfg.warehouse_path)
+    trained = by_stage(stages)["train"]
+    assert trained["status"] == "completed" and trained["output_dataset_id"].startswith("checkpoint-")
+    [tokenize] = [s["output_dataset_id"] for s in stages if s["stage"] == "tokenize"]
+    assert [r["parent_id"] for r in wh.query("SELECT parent_id FROM dataset_edges WHERE child_id = ?",
+                                             [trained["output_dataset_id"]])] == [tokenize]
+    losses = wh.query("SELECT step, value FROM metrics WHERE name = 'train.loss' AND run_id = ? ORDER BY step",
+                      [run_id])
+    assert [r["step"] for r in losses] == [1, 2, 3]
     drops = {(r["stage"], r["reason"]): r["docs"] for r in wh.funnel(run_id) if r["dropped"]}
     assert drops[("dedup", "exact_duplicate")] == 1 and drops[("dedup", "near_duplicate")] == 1
     assert drops[("decontaminate", "contaminated")] == 1
