@@ -174,3 +174,16 @@ def test_the_export_loads_in_transformers_with_the_same_logits_and_ids(tmp_path,
     (ckpt / "state.json").write_text(json.dumps(state))
     with pytest.raises(ExportError, match="qk_norm"):
         export(ckpt, tmp_path / "refused")
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_gloo_ranks_matches_ddp_and_resumes(tmp_path, data):
+    kw = {"batch_size": 2, "total_batch_tokens": 4 * 64, "max_steps": 4, "eval_every": 2, "checkpoint_every": 2}
+    finish(train(run_args(tmp_path, data, "ddp", **kw), nproc=2))
+    finish(train(run_args(tmp_path, data, "fsdp", fsdp=True, **kw), nproc=2))
+    for a, b in zip(curve(tmp_path / "ddp"), curve(tmp_path / "fsdp")):
+        for key in ("loss", "grad_norm", "val_loss"):
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-4), (a["step"], key)
+    out = finish(train(run_args(tmp_path, data, "fsdp", fsdp=True, **{**kw, "max_steps": 6}), nproc=2))
+    assert "resuming from step-0000004" in out and json.loads((tmp_path / "fsdp" / "final.json").read_text())["step"] == 6
