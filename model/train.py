@@ -5,8 +5,9 @@
 
 ``args.json`` holds a ``TrainArgs``. Everything the run writes goes under ``out_dir``:
 
-- ``metrics.jsonl`` (rank 0): one line per step (loss, lr, grad norm, tokens, tokens/s, MFU, peak memory) and one
-  per validation (val loss, bits per byte); the orchestrator ingests it into the warehouse;
+- ``metrics.jsonl`` (rank 0): one line per step (loss, lr, grad norm, tokens, tokens/s, MFU on a GPU with a known
+  peak, peak GPU memory or, on CPU, peak RSS) and one per validation (val loss, bits per byte); the orchestrator
+  ingests it into the warehouse;
 - ``estimates.json``: parameters N, tokens D, 6ND FLOPs, tokens per parameter against Chinchilla's ~20, and the
   training memory estimate (16 bytes per parameter plus activations);
 - ``checkpoints/step-NNNNNNN/``: ``model.pt``, ``optimizer.pt`` and ``state.json`` (step, tokens, the loader's
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import sys
 import time
@@ -446,6 +448,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
             row["mfu"] = flops_per_token * rate / (peak * d.world)
         if d.device.type == "cuda":
             row["peak_memory_bytes"] = torch.cuda.max_memory_allocated(d.device)
+        else:  # the process's peak resident set (Linux reports KiB)
+            row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         metrics.write(**row)
         if d.main and (step % 10 == 0 or step == 1):
             print(f"step {step}/{args.max_steps} loss {loss_mean:.4f} lr {lr:.2e} grad_norm {grad_norm:.3f} "

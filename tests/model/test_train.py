@@ -94,7 +94,8 @@ def test_a_run_writes_metrics_estimates_and_complete_checkpoints(tmp_path, data)
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert steps[-1]["loss"] < steps[0]["loss"]
-    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and "mfu" not in r for r in steps)  # CPU: no MFU
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and "mfu" not in r and r["peak_rss_bytes"] > 0
+               for r in steps)  # CPU: no MFU
     val = [r for r in rows if "val_bpb" in r]
     assert [r["step"] for r in val] == [10, 20]
     manifest = json.loads((data / "_tokens.json").read_text())
