@@ -152,11 +152,12 @@ class Dist:
         return self.rank == 0
 
 
-def setup(args: TrainArgs) -> Dist:
+def setup(device_name: str = "auto") -> Dist:
+    """This process's rank, world and device from torchrun's environment; joins the process group if world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
+    cuda = torch.cuda.is_available() if device_name == "auto" else device_name.startswith("cuda")
     device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -302,15 +303,16 @@ def estimates(model: GPT, args: TrainArgs, tokens_per_step: int) -> dict[str, An
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, args: TrainArgs, d: Dist, tbytes: torch.Tensor, separator: int,
-             autocast) -> dict[str, float]:
-    """Val loss (mean NLL in nats over every target) and bits per byte (special tokens excluded), all ranks."""
+def validate(model: torch.nn.Module, data_dir: str | Path, *, batch_size: int, seq_len: int, d: Dist,
+             tbytes: torch.Tensor, separator: int, autocast, max_batches: int | None = None) -> dict[str, float]:
+    """Val loss (mean NLL in nats over every target), perplexity = exp(val loss), and bits per byte = total NLL in
+    nats over text targets / (ln 2 x their UTF-8 bytes), special tokens excluded; summed over all ranks."""
+    was_training = model.training
     model.eval()
-    loader = ValLoader(args.data_dir, batch_size=args.batch_size, seq_len=args.seq_len, rank=d.rank,
-                       world_size=d.world)
+    loader = ValLoader(data_dir, batch_size=batch_size, seq_len=seq_len, rank=d.rank, world_size=d.world)
     nll = count = nll_text = nbytes = 0.0
     for i, (x, y) in enumerate(loader):
-        if args.eval_batches is not None and i >= args.eval_batches:
+        if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(d.device), y.to(d.device)
         with autocast:
@@ -322,13 +324,20 @@ def evaluate(model: torch.nn.Module, args: TrainArgs, d: Dist, tbytes: torch.Ten
         nll_text += losses[text].sum().item()
         nbytes += tbytes[y[text]].sum().item()
     nll, count, nll_text, nbytes = all_sum([nll, count, nll_text, nbytes], d)
-    model.train()
-    return {"val_loss": nll / max(count, 1), "val_bpb": nll_text / (math.log(2) * max(nbytes, 1)),
-            "val_tokens": count, "val_bytes": nbytes}
+    model.train(was_training)
+    loss = nll / max(count, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
+            "val_bpb": nll_text / (math.log(2) * max(nbytes, 1)), "val_tokens": count, "val_bytes": nbytes}
+
+
+def evaluate(model: torch.nn.Module, args: TrainArgs, d: Dist, tbytes: torch.Tensor, separator: int,
+             autocast) -> dict[str, float]:
+    return validate(model, args.data_dir, batch_size=args.batch_size, seq_len=args.seq_len, d=d, tbytes=tbytes,
+                    separator=separator, autocast=autocast, max_batches=args.eval_batches)
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
-    d = setup(args)
+    d = setup(args.device)
     out = Path(args.out_dir)
     if d.main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,192 @@
+"""CORE-style benchmark scoring (the DCLM / nanochat protocol) in plain torch, tokenizer-agnostic.
+
+Items come in three kinds (``tasks.benchmarks``): multiple choice, schema and language modelling. For each item:
+
+- **Few-shot examples** are ``shots`` other items drawn with ``random.Random(1234 + i)`` (i: the item's position
+  after the task's seeded shuffle), each rendered solved and followed by a blank line.
+- **Sequences** start with the separator (BOS) token; a sequence longer than the model's context is cropped from
+  the left.
+- **Multiple choice**: one sequence per choice; the scored span starts at the first token where the choices differ
+  and runs to each sequence's end; the prediction is the choice with the lowest mean cross-entropy on its span.
+- **Schema**: one sequence per context option; the scored span is the common token suffix (the shared
+  continuation); lowest mean cross-entropy wins.
+- **Language modelling**: correct only when greedy argmax reproduces every continuation token.
+
+Sequences of many items are batched together, right-padded: attention is causal, so padding after a sequence
+never changes a score (tested). ``centered`` and ``core_score`` aggregate: centered accuracy =
+(accuracy - baseline) / (1 - baseline), and CORE-7 is their unweighted mean over the 7 tasks.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Encode = Callable[[list[str]], list[list[int]]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def render(kind: str, item: dict[str, Any], delimiter: str, shots: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The prompts of one item: one per choice (multiple choice), per context option (schema), or the pair
+    (context without, context with continuation) for language modelling."""
+    if kind == "multiple_choice":
+        prefix = "".join(f"{s['query']}{delimiter}{s['choices'][s['gold']]}\n\n" for s in shots)
+        return [f"{prefix}{item['query']}{delimiter}{choice}" for choice in item["choices"]]
+    if kind == "schema":
+        prefix = "".join(f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}\n\n" for s in shots)
+        return [f"{prefix}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
+    if kind == "language_modelling":
+        prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}\n\n" for s in shots)
+        without = f"{prefix}{item['context'].strip()}{delimiter}"
+        # a trailing space would be merged into the continuation's first token: score from a clean prefix
+        return [without.strip(), without + item["continuation"]]
+    raise ValueError(f"unknown item kind {kind!r}")
+
+
+def fewshot(items: Sequence[dict[str, Any]], index: int, shots: int) -> list[dict[str, Any]]:
+    """``shots`` other items, drawn deterministically for item ``index``."""
+    if shots <= 0:
+        return []
+    others = [j for j in range(len(items)) if j != index]
+    return [items[j] for j in random.Random(1234 + index).sample(others, min(shots, len(others)))]
+
+
+def common_length(seqs: Sequence[Sequence[int]], side: str) -> int:
+    """Tokens shared by every sequence at the start (side 'left') or the end ('right')."""
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        at = i if side == "left" else -1 - i
+        if any(s[at] != seqs[0][at] for s in seqs[1:]):
+            return i
+    return n
+
+
+@dataclass
+class Scored:
+    """The token sequences of one item and, per sequence, the span [start, end) whose tokens are scored."""
+
+    kind: str
+    tokens: list[list[int]]
+    starts: list[int]
+    ends: list[int]
+    gold: int | None = None
+
+
+def sequences(kind: str, prompts: list[str], encode: Encode, bos: int, max_len: int,
+              gold: int | None = None) -> Scored:
+    """Tokenize an item's prompts (BOS first), find the scored spans, and crop from the left to ``max_len``."""
+    tokens = [[bos, *t] for t in encode(prompts)]
+    if kind == "multiple_choice":
+        start = common_length(tokens, "left")
+        spans = [(start, len(t)) for t in tokens]
+    elif kind == "schema":
+        suffix = common_length(tokens, "right")
+        spans = [(len(t) - suffix, len(t)) for t in tokens]
+    else:
+        without, with_ = tokens
+        if with_[:len(without)] != without or len(with_) <= len(without):
+            # the tokenizer merged across the boundary: score the tokens after the shared prefix
+            shared = common_length([without, with_], "left")
+            without = with_[:shared]
+        tokens = [with_]
+        spans = [(len(without), len(with_))]
+    out = Scored(kind, [], [], [], gold)
+    for t, (s, e) in zip(tokens, spans):
+        crop = max(0, len(t) - max_len)
+        out.tokens.append(t[crop:])
+        out.starts.append(max(1, s - crop))  # position 0 has no prediction: a span starts at 1 at the earliest
+        out.ends.append(e - crop)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class ItemResult:
+    index: int
+    prediction: int
+    correct: bool
+    losses: list[float] = field(default_factory=list)  # per choice / option: mean cross-entropy over its span
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, pad: int = 0,
+          device: torch.device | str = "cpu", autocast=None) -> list[ItemResult]:
+    """Score prepared items, packing their sequences into right-padded batches of at most ``batch_rows``."""
+    rows = [(i, j) for i, it in enumerate(items) for j in range(len(it.tokens))]
+    span_loss: dict[tuple[int, int], float] = {}
+    span_exact: dict[tuple[int, int], bool] = {}
+    for b in range(0, len(rows), batch_rows):
+        chunk = rows[b:b + batch_rows]
+        width = max(len(items[i].tokens[j]) for i, j in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for r, (i, j) in enumerate(chunk):
+            t = items[i].tokens[j]
+            ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+        ids = ids.to(device)
+        with autocast if autocast is not None else nullcontext():
+            logits = model(ids)
+        logits = logits.float()
+        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
+                                 reduction="none").view(len(chunk), width - 1)
+        guess = logits[:, :-1].argmax(-1)
+        for r, (i, j) in enumerate(chunk):
+            s, e = items[i].starts[j], items[i].ends[j]
+            # the token at position p is predicted at p - 1
+            span_loss[(i, j)] = losses[r, s - 1:e - 1].mean().item()
+            span_exact[(i, j)] = bool((guess[r, s - 1:e - 1] == ids[r, s:e]).all().item())
+    results = []
+    for i, it in enumerate(items):
+        if it.kind == "language_modelling":
+            ok = span_exact[(i, 0)]
+            results.append(ItemResult(i, int(ok), ok, [span_loss[(i, 0)]]))
+        else:
+            per = [span_loss[(i, j)] for j in range(len(it.tokens))]
+            pred = min(range(len(per)), key=per.__getitem__)
+            results.append(ItemResult(i, pred, pred == it.gold, per))
+    return results
+
+
+def centered(accuracy: float, baseline: float) -> float:
+    """(accuracy - baseline) / (1 - baseline): 0 at chance, 1 when perfect, negative below chance."""
+    return (accuracy - baseline) / (1.0 - baseline)
+
+
+def core_score(centered_by_task: dict[str, float]) -> float:
+    """The unweighted mean of the tasks' centered accuracies (CORE-7 over the 7 tasks)."""
+    return sum(centered_by_task.values()) / len(centered_by_task)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt: list[int], max_new: int, *, temperature: float = 0.0,
+             seed: int = 0, max_len: int | None = None, stop: int | None = None) -> list[int]:
+    """Greedy (temperature 0) or sampled continuation token ids, without a KV cache (fine for short samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    ids = list(prompt)
+    out: list[int] = []
+    for _ in range(max_new):
+        window = ids[-max_len:] if max_len else ids
+        logits = model(torch.tensor([window], device=device))[0, -1].float().cpu()
+        if temperature <= 0:
+            nxt = int(logits.argmax())
+        else:
+            nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen))
+        if stop is not None and nxt == stop:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    return out
