@@ -290,20 +290,28 @@ def _print_run(wh: Warehouse, run: dict[str, Any]) -> None:
     failed = [s for s in stages if s["error"]]
     for s in failed:
         console.print(f"[red]{s['stage']}: {s['error']}[/red]", highlight=False)
-    facts, per_task = [], {}
+    facts, per_task, scores = [], {}, {}
     for f in wh.stage_facts(run["run_id"]):
         figure = f["name"].split(".", 1)[1]
         value = int(f["value"]) if float(f["value"]).is_integer() else round(f["value"], 4)
-        if "." in figure:  # items.<task>, contaminated_items.<task>
+        if "." in figure:  # items.<task>, contaminated_items.<task>, accuracy.<task>...
             kind, task = figure.split(".", 1)
-            per_task.setdefault(task, {"benchmark": task})[kind.replace("_", " ")] = value
+            table = scores if f["stage"] == "evaluate" else per_task
+            table.setdefault(task, {"benchmark": task})[kind.replace("_", " ")] = value
         elif figure != "seconds":
             facts.append({"stage": f["stage"], "figure": figure.replace("_", " "), "value": value})
     if facts:
-        console.print(_table("stage figures (dedup, contamination)", facts, ["stage", "figure", "value"]))
+        console.print(_table("stage figures", facts, ["stage", "figure", "value"]))
     if per_task:
         console.print(_table("contamination per benchmark", list(per_task.values()),
                              ["benchmark", "items", "contaminated items"]))
+    if scores:
+        core = next((f["value"] for f in facts if f["stage"] == "evaluate" and f["figure"] == "core7"), None)
+        rows = sorted(scores.values(), key=lambda r: r["benchmark"])
+        rows.append({"benchmark": "CORE-7 (mean centered)", "centered": core})
+        console.print(_table("benchmarks (centered = (accuracy - baseline) / (1 - baseline))", rows,
+                             ["benchmark", "items", "accuracy", "centered", "accuracy clean",
+                              "contaminated items", "accuracy contaminated"]))
     funnel = wh.funnel(run["run_id"])
     if funnel:
         for f in funnel:

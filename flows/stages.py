@@ -27,6 +27,7 @@ from flows.runners import task_runner
 from tasks.benchmarks import ensure_smoke, smoke_dir
 from tasks.config import Config, stable_hash
 from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
+from tasks.evaluate import EvaluateStage
 from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
@@ -205,6 +206,9 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     if isinstance(stage, TrainStage):
         from flows.train import run_train
         return run_train(cfg, stage, run_id, wh, upstream)
+    if isinstance(stage, EvaluateStage):
+        from flows.evaluate import run_evaluate
+        return run_evaluate(cfg, stage, run_id, wh, upstream)
     params = stage.config.model_dump(mode="json")
     t0 = time.perf_counter()
 

@@ -22,11 +22,11 @@ from warehouse.lineage import Warehouse
 
 
 class TrainFailed(RuntimeError):
-    """torchrun exited nonzero; the message holds the end of its log."""
+    """torchrun (training or evaluation) exited nonzero; the message holds the error or the end of its log."""
 
 
-@task(name="torchrun", task_run_name="train x{nproc}", cache_policy=NO_CACHE)
-def train_task(command: list[str], env: dict[str, str], log_file: str, nproc: int) -> None:
+@task(name="torchrun", task_run_name="{label} x{nproc}", cache_policy=NO_CACHE)
+def torchrun_task(command: list[str], env: dict[str, str], log_file: str, nproc: int, label: str = "train") -> None:
     """Run torchrun, echoing every line to the flow log and to ``log_file``; fail on a nonzero exit."""
     from flows.stages import say
 
@@ -41,7 +41,7 @@ def train_task(command: list[str], env: dict[str, str], log_file: str, nproc: in
                 tail.append(line.rstrip())
                 if line.startswith("error:"):
                     errors.append(line.rstrip())
-                say(f"train: {line.rstrip()}")
+                say(f"{label}: {line.rstrip()}")
             code = proc.wait()
         finally:
             if proc.poll() is None:  # the flow was cancelled or interrupted: stop the ranks too
@@ -52,7 +52,7 @@ def train_task(command: list[str], env: dict[str, str], log_file: str, nproc: in
                     proc.kill()
     if code != 0:
         if errors:
-            raise TrainFailed(f"training failed: {errors[0][len('error: '):]} (log: {log_file})")
+            raise TrainFailed(f"{label} failed: {errors[0][len('error: '):]} (log: {log_file})")
         raise TrainFailed(f"torchrun exited with {code}; the log ends:\n" + "\n".join(tail))
 
 
@@ -104,7 +104,7 @@ def run_train(cfg: Config, stage: TrainStage, run_id: str, wh: Warehouse, upstre
         nproc = stage.nproc()
         if stage.finished(out_dir) is None:
             say(f"train: {nproc} process(es) on {upstream['dataset_id']}, writing {out_dir}")
-            train_task(stage.command(args_file), stage.environment(), str(out_dir / "train.log"), nproc)
+            torchrun_task(stage.command(args_file), stage.environment(), str(out_dir / "train.log"), nproc, "train")
         metrics = stage.read_metrics(out_dir)
         final = stage.finished(out_dir) or {}
         summary = {"steps": final.get("step"), "tokens_seen": final.get("tokens"), "seconds": final.get("seconds"),

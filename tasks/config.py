@@ -334,6 +334,36 @@ class TrainConfig(Section):
     buffer_docs: int = Field(256, ge=1, description="Documents the best-fit packer chooses among.")
 
 
+class TaskEvalConfig(Section):
+    """Overrides for one benchmark task; unset keys keep the CORE defaults (tasks/benchmarks.py TASKS)."""
+
+    shots: int | None = Field(None, ge=0)
+    delimiter: str | None = None
+    max_items: int | None = Field(None, ge=1)
+    baseline: float | None = Field(None, ge=0, lt=1, description="Random-guess accuracy; needed for a new task.")
+
+
+class EvaluateConfig(Section):
+    """Evaluation (model/evaluate.py under torchrun): CORE-7, val bits per byte, samples."""
+
+    benchmarks_dir: Path | None = Field(None, description=(
+        "Benchmark JSONL files (CORE formats). Unset: the directory decontaminate used (by default the smoke set)."))
+    tasks: dict[str, TaskEvalConfig] = Field(default_factory=dict, description=(
+        "Per-task overrides; when any are given, only those tasks run."))
+    max_items: int | None = Field(None, ge=1, description="Items per task after the seeded shuffle; unset: all.")
+    shuffle_seed: int = 1337
+    batch_rows: int = Field(32, ge=1, description="Sequences per forward pass.")
+    val: bool = Field(True, description="Also bits per byte and perplexity on the val split.")
+    val_batches: int | None = Field(None, ge=1)
+    sample_prompts: list[str] = Field(default_factory=lambda: ["The history of the", "In the morning, the",
+                                                               "Python is a programming language that",
+                                                               "The most important thing about"])
+    sample_tokens: int = Field(32, ge=0)
+    temperatures: list[float] = Field([0.0, 0.8], description="0 is greedy.")
+    nproc_per_node: int | Literal["auto"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -348,6 +378,7 @@ class Config(Section):
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -441,6 +472,7 @@ def _absolute(cfg: Config, base: Path) -> Config:
 
     quality = cfg.quality.model_copy(update={"host_blocklist_file": resolve(cfg.quality.host_blocklist_file),
                                              "offensive_words_file": resolve(cfg.quality.offensive_words_file)})
+    benchmarks = resolve(cfg.decontaminate.benchmarks_dir) or work.resolve() / "benchmarks" / "smoke"
     return cfg.model_copy(update={
         "paths": cfg.paths.model_copy(update={"work_dir": work.resolve()}),
         "warehouse": cfg.warehouse.model_copy(update={"path": wh.resolve() if wh else None}),
@@ -448,8 +480,9 @@ def _absolute(cfg: Config, base: Path) -> Config:
         "quality": quality,
         "tokenize": cfg.tokenize.model_copy(update={"tokenizer_path": resolve(cfg.tokenize.tokenizer_path)}),
         "dedup": cfg.dedup.model_copy(update={"state_dir": resolve(cfg.dedup.state_dir) or work.resolve() / "dedup_state"}),
-        "decontaminate": cfg.decontaminate.model_copy(update={
-            "benchmarks_dir": resolve(cfg.decontaminate.benchmarks_dir) or work.resolve() / "benchmarks" / "smoke"}),
+        "decontaminate": cfg.decontaminate.model_copy(update={"benchmarks_dir": benchmarks}),
+        "evaluate": cfg.evaluate.model_copy(update={
+            "benchmarks_dir": resolve(cfg.evaluate.benchmarks_dir) or benchmarks}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
     })
 

@@ -17,25 +17,27 @@ from typing import Any, ClassVar
 
 from tasks.config import TrainConfig
 
-MODEL_MODULES = ("gpt.py", "train.py", "data.py")
-
 
 def _model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "model"
 
 
-class TrainStage:
-    name: ClassVar[str] = "train"
-    upstream: ClassVar[str] = "tokenize"
+class TorchrunStage:
+    """A stage that runs one model/ entry point under torchrun (train, evaluate) and reads back its files."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    name: ClassVar[str]
+    upstream: ClassVar[str]
+    entry: ClassVar[str]              # the model/ module torchrun runs
+    modules: ClassVar[tuple[str, ...]]  # the model/ files its code version hashes
+
+    def __init__(self, config: Any) -> None:
         self.config = config
 
     @classmethod
     def code_version(cls) -> str:
-        """A hash of model/ (the network, the loop, the loader) and this module."""
-        digest = hashlib.sha256(Path(__file__).read_bytes())
-        for name in MODEL_MODULES:
+        """A hash of the model/ files the entry point runs and of the stage's own module."""
+        digest = hashlib.sha256(Path(sys.modules[cls.__module__].__file__).read_bytes())
+        for name in cls.modules:
             digest.update((_model_dir() / name).read_bytes())
         return digest.hexdigest()[:16]
 
@@ -48,6 +50,26 @@ class TrainStage:
 
         return max(1, torch.cuda.device_count())
 
+    def command(self, args_file: Path) -> list[str]:
+        """torchrun (standalone rendezvous on this machine) with the configured number of processes."""
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc()}",
+                "-m", self.entry, "--config", str(args_file)]
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        root = str(_model_dir().parent)
+        path = os.environ.get("PYTHONPATH", "")
+        return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, "PYTHONUNBUFFERED": "1"}
+
+
+class TrainStage(TorchrunStage):
+    name: ClassVar[str] = "train"
+    upstream: ClassVar[str] = "tokenize"
+    entry: ClassVar[str] = "model.train"
+    modules: ClassVar[tuple[str, ...]] = ("gpt.py", "train.py", "data.py")
+
+    config: TrainConfig
+
     def args(self, data_dir: Path, out_dir: Path) -> dict[str, Any]:
         """The TrainArgs for model/train.py."""
         cfg = self.config.model_dump(mode="json")
@@ -55,17 +77,6 @@ class TrainStage:
         model = {k: v for k, v in cfg.pop("model").items() if v is not None}
         return {"data_dir": str(Path(data_dir).resolve()), "out_dir": str(Path(out_dir).resolve()), "model": model,
                 **cfg}
-
-    def command(self, args_file: Path) -> list[str]:
-        """torchrun (standalone rendezvous on this machine) with the configured number of processes."""
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc()}",
-                "-m", "model.train", "--config", str(args_file)]
-
-    @staticmethod
-    def environment() -> dict[str, str]:
-        root = str(_model_dir().parent)
-        path = os.environ.get("PYTHONPATH", "")
-        return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, "PYTHONUNBUFFERED": "1"}
 
     # -- reading back what the ranks wrote ------------------------------------------------------------------------
 

@@ -189,7 +189,7 @@ class Warehouse:
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, stage_run_id, step, name, value, now) for step, name, value in metrics])
 
-    RECORD_TABLES = ("contamination_hits",)
+    RECORD_TABLES = ("contamination_hits", "eval_items")
 
     def load_records(self, table: str, stage_run_id: str, path: Path) -> int:
         """Load a Parquet file a stage wrote for the warehouse (workers never open it) into one of its tables."""

@@ -244,6 +244,16 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     losses = wh.query("SELECT step, value FROM metrics WHERE name = 'train.loss' AND run_id = ? ORDER BY step",
                       [run_id])
     assert [r["step"] for r in losses] == [1, 2, 3]
+    evaluated = by_stage(stages)["evaluate"]
+    assert evaluated["status"] == "completed"
+    assert [r["parent_id"] for r in wh.query("SELECT parent_id FROM dataset_edges WHERE child_id = ?",
+                                             [evaluated["output_dataset_id"]])] == [trained["output_dataset_id"]]
+    from tasks.benchmarks import _SMOKE
+    per_task = {r["task"]: r["n"] for r in wh.query("SELECT task, count(*) AS n FROM eval_items GROUP BY task")}
+    assert per_task == {task: len(items) for task, items in _SMOKE.items()}  # every item of the smoke set
+    figures = {f["name"]: f["value"] for f in wh.stage_facts(run_id) if f["stage"] == "evaluate"}
+    assert figures["evaluate.contaminated_items.copa"] == 1 and figures["evaluate.contaminated_items.piqa"] == 0
+    assert "evaluate.core7" in figures and "evaluate.val_bpb" not in figures  # no val split in 6 documents
     drops = {(r["stage"], r["reason"]): r["docs"] for r in wh.funnel(run_id) if r["dropped"]}
     assert drops[("dedup", "exact_duplicate")] == 1 and drops[("dedup", "near_duplicate")] == 1
     assert drops[("decontaminate", "contaminated")] == 1
