@@ -100,7 +100,7 @@ def run_evaluate(cfg: Config, stage: EvaluateStage, run_id: str, wh: Warehouse,
         wh.record_metrics(run_id, metrics, stage_run_id=stage_run_id)
         files = [out_dir / n for n in ("items.parquet", "results.json", "samples.json")]
         dataset_id = f"eval-{key[:12]}"
-        wh.record_dataset(dataset_id=dataset_id, stage="evaluate", stage_key=key, uri=str(out_dir), format="parquet",
+        wh.record_dataset(dataset_id=dataset_id, stage="evaluate", stage_key=key, uri=str(out_dir), format="eval",
                           fingerprint=stable_hash([hashlib.sha256(f.read_bytes()).hexdigest() for f in files[:1]]),
                           files=[(str(f), items if f.suffix == ".parquet" else None, f.stat().st_size, None)
                                  for f in files],
