@@ -12,8 +12,8 @@ Items come in three kinds (``tasks.benchmarks``): multiple choice, schema and la
   continuation); lowest mean cross-entropy wins.
 - **Language modelling**: correct only when greedy argmax reproduces every continuation token.
 
-Sequences of many items are batched together, right-padded: attention is causal, so padding after a sequence
-never changes a score (tested). ``centered`` and ``core_score`` aggregate: centered accuracy =
+Sequences of many items are batched together, longest first so that a batch holds similar lengths, and
+right-padded: attention is causal, so padding after a sequence never changes a score (tested). ``centered`` and ``core_score`` aggregate: centered accuracy =
 (accuracy - baseline) / (1 - baseline), and CORE-7 is their unweighted mean over the 7 tasks.
 """
 from __future__ import annotations
@@ -122,7 +122,9 @@ class ItemResult:
 def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, pad: int = 0,
           device: torch.device | str = "cpu", autocast=None) -> list[ItemResult]:
     """Score prepared items, packing their sequences into right-padded batches of at most ``batch_rows``."""
-    rows = [(i, j) for i, it in enumerate(items) for j in range(len(it.tokens))]
+    # longest first, so that a batch holds sequences of about one length and padding costs little
+    rows = sorted(((i, j) for i, it in enumerate(items) for j in range(len(it.tokens))),
+                  key=lambda r: -len(items[r[0]].tokens[r[1]]))
     span_loss: dict[tuple[int, int], float] = {}
     span_exact: dict[tuple[int, int], bool] = {}
     for b in range(0, len(rows), batch_rows):

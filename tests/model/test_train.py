@@ -188,3 +188,44 @@ def test_fsdp2_on_two_gloo_ranks_matches_ddp_and_resumes(tmp_path, data):
                 assert math.isclose(a[key], b[key], rel_tol=1e-4), (a["step"], key)
     out = finish(train(run_args(tmp_path, data, "fsdp", fsdp=True, **{**kw, "max_steps": 6}), nproc=2))
     assert "resuming from step-0000004" in out and json.loads((tmp_path / "fsdp" / "final.json").read_text())["step"] == 6
+
+
+def evaluate(tmp_path, checkpoint, name, nproc=1, **kw):
+    from tasks.benchmarks import ensure_smoke
+
+    bench = tmp_path / "smoke"
+    ensure_smoke(bench)
+    config = tmp_path / f"{name}.json"
+    config.write_text(json.dumps({"checkpoint": str(checkpoint), "benchmarks_dir": str(bench),
+                                  "out_dir": str(tmp_path / name), "sample_tokens": 4, **kw}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "model.evaluate", "--config", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "model.evaluate", "--config", str(config)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_evaluation_split_over_two_ranks_gives_what_one_process_gives(tmp_path, data):
+    import pyarrow.parquet as pq
+
+    finish(train(run_args(tmp_path, data, max_steps=3, eval_every=0)))
+    ckpt = tmp_path / "run" / "checkpoints" / "step-0000003"
+    one = evaluate(tmp_path, ckpt, "one", batch_rows=5)
+    two = evaluate(tmp_path, ckpt, "two", nproc=2, batch_rows=64)
+    assert set(one["results"]) == {"arc_easy", "arc_challenge", "boolq", "copa", "piqa", "winogrande",
+                                   "lambada_openai"}
+    for task, r in one["results"].items():
+        assert (r["accuracy"], r["items"]) == (two["results"][task]["accuracy"], two["results"][task]["items"])
+    assert math.isclose(one["core7"], two["core7"]) and math.isclose(one["val"]["val_bpb"], two["val"]["val_bpb"],
+                                                                     rel_tol=1e-6)
+    a, b = (pq.read_table(tmp_path / n / "items.parquet").to_pylist() for n in ("one", "two"))
+    assert [(r["task"], r["item"], r["prediction"]) for r in a] == [(r["task"], r["item"], r["prediction"]) for r in b]
+    for x, y in zip(a, b):
+        assert all(math.isclose(p, q, rel_tol=1e-5, abs_tol=1e-6) for p, q in zip(x["losses"], y["losses"]))
+    samples = json.loads((tmp_path / "one" / "samples.json").read_text())
+    assert {s["temperature"] for s in samples} == {0.0, 0.8} and len(samples) == 8
