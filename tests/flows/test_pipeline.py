@@ -192,7 +192,8 @@ def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     cfg = load_config(REPO / "configs" / "shared_corpora.toml", base=REPO)
     cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={"work_dir": tmp_path / "work"}),
                                  "dedup": cfg.dedup.model_copy(update={"state_dir": tmp_path / "state"}),
-                                 "train": TrainConfig.model_validate(TINY_TRAIN)})
+                                 "train": TrainConfig.model_validate(TINY_TRAIN),
+                                 "evaluate": cfg.evaluate.model_copy(update={"max_items": 20})})
     stages, run_id = run(cfg, ORDER[1:])
     assert [s["status"] for s in stages] == ["completed"] * (len(ORDER) - 1)
     assert by_stage(stages)["ingest"]["docs_out"] >= 400 and by_stage(stages)["decontaminate"]["docs_out"] > 0
@@ -203,6 +204,7 @@ def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     assert not {"record_error", "extract_error", "extract_crash"} & set(funnel)
     facts = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}
     assert facts["decontaminate.items.lambada_openai"] == 5153  # every item of the real sets read and indexed
+    assert facts["evaluate.items.arc_easy"] == 20 and "evaluate.core7" in facts  # scored on the real sets
 
 
 @pytest.mark.slow
