@@ -564,3 +564,30 @@ def export_cmd(checkpoint: str, out_dir: str, warehouse_path: str | None, config
     except ExportError as err:
         _fail(str(err))
     console.print(f"exported {directory} to {written}", highlight=False)
+
+
+@main.command("report")
+@click.argument("run_ref", metavar="RUN", default="latest")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Directory to write into (default: <work_dir>/reports/<run id>).")
+@warehouse_option
+@_handle_errors
+def report_cmd(run_ref: str, out_dir: str | None, warehouse_path: str | None, config_path: str | None) -> None:
+    """Regenerate a run's report: report.md (plots in images/) and a self-contained report.html.
+
+    RUN is a run id, a unique prefix of one, or 'latest'. Works while a pipeline runs (it only reads).
+
+    \b
+    Example:
+        crucible report latest
+        crucible report run-20261124-040032 --out /tmp/report
+    """
+    from flows.report import write_run_report
+
+    wh = _warehouse(warehouse_path, config_path)
+    run = wh.resolve_run(run_ref)
+    if out_dir is None:
+        base = load_config(config_path).report.dir if config_path else wh.path.parent / "reports"
+        out_dir = str(Path(base) / run["run_id"])
+    md, page = write_run_report(wh, run["run_id"], Path(out_dir))
+    console.print(f"wrote {md} and {page}", highlight=False)

@@ -30,6 +30,7 @@ from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
 from tasks.evaluate import EvaluateStage
 from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
+from tasks.report import ReportStage
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
 from tasks.stage import ReduceStage, Stage, Unit, UnitFailed, prepare_output, run_reduce, run_scan, run_unit
 from tasks.train import TrainStage
@@ -209,6 +210,9 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     if isinstance(stage, EvaluateStage):
         from flows.evaluate import run_evaluate
         return run_evaluate(cfg, stage, run_id, wh, upstream)
+    if isinstance(stage, ReportStage):
+        from flows.report import run_report
+        return run_report(cfg, stage, run_id, wh, upstream)
     params = stage.config.model_dump(mode="json")
     t0 = time.perf_counter()
 

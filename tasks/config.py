@@ -364,6 +364,10 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class ReportConfig(Section):
+    dir: Path | None = Field(None, description="Where reports go, one directory per run; unset: <work_dir>/reports.")
+
+
 class Config(Section):
     name: str = "crucible"
     paths: PathsConfig = PathsConfig()
@@ -379,6 +383,7 @@ class Config(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
 
@@ -484,6 +489,7 @@ def _absolute(cfg: Config, base: Path) -> Config:
         "evaluate": cfg.evaluate.model_copy(update={
             "benchmarks_dir": resolve(cfg.evaluate.benchmarks_dir) or benchmarks}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
+        "report": cfg.report.model_copy(update={"dir": resolve(cfg.report.dir) or work.resolve() / "reports"}),
     })
 
 

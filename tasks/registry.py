@@ -10,13 +10,14 @@ from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
 from tasks.language import LanguageStage
 from tasks.quality import QualityStage
+from tasks.report import ReportStage
 from tasks.tokenize import TokenizeStage
 from tasks.evaluate import EvaluateStage
 from tasks.train import TrainStage
 
 STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage,
                                                               DedupStage, DecontaminateStage, TokenizeStage,
-                                                              TrainStage, EvaluateStage)}
+                                                              TrainStage, EvaluateStage, ReportStage)}
 ORDER: list[str] = list(STAGES)
 
 

@@ -10,7 +10,7 @@ from tasks.registry import ORDER
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
-            ["benchmarks", "check"], ["check-shards"], ["export"]]
+            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
@@ -73,12 +73,17 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert "ingest" in result.output and "completed" in result.output
 
     again = cli.invoke(main, ["run", str(path)])
-    stages = len(ORDER) - 1  # every stage but crawl
-    assert again.exit_code == 0 and len(re.findall(r"│\s*hit\s*│", again.output)) == stages, again.output
+    stages = len(ORDER) - 1  # every stage but crawl; all cache hits but the report, written for every run
+    assert again.exit_code == 0 and len(re.findall(r"│\s*hit\s*│", again.output)) == stages - 1, again.output
 
     wh = ["--config", str(path)]
     runs = cli.invoke(main, ["runs", *wh])
-    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and f"{stages} ({stages} cached)" in runs.output
+    assert runs.exit_code == 0 and runs.output.count("completed") == 2 and f"{stages} ({stages - 1} cached)" in runs.output
+
+    report = cli.invoke(main, ["report", "latest", "--out", str(tmp_path / "report"), *wh])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<h2>Evaluation</h2>" in page and "data:image/png;base64," in page
 
     show = cli.invoke(main, ["show", "latest", *wh])
     assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output

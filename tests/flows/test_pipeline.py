@@ -256,6 +256,18 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     figures = {f["name"]: f["value"] for f in wh.stage_facts(run_id) if f["stage"] == "evaluate"}
     assert figures["evaluate.contaminated_items.copa"] == 1 and figures["evaluate.contaminated_items.piqa"] == 0
     assert "evaluate.core7" in figures and "evaluate.val_bpb" not in figures  # no val split in 6 documents
+    import re
+
+    report = cfg.report.dir / run_id / "report.html"
+    page = report.read_text()
+    for section in ("Run", "Data funnel", "Tokenizer", "Training", "Compute", "Evaluation", "Samples", "Datasheet",
+                    "Model card", "Lineage"):
+        assert f"<h2>{section}</h2>" in page, section
+    assert page.count('src="data:image/png;base64,') >= 4  # funnel, loss, lr, throughput: inline, no files
+    assert not re.findall(r"(?:src|href)=\"(?:https?:)?//", page) and "http" not in page.replace(
+        "http://example.org", "")  # no external asset; the only URLs are the crawled pages' own
+    assert (report.parent / "report.md").read_text().startswith(f"# Crucible report: {run_id}")
+    assert by_stage(stages)["report"]["status"] == "completed"
     drops = {(r["stage"], r["reason"]): r["docs"] for r in wh.funnel(run_id) if r["dropped"]}
     assert drops[("dedup", "exact_duplicate")] == 1 and drops[("dedup", "near_duplicate")] == 1
     assert drops[("decontaminate", "contaminated")] == 1

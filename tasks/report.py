@@ -1,0 +1,363 @@
+"""The run report: Markdown plus one self-contained HTML file (images inline as data URIs, no external URL).
+
+``write_report(data, out_dir)`` takes what ``warehouse.report.report_data`` gathered and writes ``report.md`` (with
+its plots in ``images/``) and ``report.html``. Sections: header, data funnel, tokenizer, training, compute,
+evaluation, samples, datasheet, model card, lineage. Plots are drawn with matplotlib's Agg backend.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Published small-model CORE-style figures are not shipped: their protocols differ from CORE-7's (shots, item caps,
+# tasks), and mixing them in would invite a wrong comparison. The reference row is the random baseline.
+NOTE_REFERENCES = ("Reference rows: the random baseline per task (centered 0). No published figures are listed: "
+                   "CORE-7 is 7 of the 22 DCLM CORE tasks, so the 22-task CORE scores of published models are "
+                   "not comparable.")
+
+
+class Doc:
+    """Blocks rendered twice: Markdown (images as files) and HTML (images inline)."""
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[str, Any]] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, columns: list[str], rows: list[list[Any]]) -> None:
+        self.blocks.append(("table", (columns, rows)))
+
+    def image(self, name: str, png: bytes, alt: str) -> None:
+        self.blocks.append(("img", (name, png, alt)))
+
+    def pre(self, text: str) -> None:
+        self.blocks.append(("pre", text))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append(f"{'#' * value[0]} {value[1]}\n")
+            elif kind == "p":
+                out.append(f"{value}\n")
+            elif kind == "pre":
+                out.append(f"```\n{value}\n```\n")
+            elif kind == "table":
+                columns, rows = value
+                out.append("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+                out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+                out.append("")
+            else:
+                out.append(f"![{value[2]}](images/{value[0]}.png)\n")
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        body = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "pre":
+                body.append(f"<pre>{html.escape(value)}</pre>")
+            elif kind == "table":
+                columns, rows = value
+                head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+                cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>"
+                                for r in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            else:
+                data = base64.b64encode(value[1]).decode()
+                body.append(f'<figure><img alt="{html.escape(value[2])}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{html.escape(value[2])}</figcaption></figure>")
+        style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+                 "padding:3px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
+                 "pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}")
+        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+                f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.3e}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _plot(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, logy: bool = False) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _bars(labels: list[str], values: list[float], title: str, ylabel: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    ax.bar(labels, values, color="#4a7ab5")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=30)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def build(data: dict[str, Any]) -> Doc:
+    doc = Doc()
+    run, facts = data["run"], data.get("facts", {})
+    doc.h(1, f"Crucible report: {run['run_id']}")
+    section_header(doc, data)
+    section_funnel(doc, data)
+    section_tokenizer(doc, facts)
+    section_training(doc, data)
+    section_compute(doc, facts)
+    section_evaluation(doc, data)
+    section_samples(doc, data)
+    section_datasheet(doc, data)
+    section_model_card(doc, data)
+    section_lineage(doc, data)
+    return doc
+
+
+def section_header(doc: Doc, data: dict[str, Any]) -> None:
+    run, env = data["run"], data["environment"]
+    doc.h(2, "Run")
+    doc.table(["field", "value"], [
+        ["run id", run["run_id"]], ["status", run["status"]], ["trigger", run["trigger"]],
+        ["started", str(run["started_at"])], ["ended", str(run["ended_at"])], ["code version", run["code_version"]],
+        ["config hash", (run.get("config_hash") or "")[:16]], ["config", run.get("config_path")],
+        ["hardware", ", ".join(f"{k} {v}" for k, v in env["hardware"].items())],
+        ["libraries", ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)]])
+    doc.table(["stage", "status", "cache hit", "seconds", "output"],
+              [[s["stage"], s["status"], s["cache_hit"], s["seconds"], s["output_dataset_id"]]
+               for s in data["stages"]])
+
+
+def section_funnel(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Data funnel")
+    stages = [s for s in data["stages"] if s["stage"] not in ("train", "evaluate", "report")]
+    doc.table(["stage", "docs in", "docs out", "bytes in", "bytes out"],
+              [[s["stage"], s["docs_in"], s["docs_out"], s["bytes_in"], s["bytes_out"]] for s in stages])
+    counted = [s for s in stages if s["docs_out"] is not None]
+    if counted:
+        doc.image("funnel", _bars([s["stage"] for s in counted], [s["docs_out"] for s in counted],
+                                  "documents kept after each stage", "documents"), "documents kept per stage")
+    drops = [f for f in data.get("funnel", []) if f["dropped"]]
+    doc.h(3, "Drops per reason")
+    doc.table(["stage", "reason", "docs", "bytes"], [[f["stage"], f["reason"], f["docs"], f["bytes"]] for f in drops])
+    if data.get("languages"):
+        doc.h(3, "Languages (language stage output)")
+        doc.table(["language", "documents"], [[r["lang"], r["docs"]] for r in data["languages"]])
+    if data.get("dedup_clusters") is not None:
+        doc.h(3, "Duplicate clusters")
+        doc.table(["cluster size", "clusters"], [[r["size"], r["clusters"]] for r in data["dedup_clusters"]])
+    contamination = {k.split(".", 2)[2]: v for k, v in data.get("facts", {}).items()
+                     if k.startswith("decontaminate.contaminated_items.")}
+    if contamination:
+        items = data["facts"]
+        doc.h(3, "Contamination per benchmark")
+        doc.table(["benchmark", "items checked", "contaminated items"],
+                  [[t, items.get(f"decontaminate.items.{t}"), v] for t, v in sorted(contamination.items())])
+
+
+def section_tokenizer(doc: Doc, facts: dict[str, float]) -> None:
+    doc.h(2, "Tokenizer")
+    doc.table(["figure", "value"], [
+        ["vocabulary", facts.get("tokenize.vocab_size")], ["separator id", facts.get("tokenize.separator_id")],
+        ["train tokens", facts.get("tokenize.train_tokens")], ["val tokens", facts.get("tokenize.val_tokens")],
+        ["bytes per token (val)", facts.get("tokenize.val_bytes_per_token")]])
+
+
+def section_training(doc: Doc, data: dict[str, Any]) -> None:
+    curves = data.get("training")
+    doc.h(2, "Training")
+    if not curves:
+        doc.p("This run did not train.")
+        return
+    doc.image("loss", _plot({"train loss": curves.get("loss", []), "val loss": curves.get("val_loss", [])},
+                            "loss (nats per token)", "loss"), "training and validation loss")
+    if curves.get("val_bpb"):
+        doc.image("val_bpb", _plot({"val bpb": curves["val_bpb"]}, "validation bits per byte", "bits/byte"),
+                  "validation bits per byte")
+    doc.image("lr", _plot({"lr": curves.get("lr", [])}, "learning rate", "lr"), "learning-rate schedule")
+    doc.image("throughput", _plot({"tokens/s": curves.get("tokens_per_s", [])}, "throughput", "tokens/s"),
+              "tokens per second")
+    if curves.get("mfu"):
+        doc.image("mfu", _plot({"MFU": curves["mfu"]}, "model FLOPs utilisation", "MFU"), "MFU")
+    else:
+        doc.p("MFU: not measured (no GPU with a known peak; CPU runs report none).")
+
+
+def section_compute(doc: Doc, facts: dict[str, float]) -> None:
+    doc.h(2, "Compute")
+    if "train.params" not in facts:
+        doc.p("No training in this run.")
+        return
+    peak = max((facts.get(k) or 0) for k in ("train.peak_memory_bytes", "train.peak_rss_bytes"))
+    doc.table(["figure", "value"], [
+        ["parameters N", facts.get("train.params")], ["non-embedding parameters", facts.get("train.params_non_embedding")],
+        ["tokens planned D", facts.get("train.tokens")], ["tokens seen", facts.get("train.tokens_seen")],
+        ["6ND FLOPs", facts.get("train.train_flops_6nd")], ["tokens per parameter", facts.get("train.tokens_per_param")],
+        ["Chinchilla tokens per parameter", facts.get("train.chinchilla_tokens_per_param")],
+        ["estimated memory per rank (16 B/param + activations)", facts.get("train.memory_estimate_bytes_per_rank")],
+        ["measured peak memory (GPU allocated, or process RSS on CPU)", peak or None]])
+
+
+def section_evaluation(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Evaluation")
+    results = data.get("results")
+    if not results:
+        doc.p("This run did not evaluate.")
+        return
+    facts = data.get("facts", {})
+    rows = []
+    for task, r in sorted(results["results"].items()):
+        rows.append([task, r["items"], r["shots"], r["accuracy"], r["centered"], r["baseline"],
+                     facts.get(f"evaluate.accuracy_clean.{task}"), facts.get(f"evaluate.contaminated_items.{task}"),
+                     facts.get(f"evaluate.accuracy_contaminated.{task}")])
+    rows.append(["CORE-7 (mean centered)", None, None, None, results.get("core7"), None, None, None, None])
+    rows.append(["random baseline", None, None, None, 0.0, None, None, None, None])
+    doc.table(["task", "items", "shots", "accuracy", "centered", "baseline", "accuracy clean", "contaminated items",
+               "accuracy contaminated"], rows)
+    doc.p("Centered accuracy = (accuracy - baseline) / (1 - baseline). " + NOTE_REFERENCES)
+    if results.get("val"):
+        v = results["val"]
+        doc.p(f"Validation split: loss {v['val_loss']:.4f} nats/token, perplexity {v['val_ppl']:.2f}, "
+              f"{v['val_bpb']:.4f} bits per byte over {int(v['val_bytes']):,} bytes.")
+
+
+def section_samples(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Samples")
+    samples = data.get("samples") or []
+    if not samples:
+        doc.p("No samples.")
+    for s in samples:
+        doc.pre(f"[temperature {s['temperature']}] {s['prompt']}|{s['completion']}")
+
+
+def section_datasheet(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Datasheet")
+    collection = data.get("collection", {})
+    sources = data.get("sources", [])
+    doc.p(f"Sources: {len(sources)} archive file(s)" + (f", first {Path(sources[0]).name}" if sources else "")
+          + (f"; {collection.get('hosts')} host(s), fetched between {collection.get('first_fetch')} and "
+             f"{collection.get('last_fetch')}." if collection else "."))
+    cfg = data.get("config", {})
+    quality = cfg.get("quality", {})
+    doc.p("Filters, in order: WARC record selection (ingest), boilerplate removal with trafilatura (extract), "
+          f"language ID with langid keeping {cfg.get('language', {}).get('keep')} (language), C4/Gopher/FineWeb "
+          "quality and repetition rules, offensive-word and host blocklists, PII redaction (quality), exact and "
+          f"MinHash near-duplicate removal at Jaccard {cfg.get('dedup', {}).get('threshold')} (dedup), and "
+          "benchmark n-gram decontamination (decontaminate). Every drop is counted in the funnel above with its "
+          "reason; text is NFC-normalised, never lowercased.")
+    doc.p(f"PII: e-mail and IP addresses (and URLs when redact_urls is set) are replaced with <EMAIL>, <IP>, <URL> "
+          f"(pii = {quality.get('pii')}, redact_urls = {quality.get('redact_urls')}); documents with replacements "
+          "are counted as pii_redacted_docs. Names, postal addresses and phone numbers are not detected.")
+    doc.p("Licence: the crawled pages keep their publishers' rights; this dataset is for research on the pipeline "
+          "and must not be redistributed without checking each source's terms.")
+    doc.p("Known limitations: heuristic filters have false positives and negatives; language ID is unreliable on "
+          "short or mixed-language text; near-duplicate detection misses pairs below the threshold; "
+          "decontamination only finds n-gram overlaps of 8+ words.")
+
+
+def section_model_card(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Model card")
+    model = data.get("config", {}).get("train", {}).get("model", {})
+    facts = data.get("facts", {})
+    doc.p(f"Model: a decoder-only GPT (depth {model.get('depth')}, {facts.get('train.params', 0):,.0f} parameters), "
+          "pre-norm RMSNorm, rotary embeddings, causal attention, gated-SiLU MLP; exportable to Hugging Face Llama "
+          "with `crucible export`.")
+    doc.p(f"Intended use: studying the data and training pipeline; not for production or any user-facing use. "
+          f"Training data: the documents kept by the funnel above ({facts.get('tokenize.train_tokens', 0):,.0f} "
+          "training tokens).")
+    doc.p("Evaluation: CORE-7 and validation bits per byte, above. Limitations: a small model trained on little "
+          "data; it produces fluent-looking but unreliable text, may reproduce biases of its web sources, and was "
+          "not aligned or safety-tuned.")
+
+
+def section_lineage(doc: Doc, data: dict[str, Any]) -> None:
+    doc.h(2, "Lineage")
+    doc.table(["depth", "dataset", "stage", "format", "records", "bytes", "fingerprint"],
+              [[r["depth"], r["dataset_id"], r["stage"], r["format"], r["records"], r["bytes"],
+                (r["fingerprint"] or "")[:16]] for r in data.get("lineage", [])])
+    if data.get("sources"):
+        doc.p("Input archives: " + ", ".join(Path(s).name for s in data["sources"][:20])
+              + (f" and {len(data['sources']) - 20} more" if len(data["sources"]) > 20 else ""))
+
+
+def write_report(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write report.md (+ images/) and report.html into out_dir, each file atomically; returns their paths."""
+    doc = build(data)
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for kind, value in doc.blocks:
+        if kind == "img":
+            _atomic(out_dir / "images" / f"{value[0]}.png", value[1])
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    _atomic(md, doc.markdown().encode())
+    _atomic(page, doc.html(f"Crucible report {data['run']['run_id']}").encode())
+    return md, page
+
+
+def _atomic(path: Path, blob: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(blob)
+    os.replace(tmp, path)
+
+
+class ReportStage:
+    """The last stage: a report of the run it belongs to (always regenerated; it is cheap)."""
+
+    name = "report"
+    upstream = "evaluate"
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config
+
+    @classmethod
+    def code_version(cls) -> str:
+        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
