@@ -44,48 +44,42 @@ class Doc:
         self.blocks.append(("pre", text))
 
     def markdown(self) -> str:
-        out = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                out.append(f"{'#' * value[0]} {value[1]}\n")
-            elif kind == "p":
-                out.append(f"{value}\n")
-            elif kind == "pre":
-                out.append(f"```\n{value}\n```\n")
-            elif kind == "table":
-                columns, rows = value
-                out.append("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-                out += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-                out.append("")
-            else:
-                out.append(f"![{value[2]}](images/{value[0]}.png)\n")
-        return "\n".join(out)
+        return "\n".join(_MARKDOWN[kind](value) for kind, value in self.blocks)
 
     def html(self, title: str) -> str:
-        body = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                body.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
-            elif kind == "p":
-                body.append(f"<p>{html.escape(value)}</p>")
-            elif kind == "pre":
-                body.append(f"<pre>{html.escape(value)}</pre>")
-            elif kind == "table":
-                columns, rows = value
-                head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-                cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>"
-                                for r in rows)
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
-            else:
-                data = base64.b64encode(value[1]).decode()
-                body.append(f'<figure><img alt="{html.escape(value[2])}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{html.escape(value[2])}</figcaption></figure>")
+        body = "".join(_HTML[kind](value) for kind, value in self.blocks)
         style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
                  "padding:3px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
                  "pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}")
         return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+                f"<style>{style}</style></head><body>{body}</body></html>\n")
+
+
+def _md_table(value: tuple[list[str], list[list[Any]]]) -> str:
+    columns, rows = value
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(value: tuple[list[str], list[list[Any]]]) -> str:
+    columns, rows = value
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
+
+
+def _html_image(value: tuple[str, bytes, str]) -> str:
+    data = base64.b64encode(value[1]).decode()
+    return (f'<figure><img alt="{html.escape(value[2])}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(value[2])}</figcaption></figure>")
+
+
+_MARKDOWN = {"h": lambda v: f"{'#' * v[0]} {v[1]}\n", "p": lambda v: f"{v}\n", "pre": lambda v: f"```\n{v}\n```\n",
+             "table": _md_table, "img": lambda v: f"![{v[2]}](images/{v[0]}.png)\n"}
+_HTML = {"h": lambda v: f"<h{v[0]}>{html.escape(v[1])}</h{v[0]}>", "p": lambda v: f"<p>{html.escape(v)}</p>",
+         "pre": lambda v: f"<pre>{html.escape(v)}</pre>", "table": _html_table, "img": _html_image}
 
 
 def _cell(value: Any) -> str:
