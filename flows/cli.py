@@ -568,26 +568,36 @@ def export_cmd(checkpoint: str, out_dir: str, warehouse_path: str | None, config
 
 @main.command("report")
 @click.argument("run_ref", metavar="RUN", default="latest")
+@click.option("--compare", "compare", nargs=2, metavar="RUN_A RUN_B",
+              help="Instead, put two runs side by side: config diff, funnel, curves and eval deltas.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Directory to write into (default: <work_dir>/reports/<run id>).")
+              help="Directory to write into (default: <work_dir>/reports/<run id> or compare-<a>-<b>).")
 @warehouse_option
 @_handle_errors
-def report_cmd(run_ref: str, out_dir: str | None, warehouse_path: str | None, config_path: str | None) -> None:
+def report_cmd(run_ref: str, compare: tuple[str, str] | None, out_dir: str | None, warehouse_path: str | None,
+               config_path: str | None) -> None:
     """Regenerate a run's report: report.md (plots in images/) and a self-contained report.html.
 
-    RUN is a run id, a unique prefix of one, or 'latest'. Works while a pipeline runs (it only reads).
+    RUN is a run id, a unique prefix of one, or 'latest'. With --compare RUN_A RUN_B it writes compare.md and
+    compare.html instead. Works while a pipeline runs (it only reads).
 
     \b
     Example:
         crucible report latest
         crucible report run-20261124-040032 --out /tmp/report
+        crucible report --compare run-20261124-040032 latest
     """
     from flows.report import write_run_report
+    from tasks.report import write_comparison
+    from warehouse.report import report_data
 
     wh = _warehouse(warehouse_path, config_path)
-    run = wh.resolve_run(run_ref)
-    if out_dir is None:
-        base = load_config(config_path).report.dir if config_path else wh.path.parent / "reports"
-        out_dir = str(Path(base) / run["run_id"])
-    md, page = write_run_report(wh, run["run_id"], Path(out_dir))
+    base = Path(load_config(config_path).report.dir) if config_path else wh.path.parent / "reports"
+    if compare:
+        a, b = (wh.resolve_run(r)["run_id"] for r in compare)
+        target = Path(out_dir) if out_dir else base / f"compare-{a.removeprefix('run-')}-{b.removeprefix('run-')}"
+        md, page = write_comparison(report_data(wh, a), report_data(wh, b), target)
+    else:
+        run = wh.resolve_run(run_ref)
+        md, page = write_run_report(wh, run["run_id"], Path(out_dir) if out_dir else base / run["run_id"])
     console.print(f"wrote {md} and {page}", highlight=False)

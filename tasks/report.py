@@ -324,15 +324,18 @@ def section_lineage(doc: Doc, data: dict[str, Any]) -> None:
 
 def write_report(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write report.md (+ images/) and report.html into out_dir, each file atomically; returns their paths."""
-    doc = build(data)
-    out_dir = Path(out_dir)
+    return _write(build(data), Path(out_dir), "report", f"Crucible report {data['run']['run_id']}")
+
+
+def _write(doc: Doc, out_dir: Path, stem: str, title: str) -> tuple[Path, Path]:
+    """<stem>.md with its images in images/, and <stem>.html with them inline; every file atomically."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for kind, value in doc.blocks:
         if kind == "img":
             _atomic(out_dir / "images" / f"{value[0]}.png", value[1])
-    md, page = out_dir / "report.md", out_dir / "report.html"
+    md, page = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
     _atomic(md, doc.markdown().encode())
-    _atomic(page, doc.html(f"Crucible report {data['run']['run_id']}").encode())
+    _atomic(page, doc.html(title).encode())
     return md, page
 
 
@@ -355,3 +358,60 @@ class ReportStage:
     @classmethod
     def code_version(cls) -> str:
         return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def build_comparison(a: dict[str, Any], b: dict[str, Any]) -> Doc:
+    """Two runs side by side: config diff, funnel, training curves and evaluation deltas."""
+    ra, rb = a["run"]["run_id"], b["run"]["run_id"]
+    doc = Doc()
+    doc.h(1, f"Crucible comparison: {ra} vs {rb}")
+    doc.table(["", "A", "B"], [["run", ra, rb], ["code version", a["run"]["code_version"], b["run"]["code_version"]],
+                               ["started", str(a["run"]["started_at"]), str(b["run"]["started_at"])]])
+    doc.h(2, "Config differences")
+    fa, fb = _flatten(a.get("config", {})), _flatten(b.get("config", {}))
+    diff = [[k, fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    if diff:
+        doc.table(["key", "A", "B"], [[k, str(x), str(y)] for k, x, y in diff])
+    else:
+        doc.p("The two runs have the same config.")
+    doc.h(2, "Data funnel")
+    sa = {s["stage"]: s for s in a["stages"]}
+    sb = {s["stage"]: s for s in b["stages"]}
+    order = [s["stage"] for s in a["stages"]] + [s["stage"] for s in b["stages"] if s["stage"] not in sa]
+    doc.table(["stage", "docs out A", "docs out B", "bytes out A", "bytes out B", "seconds A", "seconds B"],
+              [[st, sa.get(st, {}).get("docs_out"), sb.get(st, {}).get("docs_out"), sa.get(st, {}).get("bytes_out"),
+                sb.get(st, {}).get("bytes_out"), sa.get(st, {}).get("seconds"), sb.get(st, {}).get("seconds")]
+               for st in order])
+    doc.h(2, "Training")
+    ca, cb = a.get("training") or {}, b.get("training") or {}
+    if ca or cb:
+        doc.image("compare_loss", _plot({"A train loss": ca.get("loss", []), "B train loss": cb.get("loss", []),
+                                         "A val loss": ca.get("val_loss", []), "B val loss": cb.get("val_loss", [])},
+                                        "loss (nats per token)", "loss"), "loss of both runs")
+    else:
+        doc.p("Neither run trained.")
+    doc.h(2, "Evaluation")
+    ea = (a.get("results") or {}).get("results", {})
+    eb = (b.get("results") or {}).get("results", {})
+    rows = []
+    for task in sorted(set(ea) | set(eb)):
+        x, y = ea.get(task, {}).get("accuracy"), eb.get(task, {}).get("accuracy")
+        rows.append([task, x, y, None if x is None or y is None else y - x])
+    ka, kb = (a.get("results") or {}).get("core7"), (b.get("results") or {}).get("core7")
+    rows.append(["CORE-7 (centered)", ka, kb, None if ka is None or kb is None else kb - ka])
+    doc.table(["task", "accuracy A", "accuracy B", "B - A"], rows)
+    return doc
+
+
+def write_comparison(a: dict[str, Any], b: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    return _write(build_comparison(a, b), Path(out_dir), "compare",
+                  f"Crucible comparison {a['run']['run_id']} vs {b['run']['run_id']}")

@@ -84,6 +84,12 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert report.exit_code == 0, report.output
     page = (tmp_path / "report" / "report.html").read_text()
     assert "<h2>Evaluation</h2>" in page and "data:image/png;base64," in page
+    listed = cli.invoke(main, ["sql", "SELECT run_id FROM pipeline_runs ORDER BY started_at", "--json", *wh])
+    first, second = (json.loads(line)["run_id"] for line in listed.output.splitlines())
+    compared = cli.invoke(main, ["report", "--compare", first, second, "--out", str(tmp_path / "cmp"), *wh])
+    assert compared.exit_code == 0, compared.output
+    cmp = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "The two runs have the same config." in cmp and "| CORE-7 (centered) |" in cmp and "| 0 |" in cmp
 
     show = cli.invoke(main, ["show", "latest", *wh])
     assert show.exit_code == 0 and "extract" in show.output and "hit" in show.output
