@@ -65,19 +65,11 @@ def contamination_split(wh: Warehouse, stage_run_id: str, checkpoint_id: str,
 def run_evaluate(cfg: Config, stage: EvaluateStage, run_id: str, wh: Warehouse,
                  upstream: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import StageFailed, _failure_recorded, _finish_cache_hit, say
-    from flows.train import torchrun_task
+    from flows.train import start_stage_run, torchrun_task
 
-    if upstream is None or upstream["stage"] != "train":
-        got = upstream["dataset_id"] if upstream else "nothing"
-        raise StageFailed(f"stage evaluate reads a train checkpoint, got {got}")
-    params = stage.config.model_dump(mode="json")
     benchmarks = Path(stage.config.benchmarks_dir)
-    key = stable_hash({"stage": "evaluate", "config": params, "code": stage.code_version(),
-                       "input": upstream["fingerprint"], "benchmarks": _benchmarks_fingerprint(benchmarks)})
-    t0 = time.perf_counter()
-    stage_run_id = wh.start_stage(run_id=run_id, stage="evaluate", stage_key=key, params=params,
-                                  params_hash=stable_hash(params), code_version=stage.code_version(),
-                                  input_dataset_ids=[upstream["dataset_id"]])
+    key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream,
+                                            {"benchmarks": _benchmarks_fingerprint(benchmarks)})
     with _failure_recorded(wh, stage_run_id, t0):
         out_dir = cfg.work_dir / "eval" / key[:16]
         hit = wh.dataset_by_key(key)

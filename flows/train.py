@@ -79,19 +79,28 @@ def record_checkpoints(wh: Warehouse, stage: TrainStage, key: str, out_dir: Path
     return wh.dataset(f"checkpoint-{key[:12]}-{final['step']:07d}" if final else last)
 
 
-def run_train(cfg: Config, stage: TrainStage, run_id: str, wh: Warehouse, upstream: dict[str, Any]) -> dict[str, Any]:
-    from flows.stages import StageFailed, _failure_recorded, _finish_cache_hit, say
+def start_stage_run(wh: Warehouse, stage: Any, run_id: str, upstream: dict[str, Any] | None,
+                    extra_key: dict[str, Any] | None = None) -> tuple[str, str, float]:
+    """Check that upstream is the stage's input, key the stage (config, code, input, ``extra_key``) and record
+    its stage run; returns (key, stage_run_id, start time)."""
+    from flows.stages import StageFailed
 
-    if upstream is None or upstream["stage"] != "tokenize":
+    if upstream is None or upstream["stage"] != stage.upstream:
         got = upstream["dataset_id"] if upstream else "nothing"
-        raise StageFailed(f"stage train reads a tokenize dataset, got {got}")
+        raise StageFailed(f"stage {stage.name} reads a {stage.upstream} dataset, got {got}")
     params = stage.config.model_dump(mode="json")
-    key = stable_hash({"stage": "train", "config": params, "code": stage.code_version(),
-                       "input": upstream["fingerprint"]})
-    t0 = time.perf_counter()
-    stage_run_id = wh.start_stage(run_id=run_id, stage="train", stage_key=key, params=params,
+    key = stable_hash({"stage": stage.name, "config": params, "code": stage.code_version(),
+                       "input": upstream["fingerprint"], **(extra_key or {})})
+    stage_run_id = wh.start_stage(run_id=run_id, stage=stage.name, stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
                                   input_dataset_ids=[upstream["dataset_id"]])
+    return key, stage_run_id, time.perf_counter()
+
+
+def run_train(cfg: Config, stage: TrainStage, run_id: str, wh: Warehouse, upstream: dict[str, Any]) -> dict[str, Any]:
+    from flows.stages import _failure_recorded, _finish_cache_hit, say
+
+    key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream)
     with _failure_recorded(wh, stage_run_id, t0):
         out_dir = cfg.work_dir / "train" / key[:16]
         hit = wh.dataset_by_key(key)
