@@ -65,20 +65,16 @@ def contamination_split(wh: Warehouse, stage_run_id: str, checkpoint_id: str,
 def run_evaluate(cfg: Config, stage: EvaluateStage, run_id: str, wh: Warehouse,
                  upstream: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import StageFailed, _failure_recorded, _finish_cache_hit, say
-    from flows.train import start_stage_run, torchrun_task
+    from flows.train import cached_or_prepared, start_stage_run, torchrun_task
 
     benchmarks = Path(stage.config.benchmarks_dir)
     key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream,
                                             {"benchmarks": _benchmarks_fingerprint(benchmarks)})
     with _failure_recorded(wh, stage_run_id, t0):
         out_dir = cfg.work_dir / "eval" / key[:16]
-        hit = wh.dataset_by_key(key)
-        if hit is not None and stage.finished(out_dir) is not None:
-            say(f"evaluate: cache hit {hit['dataset_id']}")
+        hit, args_file = cached_or_prepared(wh, stage, key, out_dir, upstream)
+        if hit is not None:
             return _finish_cache_hit(wh, stage_run_id, hit, t0)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        args_file = out_dir / "args.json"
-        args_file.write_text(json.dumps(stage.args(Path(upstream["uri"]), out_dir), indent=1))
         (out_dir / "results.json").unlink(missing_ok=True)  # an evaluation is redone whole; it has no partial state
         nproc = stage.nproc()
         say(f"evaluate: {upstream['dataset_id']} on {benchmarks}, {nproc} process(es)")

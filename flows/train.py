@@ -97,19 +97,30 @@ def start_stage_run(wh: Warehouse, stage: Any, run_id: str, upstream: dict[str, 
     return key, stage_run_id, time.perf_counter()
 
 
+def cached_or_prepared(wh: Warehouse, stage: Any, key: str, out_dir: Path,
+                       upstream: dict[str, Any]) -> tuple[dict[str, Any] | None, Path]:
+    """(recorded dataset, args.json) for a finished run with this key on disk; else (None, args.json written)."""
+    from flows.stages import say
+
+    hit = wh.dataset_by_key(key)
+    if hit is not None and stage.finished(out_dir) is not None:
+        say(f"{stage.name}: cache hit {hit['dataset_id']}")
+        return hit, out_dir / "args.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args_file = out_dir / "args.json"
+    args_file.write_text(json.dumps(stage.args(Path(upstream["uri"]), out_dir), indent=1))
+    return None, args_file
+
+
 def run_train(cfg: Config, stage: TrainStage, run_id: str, wh: Warehouse, upstream: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import _failure_recorded, _finish_cache_hit, say
 
     key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream)
     with _failure_recorded(wh, stage_run_id, t0):
         out_dir = cfg.work_dir / "train" / key[:16]
-        hit = wh.dataset_by_key(key)
-        if hit is not None and stage.finished(out_dir) is not None:
-            say(f"train: cache hit {hit['dataset_id']}")
+        hit, args_file = cached_or_prepared(wh, stage, key, out_dir, upstream)
+        if hit is not None:
             return _finish_cache_hit(wh, stage_run_id, hit, t0)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        args_file = out_dir / "args.json"
-        args_file.write_text(json.dumps(stage.args(Path(upstream["uri"]), out_dir), indent=1))
         nproc = stage.nproc()
         if stage.finished(out_dir) is None:
             say(f"train: {nproc} process(es) on {upstream['dataset_id']}, writing {out_dir}")
