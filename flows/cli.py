@@ -423,10 +423,6 @@ def config_show(config_file: str, as_json: bool) -> None:
     click.echo(to_toml(cfg.to_dict()))
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.group()
 def benchmarks() -> None:
     """Benchmark sets for decontamination and evaluation (CORE JSONL formats).
@@ -601,3 +597,51 @@ def report_cmd(run_ref: str, compare: tuple[str, str] | None, out_dir: str | Non
         run = wh.resolve_run(run_ref)
         md, page = write_run_report(wh, run["run_id"], Path(out_dir) if out_dir else base / run["run_id"])
     console.print(f"wrote {md} and {page}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Watching and scheduling
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@main.command("dashboard")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on. Anything but loopback also needs --public.")
+@click.option("--port", default=8642, show_default=True, type=int, help="Port to listen on.")
+@click.option("--public", is_flag=True, help="Allow a non-loopback --host (the dashboard has no login).")
+@warehouse_option
+@_handle_errors
+def dashboard_cmd(host: str, port: int, public: bool, warehouse_path: str | None, config_path: str | None) -> None:
+    """Serve the live dashboard: runs and their stages as they happen, the data funnel, training curves that move
+    while training runs, evaluation tables, lineage from each checkpoint back to its inputs, and links into the
+    Prefect UI (PREFECT_UI_URL, else PREFECT_API_URL without /api, else http://127.0.0.1:4200).
+
+    It only reads the warehouse, for milliseconds at a time, so it runs beside a pipeline; when the pipeline holds
+    the file longer, it shows its last snapshot, marked stale. Every asset is served by the dashboard itself.
+
+    \b
+    Example:
+        crucible dashboard                              # http://127.0.0.1:8642
+        crucible dashboard -c configs/demo.toml --port 9000
+        crucible dashboard --host 0.0.0.0 --public      # e.g. inside a container
+    """
+    from flows.dashboard import serve
+
+    if not _loopback(host) and not public:
+        raise click.UsageError(f"--host {host} listens beyond this machine; add --public to mean it")
+    wh = _warehouse(warehouse_path, config_path)
+    console.print(f"dashboard on http://{host}:{port}/ reading {wh.path} (Ctrl-C stops it)", highlight=False)
+    serve(wh.path, host, port)
+
+if __name__ == "__main__":
+    main()

@@ -68,10 +68,9 @@ def run_evaluate(cfg: Config, stage: EvaluateStage, run_id: str, wh: Warehouse,
     from flows.train import cached_or_prepared, start_stage_run, torchrun_task
 
     benchmarks = Path(stage.config.benchmarks_dir)
-    key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream,
-                                            {"benchmarks": _benchmarks_fingerprint(benchmarks)})
+    key, stage_run_id, t0, out_dir = start_stage_run(wh, stage, run_id, upstream, cfg.work_dir / "eval",
+                                                     {"benchmarks": _benchmarks_fingerprint(benchmarks)})
     with _failure_recorded(wh, stage_run_id, t0):
-        out_dir = cfg.work_dir / "eval" / key[:16]
         hit, args_file = cached_or_prepared(wh, stage, key, out_dir, upstream)
         if hit is not None:
             return _finish_cache_hit(wh, stage_run_id, hit, t0)

@@ -25,11 +25,11 @@ def run_report(cfg: Config, stage: ReportStage, run_id: str, wh: Warehouse,
     params = stage.config.model_dump(mode="json")
     key = stable_hash({"stage": "report", "run": run_id, "code": stage.code_version()})
     t0 = time.perf_counter()
+    out_dir = Path(stage.config.dir) / run_id
     stage_run_id = wh.start_stage(run_id=run_id, stage="report", stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
-                                  input_dataset_ids=[upstream["dataset_id"]] if upstream else [])
+                                  input_dataset_ids=[upstream["dataset_id"]] if upstream else [], out_dir=out_dir)
     with _failure_recorded(wh, stage_run_id, t0):
-        out_dir = Path(stage.config.dir) / run_id
         md, page = write_run_report(wh, run_id, out_dir)
         try:
             from prefect.artifacts import create_markdown_artifact

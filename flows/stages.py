@@ -164,7 +164,7 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse, recraw
     key = stable_hash({"stage": "crawl", "job": job, "config": params, "code": stage.code_version()})
     stage_run_id = wh.start_stage(run_id=run_id, stage="crawl", stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
-                                  input_dataset_ids=[])
+                                  input_dataset_ids=[], out_dir=out_dir)
     with _failure_recorded(wh, stage_run_id, t0):
         hit = None if recrawl else wh.latest_output(key)
         if hit is not None and all(Path(f["path"]).is_file() for f in wh.dataset_files(hit["dataset_id"])):
@@ -228,7 +228,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     key = stage.key(input_fp)
     stage_run_id = wh.start_stage(run_id=run_id, stage=stage_name, stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
-                                  input_dataset_ids=input_ids)
+                                  input_dataset_ids=input_ids, out_dir=dataset_dir(cfg, stage_name, key))
     with _failure_recorded(wh, stage_run_id, t0):
         hit = _cached(wh, key)
         if hit is not None:

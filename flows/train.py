@@ -79,10 +79,10 @@ def record_checkpoints(wh: Warehouse, stage: TrainStage, key: str, out_dir: Path
     return wh.dataset(f"checkpoint-{key[:12]}-{final['step']:07d}" if final else last)
 
 
-def start_stage_run(wh: Warehouse, stage: Any, run_id: str, upstream: dict[str, Any] | None,
-                    extra_key: dict[str, Any] | None = None) -> tuple[str, str, float]:
+def start_stage_run(wh: Warehouse, stage: Any, run_id: str, upstream: dict[str, Any] | None, out_root: Path,
+                    extra_key: dict[str, Any] | None = None) -> tuple[str, str, float, Path]:
     """Check that upstream is the stage's input, key the stage (config, code, input, ``extra_key``) and record
-    its stage run; returns (key, stage_run_id, start time)."""
+    its stage run, writing to ``out_root/<key>``; returns (key, stage_run_id, start time, output directory)."""
     from flows.stages import StageFailed
 
     if upstream is None or upstream["stage"] != stage.upstream:
@@ -93,8 +93,8 @@ def start_stage_run(wh: Warehouse, stage: Any, run_id: str, upstream: dict[str, 
                        "input": upstream["fingerprint"], **(extra_key or {})})
     stage_run_id = wh.start_stage(run_id=run_id, stage=stage.name, stage_key=key, params=params,
                                   params_hash=stable_hash(params), code_version=stage.code_version(),
-                                  input_dataset_ids=[upstream["dataset_id"]])
-    return key, stage_run_id, time.perf_counter()
+                                  input_dataset_ids=[upstream["dataset_id"]], out_dir=out_root / key[:16])
+    return key, stage_run_id, time.perf_counter(), out_root / key[:16]
 
 
 def cached_or_prepared(wh: Warehouse, stage: Any, key: str, out_dir: Path,
@@ -115,9 +115,8 @@ def cached_or_prepared(wh: Warehouse, stage: Any, key: str, out_dir: Path,
 def run_train(cfg: Config, stage: TrainStage, run_id: str, wh: Warehouse, upstream: dict[str, Any]) -> dict[str, Any]:
     from flows.stages import _failure_recorded, _finish_cache_hit, say
 
-    key, stage_run_id, t0 = start_stage_run(wh, stage, run_id, upstream)
+    key, stage_run_id, t0, out_dir = start_stage_run(wh, stage, run_id, upstream, cfg.work_dir / "train")
     with _failure_recorded(wh, stage_run_id, t0):
-        out_dir = cfg.work_dir / "train" / key[:16]
         hit, args_file = cached_or_prepared(wh, stage, key, out_dir, upstream)
         if hit is not None:
             return _finish_cache_hit(wh, stage_run_id, hit, t0)

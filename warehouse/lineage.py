@@ -150,14 +150,15 @@ class Warehouse:
     # -- stage runs ----------------------------------------------------------------------------------------------
 
     def start_stage(self, *, run_id: str, stage: str, stage_key: str, params: dict[str, Any], params_hash: str,
-                    code_version: str, input_dataset_ids: list[str]) -> str:
+                    code_version: str, input_dataset_ids: list[str], out_dir: str | Path | None = None) -> str:
+        """Record a running stage; ``out_dir`` is where it writes (a reader can follow its files while it runs)."""
         stage_run_id = new_id(stage)
         with self.connect() as con:
             con.execute(
                 "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash,"
-                " code_version, input_dataset_ids, status, started_at) VALUES (?,?,?,?,?,?,?,?,'running',?)",
+                " code_version, input_dataset_ids, status, started_at, out_dir) VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
                 [stage_run_id, run_id, stage, stage_key, json.dumps(params, sort_keys=True), params_hash,
-                 code_version, input_dataset_ids, _now()])
+                 code_version, input_dataset_ids, _now(), str(out_dir) if out_dir is not None else None])
         return stage_run_id
 
     def finish_stage(self, stage_run_id: str, *, status: str, output_dataset_id: str | None = None,

@@ -11,7 +11,7 @@ def test_schema_is_created_and_versioned(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="test", trigger="manual",
                           stages=["ingest"])
-    assert wh.schema_version() == 4  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items
+    assert wh.schema_version() == 5  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items, 0005 out_dir
     tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables")}
     assert {"schema_version", "pipeline_runs", "stage_runs", "datasets", "dataset_edges", "drops",
             "metrics", "dataset_files", "crawl_log", "contamination_hits", "contamination_summary"} <= tables

@@ -1,0 +1,202 @@
+// The Crucible dashboard: polls /api/runs and /api/runs/<run>, and draws everything itself (no libraries).
+"use strict";
+
+const STAGE_ORDER = ["crawl", "ingest", "extract", "language", "quality", "dedup", "decontaminate", "tokenize",
+  "train", "evaluate", "report"];
+const CURVE_TITLES = { loss: "training loss (nats)", val_bpb: "validation bits per byte", lr: "learning rate",
+  tokens_per_s: "tokens per second", mfu: "model FLOPs utilisation", grad_norm: "gradient norm" };
+let selected = decodeURIComponent(location.hash.slice(1)) || null;
+let timer = null;
+
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;",
+  '"': "&quot;", "'": "&#39;" })[c]);
+const num = (v, digits = 0) => v == null ? "" : Number(v).toLocaleString("en-US",
+  { maximumFractionDigits: digits, minimumFractionDigits: digits });
+const short = (v) => {
+  if (v == null) return "";
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e7)) return Number(v).toExponential(2);
+  if (a >= 1000) return num(v);
+  return Number(v).toPrecision(4).replace(/\.?0+$/, "");
+};
+const bytes = (b) => {
+  if (b == null) return "";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (b >= 1000 && i < units.length - 1) { b /= 1000; i++; }
+  return `${b.toFixed(i ? 1 : 0)} ${units[i]}`;
+};
+const when = (t) => t ? new Date(t).toLocaleString() : "";
+const seconds = (a, b) => a ? ((b ? new Date(b) : new Date()) - new Date(a)) / 1000 : null;
+const duration = (s) => s == null ? "" : s < 90 ? `${s.toFixed(1)} s` : s < 5400 ? `${(s / 60).toFixed(1)} min`
+  : `${(s / 3600).toFixed(1)} h`;
+const badge = (status, extra = "") => `<span class="badge ${esc(status)} ${extra}">${esc(status)}</span>`;
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function renderRuns(runs) {
+  if (!selected && runs.length) selected = runs[0].run_id;
+  document.getElementById("run-list").innerHTML = runs.map((r) => `
+    <li><a href="#${esc(r.run_id)}" class="${r.run_id === selected ? "selected" : ""}" data-run="${esc(r.run_id)}">
+      <div class="id">${esc(r.run_id)}</div>
+      <div>${badge(r.status, r.status === "running" ? "pulse" : "")} <span class="muted">${esc(r.trigger)} ·
+        ${esc(when(r.started_at))}</span></div></a></li>`).join("") || `<li class="muted">No runs yet.</li>`;
+}
+
+function stageStrip(run, stages) {
+  const last = {};
+  for (const s of stages) last[s.stage] = s;
+  const planned = (run.stages || []).slice();
+  for (const s of stages) if (!planned.includes(s.stage)) planned.push(s.stage);
+  planned.sort((a, b) => STAGE_ORDER.indexOf(a) - STAGE_ORDER.indexOf(b));
+  return `<div class="strip" id="stage-strip">${planned.map((name) => {
+    const s = last[name];
+    const status = !s ? (run.status === "running" ? "pending" : "skipped")
+      : s.cache_hit && s.status === "completed" ? "cached" : s.status;
+    const took = s ? duration(s.seconds ?? seconds(s.started_at, s.ended_at)) : "";
+    return `<span class="badge ${esc(status)} ${status === "running" ? "pulse" : ""}"
+      data-stage="${esc(name)}" title="${esc(status)} ${esc(took)}">${esc(name)} · ${esc(status)}</span>`;
+  }).join("")}</div>`;
+}
+
+function stageTable(stages) {
+  const rows = stages.map((s) => `<tr data-stage="${esc(s.stage)}"><td>${esc(s.stage)}</td>
+    <td>${badge(s.cache_hit && s.status === "completed" ? "cached" : s.status)}</td>
+    <td class="num">${num(s.docs_in)}</td><td class="num">${num(s.docs_out)}</td>
+    <td class="num">${bytes(s.bytes_out)}</td>
+    <td class="num">${duration(s.seconds ?? seconds(s.started_at, s.ended_at))}</td>
+    <td class="mono">${esc(s.output_dataset_id)}</td></tr>
+    ${s.error ? `<tr><td></td><td colspan="6" class="error">${esc(s.error)}</td></tr>` : ""}`).join("");
+  return `<table><thead><tr><th>stage</th><th>status</th><th class="num">docs in</th><th class="num">docs out</th>
+    <th class="num">bytes out</th><th class="num">time</th><th>dataset</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+function funnel(stages, drops) {
+  const rows = stages.filter((s) => s.status === "completed" && s.docs_out != null
+    && !["train", "evaluate", "report"].includes(s.stage));
+  if (!rows.length) return `<p class="muted">No stage has finished yet.</p>`;
+  const top = Math.max(...rows.map((s) => Math.max(s.docs_in || 0, s.docs_out || 0)), 1);
+  return rows.map((s) => {
+    const reasons = drops.filter((d) => d.stage === s.stage && d.dropped)
+      .map((d) => `${esc(d.reason)} ${num(d.docs)}`).join(" · ");
+    return `<div class="funnel-row" data-stage="${esc(s.stage)}"><strong>${esc(s.stage)}</strong>
+      <div class="bar" title="${num(s.docs_out)} of ${num(s.docs_in)} kept">
+        <span style="width:${(100 * (s.docs_out || 0) / top).toFixed(2)}%"></span></div>
+      <span class="muted">${num(s.docs_in)} → <strong>${num(s.docs_out)}</strong> docs</span>
+      ${reasons ? `<div class="reasons">dropped: ${reasons}</div>` : ""}</div>`;
+  }).join("");
+}
+
+function chart(name, points) {
+  const W = 340, H = 150, L = 46, R = 8, T = 8, B = 22;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) { y1 += Math.abs(y1) * 0.05 || 1; y0 -= Math.abs(y0) * 0.05 || 1; }
+  const px = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
+  const py = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const line = points.map((p) => `${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join(" ");
+  const lastPoint = points[points.length - 1];
+  return `<div class="chart" data-curve="${esc(name)}" data-points="${points.length}">
+    <h3>${esc(CURVE_TITLES[name] || name)} <span class="muted">· ${short(lastPoint[1])} at step ${num(lastPoint[0])}</span></h3>
+    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(name)} by step">
+      <line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>
+      <line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>
+      <text x="${L - 4}" y="${T + 8}" text-anchor="end">${short(y1)}</text>
+      <text x="${L - 4}" y="${H - B}" text-anchor="end">${short(y0)}</text>
+      <text x="${L}" y="${H - 6}">${num(x0)}</text>
+      <text x="${W - R}" y="${H - 6}" text-anchor="end">step ${num(x1)}</text>
+      ${points.length > 1 ? `<polyline points="${line}"/>` : ""}
+      <circle cx="${px(lastPoint[0]).toFixed(1)}" cy="${py(lastPoint[1]).toFixed(1)}" r="2.5"/>
+    </svg></div>`;
+}
+
+function training(t) {
+  if (!t) return `<p class="muted">This run has no train stage (yet).</p>`;
+  const names = Object.keys(CURVE_TITLES).filter((n) => (t.curves[n] || []).length);
+  const head = `<p>${badge(t.status, t.status === "running" ? "pulse" : "")}
+    ${t.live ? `<span class="muted">live from <code>${esc(t.out_dir)}/metrics.jsonl</code></span>` : ""}
+    ${t.checkpoint ? `checkpoint <code>${esc(t.checkpoint)}</code>` : ""}</p>`;
+  if (!names.length) return head + `<p class="muted">No step has been logged yet.</p>`;
+  return head + `<div class="charts">${names.map((n) => chart(n, t.curves[n])).join("")}</div>`;
+}
+
+function evaluation(e) {
+  if (!e) return `<p class="muted">This run has no evaluate stage (yet).</p>`;
+  if (!e.tasks.length) return `<p>${badge(e.status)} <span class="muted">no scores recorded.</span></p>`;
+  const pct = (v) => v == null ? "" : `${(100 * v).toFixed(1)}%`;
+  const rows = e.tasks.map((t) => `<tr data-task="${esc(t.task)}"><td>${esc(t.task)}</td>
+    <td class="num">${num(t.items)}</td><td class="num">${pct(t.accuracy)}</td>
+    <td class="num">${t.centered == null ? "" : t.centered.toFixed(3)}</td>
+    <td class="num">${pct(t.accuracy_clean)}</td><td class="num">${pct(t.accuracy_contaminated)}</td>
+    <td class="num">${num(t.contaminated_items)}</td></tr>`).join("");
+  return `<table id="eval-table"><thead><tr><th>task</th><th class="num">items</th><th class="num">accuracy</th>
+    <th class="num">centered</th><th class="num">clean</th><th class="num">contaminated</th>
+    <th class="num">contaminated items</th></tr></thead><tbody>${rows}</tbody>
+    <tfoot><tr><th>CORE-7</th><td></td><td></td><td class="num" id="core7">${e.core7 == null ? "" : e.core7.toFixed(4)}</td>
+    <td colspan="3" class="muted">${e.val_bpb != null ? `val bpb ${e.val_bpb.toFixed(4)}` : ""}
+    ${e.val_ppl != null ? ` · val perplexity ${short(e.val_ppl)}` : ""}</td></tr></tfoot></table>`;
+}
+
+function lineage(items, sources) {
+  if (!items.length) return `<p class="muted">Lineage starts at the checkpoint, once training has made one.</p>`;
+  const rows = items.map((d) => `<tr><td class="num">${d.depth}</td><td class="mono">${esc(d.dataset_id)}</td>
+    <td>${esc(d.stage)}</td><td class="num">${num(d.records)}</td><td class="num">${bytes(d.bytes)}</td>
+    <td class="mono">${esc((d.fingerprint || "").slice(0, 16))}</td></tr>`).join("");
+  const files = sources.length ? `<p class="muted">${num(sources.length)} input files, first:
+    <code>${esc(sources[0])}</code></p>` : "";
+  return `<table id="lineage-table"><thead><tr><th class="num">depth</th><th>dataset</th><th>stage</th>
+    <th class="num">records</th><th class="num">bytes</th><th>fingerprint</th></tr></thead>
+    <tbody>${rows}</tbody></table>${files}`;
+}
+
+function renderRun(snap) {
+  const r = snap.run;
+  const took = duration(seconds(r.started_at, r.ended_at));
+  document.getElementById("run").innerHTML = `
+    <section id="summary" data-status="${esc(r.status)}"><h2>${esc(r.run_id)}
+      ${badge(r.status, r.status === "running" ? "pulse" : "")}</h2>
+      <dl class="kv"><dt>trigger</dt><dd>${esc(r.trigger)}</dd>
+      <dt>started</dt><dd>${esc(when(r.started_at))} (${esc(took)}${r.ended_at ? "" : " so far"})</dd>
+      <dt>config</dt><dd><code>${esc(r.config_path || "(built in)")}</code> · hash <code>${esc((r.config_hash || "").slice(0, 12))}</code></dd>
+      <dt>code</dt><dd><code>${esc(r.code_version)}</code></dd>
+      <dt>Prefect</dt><dd>${r.prefect_url ? `<a id="prefect-link" href="${esc(r.prefect_url)}" target="_blank" rel="noopener">this run in the Prefect UI</a>` : "no flow run id"}</dd></dl>
+      ${r.error ? `<p class="error">${esc(r.error)}</p>` : ""}
+      ${stageStrip(r, snap.stages)}</section>
+    <section id="stages"><h2>Stages</h2>${stageTable(snap.stages)}</section>
+    <section id="funnel"><h2>Data funnel</h2>${funnel(snap.stages, snap.funnel)}</section>
+    <section id="curves"><h2>Training</h2>${training(snap.training)}</section>
+    <section id="eval"><h2>Evaluation</h2>${evaluation(snap.evaluation)}</section>
+    <section id="lineage"><h2>Lineage from the checkpoint back to its inputs</h2>${lineage(snap.lineage, snap.sources)}</section>`;
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  let running = false;
+  const fresh = document.getElementById("freshness");
+  try {
+    const runs = await getJSON("/api/runs");
+    renderRuns(runs.data);
+    running = runs.data.some((r) => r.status === "running");
+    if (selected) {
+      const snap = await getJSON(`/api/runs/${encodeURIComponent(selected)}`);
+      renderRun(snap.data);
+      running = running || snap.data.run.status === "running";
+      fresh.textContent = snap.stale ? snap.note : `updated ${new Date(snap.read_at).toLocaleTimeString()}`;
+    } else {
+      fresh.textContent = `updated ${new Date(runs.read_at).toLocaleTimeString()}`;
+    }
+    document.body.dataset.loaded = "true";
+  } catch (err) {
+    fresh.textContent = `cannot read the warehouse: ${err.message}`;
+  }
+  timer = setTimeout(refresh, running ? 2000 : 10000);
+}
+
+window.addEventListener("hashchange", () => { selected = decodeURIComponent(location.hash.slice(1)) || null; refresh(); });
+refresh();

@@ -1,0 +1,180 @@
+"""The dashboard: its JSON API against a real warehouse, live curves from a training run's metrics.jsonl, a stale
+snapshot while another process holds the file, and the page itself in headless Chromium (Debian's package, driven
+by Playwright) for a finished pipeline run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from flows.dashboard import create_app
+from tests.conftest import REPO
+from warehouse.lineage import Warehouse
+
+ARTIFACTS = Path(os.environ.get("CRUCIBLE_TEST_ARTIFACTS", REPO / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _training_run(wh: Warehouse, out_dir: Path) -> str:
+    """A pipeline run whose train stage is running and has logged nothing yet (as the orchestrator records it)."""
+    run_id = wh.start_run(config={"paths": {}}, config_hash="c0ffee", config_path=None, code_version="test",
+                          trigger="manual", stages=["tokenize", "train", "evaluate"], flow_run_id="f-1")
+    wh.start_stage(run_id=run_id, stage="train", stage_key="k" * 64, params={}, params_hash="p", code_version="t",
+                   input_dataset_ids=[], out_dir=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return run_id
+
+
+def _log_steps(out_dir: Path, steps: range) -> None:
+    """Append steps to metrics.jsonl the way model/train.py's rank 0 does (one flushed line per step)."""
+    with open(out_dir / "metrics.jsonl", "a") as fh:
+        for step in steps:
+            fh.write(json.dumps({"step": step, "loss": 9.0 / step, "lr": 1e-3, "grad_norm": 1.0, "tokens": 64 * step,
+                                 "tokens_per_s": 1000.0 + step, "seconds": 0.1}) + "\n")
+            fh.flush()
+
+
+def test_api_follows_a_running_training_and_serves_a_stale_snapshot_while_the_file_is_held(tmp_path):
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    out_dir = tmp_path / "train"
+    run_id = _training_run(wh, out_dir)
+    client = TestClient(create_app(wh.path, lock_timeout=0.5))
+
+    runs = client.get("/api/runs").json()["data"]
+    assert runs[0]["run_id"] == run_id
+    assert runs[0]["stage_status"] == {"tokenize": "pending", "train": "running", "evaluate": "pending"}
+
+    _log_steps(out_dir, range(1, 4))
+    body = client.get(f"/api/runs/{run_id}").json()
+    training = body["data"]["training"]
+    assert body["stale"] is False and training["live"] is True and training["status"] == "running"
+    assert [p[0] for p in training["curves"]["loss"]] == [1, 2, 3]
+    assert body["data"]["run"]["prefect_url"].endswith("/runs/flow-run/f-1")
+
+    _log_steps(out_dir, range(4, 7))
+    time.sleep(1.1)  # past the snapshot's minimum age
+    assert len(client.get(f"/api/runs/{run_id}").json()["data"]["training"]["curves"]["loss"]) == 6
+
+    # another process (as the pipeline's writer would) holds the file: the last snapshot comes back, marked stale
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(30)", str(wh.path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(1.1)
+        t0 = time.monotonic()
+        held = client.get(f"/api/runs/{run_id}").json()
+        assert held["stale"] is True and "busy" in held["note"] and time.monotonic() - t0 < 5
+        assert len(held["data"]["training"]["curves"]["loss"]) == 6
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert client.get("/api/runs/no-such-run").status_code == 404
+    assert client.get("/healthz").json()["ok"] is True
+    index = client.get("/")
+    assert index.status_code == 200 and "/static/dashboard.js" in index.text
+
+
+def test_dashboard_refuses_a_public_interface_without_the_flag():
+    from click.testing import CliRunner
+
+    from flows.cli import main
+
+    result = CliRunner().invoke(main, ["dashboard", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "--public" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_dashboard(warehouse: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "dashboard", "--warehouse", str(warehouse),
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the dashboard did not start: {proc.stdout.read().decode()[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
+def test_dashboard_in_a_real_browser(tmp_path):
+    from click.testing import CliRunner
+    from playwright.sync_api import expect, sync_playwright
+
+    from flows.cli import main
+    from tests.flows.test_cli import write_config
+    from tests.helpers import TINY_TRAIN, write_prose_warc
+
+    write_prose_warc(tmp_path / "a.warc.gz", 12)
+    train = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TRAIN.items() if k != "model")
+    config = write_config(tmp_path, str(tmp_path / "*.warc.gz"),
+                          f"[train]\n{train}\n[train.model]\ndepth = 1\nd_model = 32\n")
+    result = CliRunner().invoke(main, ["run", str(config)])
+    assert result.exit_code == 0, result.output
+    wh = Warehouse(tmp_path / "work" / "warehouse.duckdb")
+    finished = wh.resolve_run("latest")["run_id"]
+
+    proc, url = _serve_dashboard(wh.path)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.on("request", lambda req: None if req.url.startswith(url) or req.url.startswith("data:")
+                    else errors.append(f"external request {req.url}"))
+            page.goto(f"{url}/#{finished}")
+            expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
+            expect(page.locator("#stage-strip .badge")).to_have_count(11)
+            expect(page.locator("#stage-strip [data-stage=crawl]")).to_contain_text("skipped")  # no seeds
+            expect(page.locator("#stage-strip [data-stage=report]")).to_contain_text("completed")
+            for stage in ("ingest", "extract", "quality", "dedup", "tokenize"):
+                expect(page.locator(f"#funnel .funnel-row[data-stage={stage}]")).to_be_visible()
+            expect(page.locator("#curves .chart[data-curve=loss] polyline")).to_be_visible()
+            expect(page.locator("#curves .chart[data-curve=lr] polyline")).to_be_visible()
+            expect(page.locator("#eval-table tbody tr")).to_have_count(7)  # the smoke set's seven tasks
+            expect(page.locator("#core7")).not_to_be_empty()
+            expect(page.locator("#lineage-table")).to_contain_text("source-")
+            assert page.locator("#prefect-link").get_attribute("href").startswith("http")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            # a second run starts training: its curve grows in the open page without a reload
+            out_dir = tmp_path / "live-train"
+            live = _training_run(wh, out_dir)
+            _log_steps(out_dir, range(1, 4))
+            page.goto(f"{url}/#{live}")
+            chart = page.locator("#curves .chart[data-curve=loss]")
+            expect(chart).to_have_attribute("data-points", "3")
+            _log_steps(out_dir, range(4, 9))
+            expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
+            expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
+            browser.close()
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
