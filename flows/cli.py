@@ -122,15 +122,12 @@ def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None, r
 
 def _upstream(cfg, stage: str, ref: str, explicit: bool = False) -> dict | None:
     """The dataset a stage started alone reads: none for crawl, and for ingest only when a crawl is configured."""
-    from flows.pipeline import resolve_input
-    from tasks.crawl import CrawlStage
+    from flows.pipeline import reads_upstream, stage_input
 
-    if stage == "crawl" or (stage == "ingest" and not CrawlStage(cfg.crawl).enabled):
-        if explicit:
-            raise click.UsageError(f"{stage} reads {'the web' if stage == 'crawl' else 'ingest.inputs'}; "
-                                   "it takes no --input")
-        return None
-    return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref)
+    if explicit and not reads_upstream(cfg, stage):
+        raise click.UsageError(f"{stage} reads {'the web' if stage == 'crawl' else 'ingest.inputs'}; "
+                               "it takes no --input")
+    return stage_input(cfg, stage, ref)
 
 
 def _after_run(cfg, run_id: str) -> None:
@@ -642,6 +639,51 @@ def dashboard_cmd(host: str, port: int, public: bool, warehouse_path: str | None
     wh = _warehouse(warehouse_path, config_path)
     console.print(f"dashboard on http://{host}:{port}/ reading {wh.path} (Ctrl-C stops it)", highlight=False)
     serve(wh.path, host, port)
+
+@main.command("serve")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cron", help='Run the pipeline on this cron schedule, e.g. "0 3 * * *" (03:00 every day).')
+@click.option("--interval", type=click.FloatRange(min=1), help="... or every this many seconds.")
+@click.option("--to", "last", type=click.Choice(ORDER), help="Scheduled runs stop after this stage.")
+@click.option("--limit", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Flow runs this process executes at once.")
+@_handle_errors
+def serve_cmd(config: str, cron: str | None, interval: float | None, last: str | None, limit: int) -> None:
+    """Register Prefect deployments and execute their runs until stopped (Ctrl-C pauses the schedule).
+
+    Deployments: crucible-scheduled-pipeline/<config name> runs the pipeline on the schedule, recorded with
+    trigger 'schedule' (incremental: only new or changed pages are crawled and ingested, and dedup drops what
+    earlier runs accepted); crucible-stage-rerun/<config name>-<stage>, one per stage, reruns a stage alone from the
+    Prefect UI ("Run" on the deployment; its 'input' parameter picks a run or a dataset, default latest).
+
+    Schedules need a Prefect server, whose scheduler creates the runs: start one with `prefect server start` (UI
+    and API on http://127.0.0.1:4200) and point Crucible at it with PREFECT_API_URL.
+
+    
+    Example:
+        prefect server start &                       # the UI: http://127.0.0.1:4200
+        export PREFECT_API_URL=http://127.0.0.1:4200/api
+        crucible serve configs/demo.toml --cron "0 3 * * *"
+        crucible serve configs/demo.toml --interval 3600 --to tokenize
+    """
+    if not cron and not interval:
+        raise click.UsageError("give a schedule: --cron EXPR or --interval SECONDS")
+    if cron and interval:
+        raise click.UsageError("give --cron or --interval, not both")
+    cfg = load_config(config)
+    configure_prefect(cfg.work_dir)
+    _show_progress_lines()
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
+    if not api:
+        _fail("schedules need a Prefect server, and none is configured: run `prefect server start` in another "
+              "terminal, then `export PREFECT_API_URL=http://127.0.0.1:4200/api` and run this again")
+    from flows.schedules import serve
+
+    console.print(f"serving {config} against {api} (Ctrl-C stops and pauses the schedule)", highlight=False)
+    serve(config, cron=cron, interval=interval, to_stage=last, limit=limit)
+
 
 if __name__ == "__main__":
     main()

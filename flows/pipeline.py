@@ -58,6 +58,18 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
     return found
 
 
+def reads_upstream(cfg: Config, stage: str) -> bool:
+    """Whether ``stage`` run alone reads a dataset: crawl reads the web, and ingest without seeds its inputs."""
+    return not (stage == "crawl" or (stage == "ingest" and not CrawlStage(cfg.crawl).enabled))
+
+
+def stage_input(cfg: Config, stage: str, ref: str = "latest") -> dict[str, Any] | None:
+    """The dataset a stage started alone reads (see ``resolve_input``), or None where it reads none."""
+    if not reads_upstream(cfg, stage):
+        return None
+    return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref)
+
+
 @flow(name="crucible-pipeline", validate_parameters=False)
 def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                   upstream: dict[str, Any] | None = None, recrawl: bool = False) -> str:
@@ -83,4 +95,5 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     return run_id
 
 
-__all__ = ["pipeline_flow", "resolve_input", "code_version", "StageFailed", "TRIGGERS"]
+__all__ = ["pipeline_flow", "resolve_input", "stage_input", "reads_upstream", "code_version", "StageFailed",
+           "TRIGGERS"]

@@ -10,7 +10,7 @@ from tasks.registry import ORDER
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
-            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"]]
+            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
