@@ -32,7 +32,8 @@ from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
 from tasks.report import ReportStage
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
-from tasks.stage import ReduceStage, Stage, Unit, UnitFailed, prepare_output, run_reduce, run_scan, run_unit
+from tasks.stage import (ReduceStage, Stage, Unit, UnitFailed, UnitIndex, prepare_output, run_reduce, run_scan,
+                         run_unit)
 from tasks.train import TrainStage
 from warehouse.lineage import Warehouse
 
@@ -244,6 +245,14 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             bytes_in = upstream["bytes"]
         out_dir = dataset_dir(cfg, stage_name, key)
         prepare_output(out_dir)
+        unit_keys: dict[str, str] = {}
+        if isinstance(stage, IngestStage):  # a recrawl adds WARC files: read only those
+            by_uri = {f.uri: f for f in files}
+            unit_keys = {u.name: stage.unit_key(by_uri[u.sources[0].uri]) for u in units}
+            index = UnitIndex(cfg.work_dir / "datasets" / stage_name / "_units")
+            reused = sum(index.adopt(unit_keys[u.name], out_dir, u) is not None for u in units)
+            if reused:
+                say(f"{stage_name}: {reused} of {len(units)} input files were read by an earlier run; reusing those")
         facts: dict[str, Any] = {}
         if isinstance(stage, ReduceStage):
             scans, failures = _run_units(cfg, stage, units, out_dir, scan_unit_task, "scan")
@@ -284,13 +293,17 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             notes.update(r.notes)
         wh.record_funnel(stage_run_id, stage_name, dict(drops), dict(drop_bytes), dict(notes))
         wh.finish_stage(stage_run_id, status="completed", output_dataset_id=dataset_id, units=len(units),
-                        units_resumed=sum(r.resumed for r in results), shards_out=len(manifest.files),
+                        units_resumed=sum(r.resumed and not r.reused for r in results), shards_out=len(manifest.files),
                         docs_in=sum(r.docs_in for r in results), docs_out=manifest.records, bytes_in=bytes_in,
                         bytes_out=manifest.bytes, seconds=time.perf_counter() - t0)
-        resumed = sum(r.resumed for r in results)
+        for r in results:
+            if r.unit in unit_keys:
+                index.record(unit_keys[r.unit], out_dir, r.unit)
+        resumed = sum(r.resumed and not r.reused for r in results)
+        reused = sum(r.reused for r in results)
         say(f"{stage_name}: {manifest.records} records in {len(manifest.files)} shards from {len(units)} units"
-              f"{f' ({resumed} resumed)' if resumed else ''}, {sum(drops.values())} dropped, "
-              f"{time.perf_counter() - t0:.1f}s")
+            f"{f' ({resumed} resumed)' if resumed else ''}{f' ({reused} reused)' if reused else ''}, "
+            f"{sum(drops.values())} dropped, {time.perf_counter() - t0:.1f}s")
         return wh.dataset(dataset_id)
 
 

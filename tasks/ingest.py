@@ -388,6 +388,12 @@ class IngestStage(Stage):
     def plan(self, files: list[InputFile]) -> list[Unit]:  # type: ignore[override]
         return [Unit(i, (Source(f.uri),)) for i, f in enumerate(files)]
 
+    def unit_key(self, file: InputFile) -> str:
+        """What reading one input file depends on: the settings, the code, and that exact version of the file.
+        A later run over more files reuses every unit with a key it has seen (``tasks.stage.UnitIndex``)."""
+        return stable_hash({"stage": self.name, "config": self.config.model_dump(mode="json"),
+                            "code": self.code_version(), "file": [file.uri, file.size, file.version]})
+
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         uri = unit.sources[0].uri
         try:

@@ -119,6 +119,7 @@ class ShardResult:
     stats: dict[str, int] = field(default_factory=dict)  # other per-unit figures (tokens written), summed per stage
     seconds: float = 0.0
     resumed: bool = False
+    reused: bool = False  # adopted from an earlier dataset that ran the same unit on the same input
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

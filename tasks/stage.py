@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from abc import ABC, abstractmethod
+import os
+import shutil
 import sys
+from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from pydantic import BaseModel
 
 from tasks.config import stable_hash
 from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_batches, iter_rows,
-                          read_dataset_manifest, read_unit_manifest, remove_temp_files)
+                          read_dataset_manifest, read_unit_manifest, remove_temp_files, unit_manifest_path)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,52 @@ def run_reduce(stage: ReduceStage, out_dir: Path, scans: list[dict[str, Any]], s
     atomic_write_json(done, facts)
     stage.after_reduce(scratch)
     return facts
+
+
+class UnitIndex:
+    """Finished units by a key of their own (settings, code and the exact input, e.g. one WARC file's hash), so
+    that a later dataset whose input only grew takes over the units it shares with an earlier one instead of
+    running them again. One small JSON file per key, written atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def record(self, key: str, out_dir: Path, unit: str) -> None:
+        atomic_write_json(self.directory / f"{key}.json", {"dir": str(out_dir), "unit": unit})
+
+    def adopt(self, key: str, out_dir: Path, unit: Unit) -> ShardResult | None:
+        """Hard-link (or copy) the shards and drop log of an earlier finished unit with this key into ``out_dir``
+        as ``unit``, and write its manifest; None when there is none, or its files are gone."""
+        try:
+            found = json.loads((self.directory / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        earlier_dir, earlier = Path(found["dir"]), found["unit"]
+        if earlier_dir == Path(out_dir) and earlier == unit.name:
+            return None  # its own: run_unit finds it
+        done = read_unit_manifest(earlier_dir, earlier)
+        if done is None:
+            return None
+        rename = {f.name: unit.name + f.name[len(earlier):] for f in done.files}
+        if done.drops_file:
+            rename[done.drops_file] = unit.name + done.drops_file[len(earlier):]
+        for old, new in rename.items():
+            _link_or_copy(earlier_dir / old, Path(out_dir) / new)
+        adopted = replace(done, unit=unit.name, files=[replace(f, name=rename[f.name]) for f in done.files],
+                          drops_file=rename.get(done.drops_file) if done.drops_file else None, resumed=False,
+                          reused=True)
+        atomic_write_json(unit_manifest_path(Path(out_dir), unit.name), adopted.to_json())
+        return adopted
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def prepare_output(out_dir: Path) -> None:

@@ -1,4 +1,7 @@
 """Crawl -> ingest -> extract through the flows: the crawl log in the warehouse, and incremental recrawls."""
+import json
+from pathlib import Path
+
 import pytest
 
 from tasks.config import parse_config
@@ -44,6 +47,12 @@ def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
         third, _ = run(cfg, trigger="schedule")
         assert by_stage(third)["crawl"]["docs_out"] == 1
         assert not by_stage(third)["ingest"]["cache_hit"] and by_stage(third)["ingest"]["docs_out"] == 6
+        # ingest reads only the new WARC file; the first one's shards are taken over from the first run (linked)
+        out = Path(by_stage(third)["ingest"]["out_dir"])
+        units = [json.loads(p.read_text()) for p in sorted(out.glob("part-*.json"))]
+        assert [u["reused"] for u in units] == [True, False] and units[0]["docs_out"] == 5
+        earlier = Path(by_stage(first)["ingest"]["out_dir"]) / units[0]["files"][0]["name"]
+        assert (out / units[0]["files"][0]["name"]).samefile(earlier)
     outcomes = wh.query("SELECT outcome, count(*) AS n FROM crawl_log WHERE stage_run_id = ? GROUP BY 1",
                         [by_stage(second)["crawl"]["stage_run_id"]])
     assert "archived" not in {r["outcome"] for r in outcomes}
