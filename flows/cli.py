@@ -113,11 +113,14 @@ def _show_progress_lines() -> None:
 
 
 def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None, recrawl: bool = False) -> str:
-    configure_prefect(cfg.work_dir)
-    _show_progress_lines()
-    from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
+    """Run the pipeline flow, holding the warehouse's pipeline lock first: a busy warehouse is one clear line."""
+    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    with wh.pipeline_lock(cfg.warehouse.pipeline_wait_s):
+        configure_prefect(cfg.work_dir)
+        _show_progress_lines()
+        from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
 
-    return pipeline_flow(cfg, stages, trigger, upstream, recrawl)
+        return pipeline_flow(cfg, stages, trigger, upstream, recrawl)
 
 
 def _upstream(cfg, stage: str, ref: str, explicit: bool = False) -> dict | None:

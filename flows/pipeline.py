@@ -78,20 +78,22 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     A scheduled run always recrawls; otherwise an unchanged crawl is a cache hit unless ``recrawl`` is set.
     """
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
-    run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
-                          config_path=str(cfg.source) if cfg.source else None, code_version=code_version(),
-                          trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
-    say(f"pipeline run {run_id}: {' -> '.join(stages)}")
-    try:
-        for name in stages:
-            if name == "crawl" and not CrawlStage(cfg.crawl).enabled:
-                say("crawl: no seeds configured, skipped (ingest reads ingest.inputs)")
-                continue
-            upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
-    except BaseException as err:
-        wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])
-        raise
-    wh.finish_run(run_id, "completed")
+    with wh.pipeline_lock(cfg.warehouse.pipeline_wait_s) as claim:
+        run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
+                              config_path=str(cfg.source) if cfg.source else None, code_version=code_version(),
+                              trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
+        claim(run_id)
+        say(f"pipeline run {run_id}: {' -> '.join(stages)}")
+        try:
+            for name in stages:
+                if name == "crawl" and not CrawlStage(cfg.crawl).enabled:
+                    say("crawl: no seeds configured, skipped (ingest reads ingest.inputs)")
+                    continue
+                upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
+        except BaseException as err:
+            wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])
+            raise
+        wh.finish_run(run_id, "completed")
     return run_id
 
 

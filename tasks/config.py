@@ -37,6 +37,8 @@ class PathsConfig(Section):
 class WarehouseConfig(Section):
     path: Path | None = Field(None, description="DuckDB file; default <work_dir>/warehouse.duckdb.")
     lock_timeout_s: float = Field(60.0, gt=0, le=3600, description="How long to wait for another process's lock.")
+    pipeline_wait_s: float = Field(0.0, ge=0, le=86400, description=(
+        "How long a pipeline run waits for another one on the same warehouse to finish; then it fails naming it."))
 
 
 class RunnerConfig(Section):

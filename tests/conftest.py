@@ -40,3 +40,16 @@ def pydoc_warc(tmp_path_factory) -> Path:
     from tests.pydoc_pages import write_pydoc_warc
 
     return write_pydoc_warc(tmp_path_factory.mktemp("pydoc") / "pydoc.warc.gz", 60)
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    """Three small WARC files of generated pages (near-copies of each other, so dedup keeps few)."""
+    from tests.helpers import write_pages_warc
+
+    d = tmp_path / "in"
+    d.mkdir()
+    write_pages_warc(d / "a.warc.gz", 23)
+    write_pages_warc(d / "b.warc.gz", 3, start=100, paras=100)  # ~27 kB pages
+    write_pages_warc(d / "c.warc.gz", 9, start=200)
+    return d

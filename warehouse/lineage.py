@@ -11,6 +11,7 @@ read commands and the dashboard open it read-only the same way, so they work whi
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import duckdb
 
@@ -29,6 +30,10 @@ SCHEMA_VERSION_TABLE = "schema_version"
 
 class WarehouseError(RuntimeError):
     """The warehouse is missing, locked for too long, or asked for something it does not hold."""
+
+
+class PipelineBusy(WarehouseError):
+    """Another pipeline run writes this warehouse; the message names it."""
 
 
 def _now() -> datetime:
@@ -46,6 +51,33 @@ def _migrations() -> list[tuple[int, str]]:
         if entry.name.endswith(".sql"):
             found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
     return sorted(found)
+
+
+_HELD_LOCKS: dict[Path, list[Any]] = {}  # pipeline locks this process holds: path -> [file, depth]
+
+
+def _acquire(lock: Path, warehouse: Path, wait_s: float) -> Any:
+    fh = open(lock, "a+")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fh
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            fh.seek(0)
+            try:
+                holder = json.loads(fh.read() or "{}")
+            except ValueError:
+                holder = {}
+            fh.close()
+            who = (f"run {holder.get('run_id')} (pid {holder.get('pid')} on {holder.get('host')}, since "
+                   f"{holder.get('since')})") if holder else "another pipeline run"
+            waited = f" (waited {wait_s:g}s)" if wait_s else ""
+            raise PipelineBusy(f"{who} is writing {warehouse}{waited}: wait for it to finish, or set "
+                               "warehouse.pipeline_wait_s to queue behind it") from None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,13 +114,50 @@ class Warehouse:
                 if "lock" not in str(err).lower() or time.monotonic() > deadline:
                     raise WarehouseError(f"cannot open warehouse {self.path}: {err}") from None
                 time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, 0.1)  # short: a reader's gap between queries is enough
         try:
             if not read_only:
                 self._migrate(con)
             yield con
         finally:
             con.close()
+
+    @contextmanager
+    def pipeline_lock(self, wait_s: float = 0.0) -> Iterator[Callable[[str], None]]:
+        """Hold ``<warehouse>.pipeline.lock`` (flock, so a killed holder releases it) for a whole pipeline run.
+
+        Two runs on one warehouse would compute the same datasets into the same directories; the second waits up to
+        ``wait_s`` and then raises PipelineBusy naming the run that holds the lock. Yields ``claim(run_id)``, which
+        writes the holder's run id, pid and host into the lock file for that message. Re-entrant within a process
+        (the CLI takes it before starting the flow, which takes it again).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".pipeline.lock").resolve()
+        held = _HELD_LOCKS.get(lock)
+        if held is None:
+            held = [_acquire(lock, self.path, wait_s), 0]
+            _HELD_LOCKS[lock] = held
+        fh = held[0]
+        held[1] += 1
+
+        def claim(run_id: str) -> None:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": _now().isoformat(timespec="seconds")}))
+            fh.flush()
+
+        try:
+            if held[1] == 1:
+                claim("(starting)")
+            yield claim
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del _HELD_LOCKS[lock]
+                fh.seek(0)
+                fh.truncate()
+                fh.close()  # closing releases the flock
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_VERSION_TABLE} (version INTEGER, applied_at TIMESTAMPTZ)")

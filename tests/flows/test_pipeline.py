@@ -1,25 +1,13 @@
 """The orchestration contract: records, cache hits, reruns downstream of a change, failure propagation, runners."""
-from pathlib import Path
 
 import pytest
 
 from tasks.config import parse_config
 from tasks.registry import ORDER
 from tests.helpers import TINY_TRAIN, prose, prose_html
-from tests.helpers import write_pages_warc
 from warehouse.lineage import Warehouse
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-@pytest.fixture
-def inputs(tmp_path) -> Path:
-    d = tmp_path / "in"
-    d.mkdir()
-    write_pages_warc(d / "a.warc.gz", 23)
-    write_pages_warc(d / "b.warc.gz", 3, start=100, paras=100)  # ~27 kB pages
-    write_pages_warc(d / "c.warc.gz", 9, start=200)
-    return d
 
 
 DATA = ORDER[:ORDER.index("train")]  # the fixture's pages are near-copies: dedup leaves too few to train on
