@@ -443,10 +443,28 @@ def stable_hash(value: Any) -> str:
 # Loading
 
 
-def _format_errors(err: ValidationError, model: type[BaseModel]) -> list[str]:
+def _toml_line(text: str, loc: tuple) -> int | None:
+    """The line (1-based) that sets ``loc`` in a TOML text: ``key =`` under its ``[table]`` header, best effort."""
+    table, key = ".".join(str(p) for p in loc[:-1]), str(loc[-1])
+    current = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([^\[\]]+?)\s*\]$", stripped)
+        if header:
+            current = header.group(1).replace('"', "")
+            continue
+        if current == table and re.match(rf'^"?{re.escape(key)}"?\s*=', stripped):
+            return number
+    return None
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], text: str | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        number = _toml_line(text, e["loc"]) if text and e["loc"] else None
+        if number:
+            key = f"line {number}: {key}"
         if e["type"] == "extra_forbidden":
             parent = _model_at(model, e["loc"][:-1])
             allowed = ", ".join(sorted(parent.model_fields)) if parent else "?"
@@ -495,12 +513,14 @@ def _absolute(cfg: Config, base: Path) -> Config:
     })
 
 
-def parse_config(data: dict[str, Any], *, origin: str = "<config>", base: Path | None = None) -> Config:
-    """Validate a mapping into a Config; relative paths resolve against ``base`` (default: the current directory)."""
+def parse_config(data: dict[str, Any], *, origin: str = "<config>", base: Path | None = None,
+                 text: str | None = None) -> Config:
+    """Validate a mapping into a Config; relative paths resolve against ``base`` (default: the current directory).
+    With the TOML ``text`` it came from, each error names its line."""
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        detail = "\n  ".join(_format_errors(err, Config))
+        detail = "\n  ".join(_format_errors(err, Config, text))
         raise ConfigError(f"invalid config {origin}:\n  {detail}") from None
     return _absolute(cfg, (base or Path.cwd()).resolve())
 
@@ -516,5 +536,5 @@ def load_config(path: str | Path, *, base: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"invalid TOML in {path}: {err}") from None
-    cfg = parse_config(data, origin=str(path), base=base)
+    cfg = parse_config(data, origin=str(path), base=base, text=text)
     return cfg.model_copy(update={"source": path.resolve()})

@@ -58,6 +58,15 @@ def test_every_error_is_reported_at_once(tmp_path):
     assert "runner.workers" in str(err.value) and "runner.kind" in str(err.value)
 
 
+def test_each_error_names_the_line_that_set_the_value(tmp_path):
+    text = 'name = "x"\n\n[runner]\nkind = "threads"\nworkers = 0\n\n[train.model]\n"depth" = 0\n[ingest]\nmax_payload = 5\n'
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert "line 5: runner.workers" in message and "line 8: train.model.depth" in message
+    assert "line 10: ingest.max_payload: unknown key" in message
+
+
 def test_bad_toml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(write(tmp_path, "[ingest\n"))
