@@ -203,7 +203,8 @@ def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
     if done.is_file():
         return json.loads(done.read_text())
     scratch.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(scratch)
+    for stale in scratch.glob(f".tmp-*{unit.name}*"):  # a killed attempt's; other units' scans may be writing theirs
+        stale.unlink(missing_ok=True)
     try:
         facts = stage.scan(unit, scratch)
     except Exception as err:
@@ -272,5 +273,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def prepare_output(out_dir: Path) -> None:
+    """Before any unit starts: make the directory and delete what killed writers left (theirs alone)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_temp_files(out_dir)
+    if ReduceStage.scratch_dir(out_dir).is_dir():
+        remove_temp_files(ReduceStage.scratch_dir(out_dir))

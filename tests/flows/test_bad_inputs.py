@@ -42,3 +42,14 @@ def test_the_bad_input_corpus_passes_every_data_stage_and_every_drop_is_counted(
     extract = {r["url"]: r["reason"] for r in wh.query("SELECT url, reason FROM doc_drops WHERE stage = 'extract'")}
     assert extract["http://empty.example.org/1"] == "extract_empty"
     assert got["tokenize"]["docs_out"] > 0
+
+
+def test_a_broken_benchmark_line_is_named_by_file_and_line(tmp_path):
+    from click.testing import CliRunner
+
+    from flows.cli import main
+    from tests.bad_inputs import broken_benchmark
+
+    path = broken_benchmark(tmp_path / "bench")
+    result = CliRunner().invoke(main, ["benchmarks", "check", str(path.parent)])
+    assert result.exit_code == 1 and f"{path}:2:" in result.output and "Traceback" not in result.output
