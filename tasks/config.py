@@ -102,7 +102,8 @@ class CrawlConfig(Section):
 
 
 class IngestConfig(ShardedStageConfig):
-    inputs: list[str] = Field(default_factory=list, description="Paths, globs or fsspec URLs of WARC/ARC/WET files.")
+    inputs: list[str] = Field(default_factory=list, description=(
+        "Paths, globs or fsspec URLs of WARC/ARC/WET files, or of saved pages (.html/.htm/.xhtml, maybe .gz)."))
     mime_types: list[str] = Field(["text/html", "application/xhtml+xml"], min_length=1)
     http_statuses: list[int] = Field([200], description="HTTP statuses to keep; empty keeps every status.")
     keep_conversions: bool = Field(True, description="Keep WET 'conversion' records (plain text) as documents.")

@@ -19,6 +19,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
@@ -171,6 +172,18 @@ def _sniff(fh: IO[bytes]) -> bytes:
         except zlib.error:
             return b""
     return head.lstrip(b"\r\n")
+
+
+_HTML_FILE = re.compile(r"\.(html?|xhtml)(\.gz)?$", re.I)
+
+
+def is_html_file(uri: str) -> bool:
+    """A saved page rather than an archive, by its name."""
+    return bool(_HTML_FILE.search(uri))
+
+
+def _file_url(uri: str) -> str:
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
 
 
 def is_archive(fh: IO[bytes]) -> bool:
@@ -400,6 +413,13 @@ class IngestStage(Stage):
             opened = fsspec.open(uri, "rb").open()
         except OSError as err:
             raise UnitFailed(f"ingest {unit.name}: cannot open {uri}: {err}") from err
+        if is_html_file(uri):
+            with opened as fh:
+                doc = self.html_file(fh, uri, drops, result)
+            if doc is not None:
+                writer.add(doc)
+            result.bytes_in = _size_of(uri)
+            return
         with opened as fh:
             if not fh.seekable():
                 fh = io.BytesIO(fh.read())
@@ -408,6 +428,40 @@ class IngestStage(Stage):
             for record in self.records(fh, uri, drops, result):
                 writer.add(record)
         result.bytes_in = _size_of(uri)
+
+    def html_file(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> dict[str, Any] | None:
+        """A saved web page (``.html``, ``.htm``, ``.xhtml``, each maybe ``.gz``) is one document; its URL is the
+        file's, its fetch time the file's modification time."""
+        result.docs_in += 1
+        where = {"url": _file_url(uri), "warc_file": uri, "warc_offset": 0}
+        try:
+            raw = fh.read(self.config.max_payload_bytes + 1) if not uri.endswith(".gz") else \
+                gzip.GzipFile(fileobj=fh).read(self.config.max_payload_bytes + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            drops.add("read_error", detail=f"{type(err).__name__}: {err}", **where)
+            return None
+        if len(raw) > self.config.max_payload_bytes:
+            drops.add("payload_too_large", nbytes=len(raw), detail=f"> {self.config.max_payload_bytes} bytes", **where)
+            return None
+        if not raw.strip():
+            drops.add("empty_payload", **where)
+            return None
+        if looks_binary(raw):
+            drops.add("binary_payload", nbytes=len(raw), **where)
+            return None
+        text, charset, fell_back = decode_html(raw, None)
+        if fell_back:
+            result.notes["charset_fallback"] = result.notes.get("charset_fallback", 0) + 1
+        fetch_time = None
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(uri)
+            mtime = fs.modified(paths[0])
+            fetch_time = mtime if mtime.tzinfo else mtime.replace(tzinfo=timezone.utc)
+        except (OSError, NotImplementedError, AttributeError):
+            result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
+        return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
+                "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,
+                "content_type": "text/html", "charset": charset, "html": text}
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""

@@ -227,3 +227,21 @@ def test_looks_binary():
     assert looks_binary(b"\x89PNG\r\n\x1a\n" + bytes(300))
     assert not looks_binary(page("Text").encode())
     assert not looks_binary("<p>é ü 中文</p>".encode("utf-16"))
+
+
+def test_saved_html_pages_are_one_document_each(tmp_path):
+    import gzip as gz
+
+    (tmp_path / "a.html").write_bytes(page("Plain page").encode("cp1252"))
+    (tmp_path / "b.htm.gz").write_bytes(gz.compress(page("Gzipped page").encode()))
+    (tmp_path / "empty.html").write_bytes(b"  \n")
+    (tmp_path / "cut.html.gz").write_bytes(gz.compress(page("Cut").encode())[:60])
+    stage = IngestStage(IngestConfig(inputs=[str(tmp_path / "*")]))
+    results = [run_unit(stage, u, tmp_path / "out") for u in stage.plan(stage.sources([]))]
+    assert sum(r.docs_in for r in results) == 4 and sum(r.docs_out for r in results) == 2
+    drops = {k: v for r in results for k, v in r.drops.items()}
+    assert drops == {"empty_payload": 1, "read_error": 1}
+    rows = [row for f in sorted((tmp_path / "out").glob("part-*-0*.parquet")) for row in pq.read_table(f).to_pylist()]
+    first = next(r for r in rows if r["warc_file"].endswith("a.html"))
+    assert first["url"] == (tmp_path / "a.html").as_uri() and "Plain page" in first["html"]
+    assert first["fetch_time"] is not None and first["warc_offset"] == 0
