@@ -1,0 +1,162 @@
+"""The whole data path, ingest -> token shards, through Prefect, against the sum of the bare library calls.
+
+    python benchmarks/data_path.py                 # the real archives in ../shared/corpora/warc, 1 and 2 workers
+    python benchmarks/data_path.py --repeats 3 --copies 2
+
+"stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
+`crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
+drop logs, the warehouse), in a fresh work directory each time. "bare": the library calls that do the same
+document work, chained in plain loops: warcio (iterate, read each HTML response), trafilatura (through the same
+extraction settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
+encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
+duplicate clustering, the benchmark n-gram lookup, which have no library floor), so the ratio bounds its overhead
+from above. Stock warcio stops at the first damaged record of a file, so the bare chain reads fewer documents
+than ingest does: the ratio is of documents per second. Two bare workers are a process pool over the documents.
+Runs alternate; figures are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import io
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flows import configure_prefect  # noqa: E402
+
+WARC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "warc"
+STAGES = ["ingest", "extract", "language", "quality", "dedup", "decontaminate", "tokenize"]
+
+
+def inputs(copies: int, tmp: Path) -> list[str]:
+    files = sorted(f for p in ("*.warc", "*.warc.gz", "*.arc") for f in glob.glob(str(WARC / "**" / p), recursive=True))
+    if copies == 1:
+        return files
+    out = []
+    for c in range(copies):  # the same archives under other names: more work, same kind
+        for i, f in enumerate(files):
+            dst = tmp / "copies" / f"{c}-{i}-{Path(f).name}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(Path(f).read_bytes())
+            out.append(str(dst))
+    return out
+
+
+def _pages(path: str) -> list[tuple[str, str]]:
+    from tasks.ingest import decode_html, read_payload
+    from warcio.archiveiterator import ArchiveIterator
+
+    pages = []
+    with open(path, "rb") as fh, contextlib.redirect_stderr(io.StringIO()):  # warcio's warnings on damaged records
+        try:
+            for rec in ArchiveIterator(fh, arc2warc=True):
+                if rec.rec_type != "response" or rec.http_headers is None:
+                    continue
+                if "html" not in (rec.http_headers.get_header("Content-Type") or ""):
+                    continue
+                body = read_payload(rec, 10 * 2**20)
+                if body.strip():
+                    pages.append((decode_html(body, None)[0], rec.rec_headers.get_header("WARC-Target-URI")))
+        except Exception:  # stock warcio stops at the first damaged record; the stage goes on (its extra work)
+            pass
+    return pages
+
+
+def _document(page: tuple[str, str]):
+    """extract -> language -> MinHash for one page; the text if it is kept."""
+    from datasketch import MinHash
+    from tasks.config import ExtractConfig
+    from tasks.extract import extract
+    from tasks.language import classify
+
+    text, _ = extract(page[0], page[1], ExtractConfig())
+    if not text:
+        return None
+    lang, _score = classify(text)
+    words = text.split()
+    grams = [" ".join(words[i:i + 5]).encode() for i in range(max(1, len(words) - 4))]
+    MinHash.bulk([grams], num_perm=112)
+    return text if lang == "en" else None
+
+
+def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
+    from tasks.tokenizer import TiktokenEncoder, train_bpe
+
+    t0 = time.perf_counter()
+    if workers == 1:
+        pages = [p for f in files for p in _pages(f)]
+        texts = [_document(p) for p in pages]
+    else:
+        with ProcessPoolExecutor(workers) as ex:
+            pages = [p for ps in ex.map(_pages, files) for p in ps]
+            texts = list(ex.map(_document, pages, chunksize=4))
+    kept = [t for t in texts if t]
+    tok = train_bpe(kept, vocab, ["<|bos|>"])
+    TiktokenEncoder(tok).encode_batch(kept)
+    return time.perf_counter() - t0, len(pages)
+
+
+def stage(files: list[str], workers: int, tmp: Path, n: int) -> tuple[float, int]:
+    from flows.pipeline import pipeline_flow
+    from tasks.config import parse_config
+    from warehouse.lineage import Warehouse
+
+    cfg = parse_config({"paths": {"work_dir": str(tmp / f"work-{workers}-{n}")},
+                        "runner": {"kind": "threads", "workers": workers},
+                        "ingest": {"inputs": files, "shard_max_docs": 200},
+                        "extract": {"shard_max_docs": 50}, "quality": {"c4_drop_curly_bracket": False}})
+    t0 = time.perf_counter()
+    run_id = pipeline_flow(cfg, STAGES, "manual", None)
+    seconds = time.perf_counter() - t0
+    runs = Warehouse(cfg.warehouse_path).stage_runs(run_id)
+    return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=1, help="the archives this many times over")
+    args = parser.parse_args()
+    if not WARC.exists():
+        sys.exit(f"{WARC} is absent: the real archives live in ../shared beside the checkout")
+    tmp = Path(tempfile.mkdtemp(prefix="crucible-datapath-"))
+    configure_prefect(tmp)
+    import logging
+
+    logging.getLogger("crucible").setLevel(logging.WARNING)
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.config import TokenizeConfig
+
+    files = inputs(args.copies, tmp)
+    vocab = TokenizeConfig().vocab_size
+    print(f"{len(files)} archive files; medians of {args.repeats} alternating runs")
+    print(f"{'workers':>8}{'docs':>7}{'bare s':>8}{'docs':>7}{'stage s':>8}{'bare docs/s':>13}{'stage docs/s':>14}"
+          f"{'stage/bare':>12}")
+    medians = {}
+    with prefect_test_harness(server_startup_timeout=120):
+        stage(files, 1, tmp, -1)  # warm: the first flow run pays Prefect's start-up
+        for workers in (1, 2):
+            b, s, docs_b, docs_s = [], [], 0, 0
+            for n in range(args.repeats):
+                seconds, docs_b = bare(files, workers, vocab)
+                b.append(seconds)
+                seconds, docs_s = stage(files, workers, tmp, n)
+                s.append(seconds)
+            bm, sm = statistics.median(b), statistics.median(s)
+            medians[workers] = (bm, sm)
+            print(f"{workers:>8}{docs_b:>7}{bm:>8.1f}{docs_s:>7}{sm:>8.1f}{docs_b / bm:>13.1f}{docs_s / sm:>14.1f}"
+                  f"{(docs_s / sm) / (docs_b / bm):>11.2f}x", flush=True)
+    (b1, s1), (b2, s2) = medians[1], medians[2]
+    print(f"2 vs 1 worker: bare {b1 / b2:.2f}x, stage {s1 / s2:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
