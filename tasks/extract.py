@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -155,6 +156,23 @@ def extractor_for(cfg: ExtractConfig) -> IsolatedExtractor:
     return cache[key]
 
 
+MAX_PARSER_DEPTH = 255  # libxml2's HTML parser keeps no deeper elements (without XML_PARSE_HUGE)
+_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*?(/?)>")
+_VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+
+
+def nesting_depth(html: str) -> int:
+    """The deepest element nesting in a page, counted from its tags (void and self-closed elements add none)."""
+    depth = deepest = 0
+    for closing, name, self_closed in _TAG.findall(html):
+        if closing:
+            depth = max(0, depth - 1)
+        elif not self_closed and name.lower() not in _VOID:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
+
+
 class ExtractStage(Stage):
     name = "extract"
     upstream = "ingest"
@@ -179,7 +197,11 @@ class ExtractStage(Stage):
                 title, text = value
             text = text.strip()
             if len(text) < self.config.min_text_chars:
-                drops.add_record("extract_empty", row, nbytes=len(html))
+                depth = nesting_depth(html) if len(html) > 10_000 else 0
+                if depth > MAX_PARSER_DEPTH:  # libxml2 stops building the tree there: the text was out of reach
+                    drops.add_record("extract_too_deep", row, nbytes=len(html), detail=f"elements nested {depth} deep")
+                else:
+                    drops.add_record("extract_empty", row, nbytes=len(html))
                 continue
             writer.add({**row, "title": title, "text": text})
 

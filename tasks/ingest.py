@@ -53,6 +53,8 @@ _GZIP_MAGIC = b"\x1f\x8b\x08"
 _PIECE = 64 * 1024  # compressed bytes fed to the inflater at a time: most records fit in one piece
 _ARC_HEADER = re.compile(rb"^\S+://\S* \S+ \d{14} \S+ \d+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+# A whole WARC record header inside a payload: the record's Content-Length ran over the records that follow it.
+_EMBEDDED_RECORD = re.compile(rb"\r?\n\r?\nWARC/1\.[01]\r\n(?:[A-Za-z-]+: [^\r\n]*\r\n){1,30}?Content-Length: \d+\r\n")
 _RECORD_START = re.compile(rb"(?m)^(WARC/[0-9.]+\r?\n|\S+://\S* \S+ \d{14} \S+ \d+\r?\n)")
 
 
@@ -104,6 +106,10 @@ class _SpecLoader(ArcWarcRecordLoader):
         if rec_type == "response" and self._content_type and not self._content_type.startswith("application/http"):
             return None
         return super().load_http_headers(rec_type, uri, stream, length)
+
+
+class _Overrun(Exception):
+    """Raised for a record whose declared length swallowed the records after it (already counted as a drop)."""
 
 
 class _TolerantIterator(ArchiveIterator):
@@ -501,19 +507,24 @@ class IngestStage(Stage):
             it = _TolerantIterator(fh, arc2warc=True)
             offset = start
             try:
+                start = None
                 for rec in it:
                     offset = it.offset  # where this record starts; warcio moves it on at the next record
                     where = base + offset if exact_offsets else base
                     result.docs_in += 1
                     try:
                         doc = self._record(rec, uri, where, drops, notes)
+                    except _Overrun:  # its Content-Length swallowed the records after it: read those again
+                        start = _next_header_offset(fh, offset) if fh.seekable() else None
+                        if start is not None:
+                            break
+                        continue
                     except Exception as err:  # one odd record must not cost the file
                         drops.add("record_error", warc_file=uri, warc_offset=where,
                                   detail=f"{type(err).__name__}: {err}")
                         continue
                     if doc is not None:
                         yield doc
-                start = None
             except Exception as err:  # garbage between records, malformed headers, a stream cut short
                 result.docs_in += 1
                 resyncs += 1
@@ -566,6 +577,12 @@ class IngestStage(Stage):
         except Exception as err:  # a broken gzip/brotli/chunked body spoils this record only
             drops.add("content_decoding_error", detail=f"{type(err).__name__}: {err}", **where)
             return None
+        embedded = _EMBEDDED_RECORD.search(body) if b"WARC/1." in body else None
+        if embedded is not None:
+            drops.add("content_length_overrun", nbytes=len(body), **where,
+                      detail=f"a record header {embedded.start()} bytes into the payload: the declared length "
+                             "ran over the records after it, which are read again")
+            raise _Overrun()
         if len(body) > cfg.max_payload_bytes:
             drops.add("payload_too_large", nbytes=len(body), detail=f"> {cfg.max_payload_bytes} bytes", **where)
             return None

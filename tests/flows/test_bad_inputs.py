@@ -30,6 +30,7 @@ def test_the_bad_input_corpus_passes_every_data_stage_and_every_drop_is_counted(
     ingest = {f["reason"]: f["docs"] for f in funnel if f["stage"] == "ingest"}
     assert ingest["read_error"] == 3  # two runs of garbage, one truncated member
     assert ingest["payload_too_large"] == 1 and ingest["binary_payload"] == 3 and ingest["empty_payload"] == 3
+    assert ingest["content_length_overrun"] == 1  # and the records it swallowed are read again:
     assert ingest["invalid_date"] == 3 and ingest["charset_fallback"] >= 1  # kept, repaired, and noted
     kept = {r["url"] for r in wh.query("SELECT url FROM docs_extract")}
     for url in ["http://dates.example.org/0", "http://dates.example.org/1", "http://dates.example.org/2",
@@ -37,10 +38,12 @@ def test_the_bad_input_corpus_passes_every_data_stage_and_every_drop_is_counted(
                 "http://cs.example.org/utf8-said-sjis", "http://cs.example.org/missing", "http://cs.example.org/bom",
                 "http://good.example.org/garbage-a/1", "http://good.example.org/garbage-b/0",
                 "http://good.example.org/truncated/1", "http://good.example.org/large/0",
-                "http://good.example.org/empty/1"]:
+                "http://good.example.org/empty/1", "http://good.example.org/lengths-b/0",
+                "http://good.example.org/lengths-b/1"]:
         assert url in kept, url
     extract = {r["url"]: r["reason"] for r in wh.query("SELECT url, reason FROM doc_drops WHERE stage = 'extract'")}
     assert extract["http://empty.example.org/1"] == "extract_empty"
+    assert extract["http://large.example.org/deep"] == "extract_too_deep"  # 100,000 levels: past libxml2's 255
     assert got["tokenize"]["docs_out"] > 0
 
 

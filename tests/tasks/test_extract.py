@@ -52,7 +52,7 @@ def test_pathological_html_gives_counted_drops_not_crashes_or_hangs(tmp_path):
              ("text/html", page("After the storm", 5))]
     rows, drops = extract(tmp_path, pages, cpu_time_limit_s=2)
     assert drops["d1"] == "extract_timeout"
-    assert drops.get("d0") in (None, "extract_empty")
+    assert drops.get("d0") == "extract_too_deep"  # libxml2 keeps 255 levels: the text is out of reach
     assert rows[-1]["title"] == "After the storm"  # the worker was replaced and went on
     assert len(rows) + len(drops) == 5
 
