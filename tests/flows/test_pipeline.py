@@ -245,7 +245,9 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     assert per_task == {task: len(items) for task, items in _SMOKE.items()}  # every item of the smoke set
     figures = {f["name"]: f["value"] for f in wh.stage_facts(run_id) if f["stage"] == "evaluate"}
     assert figures["evaluate.contaminated_items.copa"] == 1 and figures["evaluate.contaminated_items.piqa"] == 0
-    assert "evaluate.core7" in figures and "evaluate.val_bpb" not in figures  # no val split in 6 documents
+    # record ids are random, so whether any of these few documents falls in the held-out split varies from run to run
+    val_docs = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}.get("tokenize.val_docs", 0)
+    assert "evaluate.core7" in figures and ("evaluate.val_bpb" in figures) == (val_docs > 0)
     import re
 
     report = cfg.report.dir / run_id / "report.html"
