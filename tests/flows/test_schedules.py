@@ -81,8 +81,12 @@ def test_serve_registers_deployments_and_a_scheduled_run_completes(tmp_path, pre
             assert {d.name for d in found} == {"c", *(f"c-{stage}" for stage in ORDER)}
 
             # The scheduler service's job, which the test server does not run: make the schedule's next run.
-            httpx.post(f"{prefect_harness}/deployments/{pipeline.id}/schedule", json={"max_runs": 1},
-                       timeout=30).raise_for_status()
+            def schedule():  # the test server answers 503 while its SQLite is busy; Prefect's client retries those too
+                answer = httpx.post(f"{prefect_harness}/deployments/{pipeline.id}/schedule", json={"max_runs": 1},
+                                    timeout=30)
+                return answer if answer.status_code != 503 else None
+
+            _wait("the schedule call", schedule, 60, log).raise_for_status()
             runs = client.read_flow_runs(limit=10, sort=FlowRunSort.START_TIME_DESC)
             scheduled = [r for r in runs if r.deployment_id == pipeline.id]
             assert len(scheduled) == 1 and scheduled[0].auto_scheduled
