@@ -435,6 +435,19 @@ class IngestStage(Stage):
                 writer.add(record)
         result.bytes_in = _size_of(uri)
 
+    def _unusable(self, body: bytes, drops: DropLog, where: dict[str, Any]) -> bool:
+        """Count a payload that is too large, empty or binary as a drop with its reason; True if it was one."""
+        limit = self.config.max_payload_bytes
+        if len(body) > limit:
+            drops.add("payload_too_large", nbytes=len(body), detail=f"> {limit} bytes", **where)
+        elif not body.strip():
+            drops.add("empty_payload", **where)
+        elif looks_binary(body):
+            drops.add("binary_payload", nbytes=len(body), **where)
+        else:
+            return False
+        return True
+
     def html_file(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> dict[str, Any] | None:
         """A saved web page (``.html``, ``.htm``, ``.xhtml``, each maybe ``.gz``) is one document; its URL is the
         file's, its fetch time the file's modification time."""
@@ -446,14 +459,7 @@ class IngestStage(Stage):
         except (OSError, EOFError, zlib.error) as err:
             drops.add("read_error", detail=f"{type(err).__name__}: {err}", **where)
             return None
-        if len(raw) > self.config.max_payload_bytes:
-            drops.add("payload_too_large", nbytes=len(raw), detail=f"> {self.config.max_payload_bytes} bytes", **where)
-            return None
-        if not raw.strip():
-            drops.add("empty_payload", **where)
-            return None
-        if looks_binary(raw):
-            drops.add("binary_payload", nbytes=len(raw), **where)
+        if self._unusable(raw, drops, where):
             return None
         text, charset, fell_back = decode_html(raw, None)
         if fell_back:
@@ -583,14 +589,7 @@ class IngestStage(Stage):
                       detail=f"a record header {embedded.start()} bytes into the payload: the declared length "
                              "ran over the records after it, which are read again")
             raise _Overrun()
-        if len(body) > cfg.max_payload_bytes:
-            drops.add("payload_too_large", nbytes=len(body), detail=f"> {cfg.max_payload_bytes} bytes", **where)
-            return None
-        if not body.strip():
-            drops.add("empty_payload", **where)
-            return None
-        if looks_binary(body):
-            drops.add("binary_payload", nbytes=len(body), **where)
+        if self._unusable(body, drops, where):
             return None
 
         record_id = rec.rec_headers.get_header("WARC-Record-ID")
