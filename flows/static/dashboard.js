@@ -80,7 +80,8 @@ function funnel(stages, drops) {
   const rows = stages.filter((s) => s.status === "completed" && s.docs_out != null
     && !["train", "evaluate", "report"].includes(s.stage));
   if (!rows.length) return `<p class="muted">No stage has finished yet.</p>`;
-  const top = Math.max(...rows.map((s) => Math.max(s.docs_in || 0, s.docs_out || 0)), 1);
+  // bars are to scale with the largest output: ingest's input counts every WARC record, requests included
+  const top = Math.max(...rows.map((s) => s.docs_out || 0), 1);
   return rows.map((s) => {
     const reasons = drops.filter((d) => d.stage === s.stage && d.dropped)
       .map((d) => `${esc(d.reason)} ${num(d.docs)}`).join(" · ");
