@@ -662,7 +662,7 @@ def serve_cmd(config: str, cron: str | None, interval: float | None, last: str |
     Schedules need a Prefect server, whose scheduler creates the runs: start one with `prefect server start` (UI
     and API on http://127.0.0.1:4200) and point Crucible at it with PREFECT_API_URL.
 
-    
+    \b
     Example:
         prefect server start &                       # the UI: http://127.0.0.1:4200
         export PREFECT_API_URL=http://127.0.0.1:4200/api

@@ -469,7 +469,7 @@ class IngestStage(Stage):
             fs, _, paths = fsspec.get_fs_token_paths(uri)
             mtime = fs.modified(paths[0])
             fetch_time = mtime if mtime.tzinfo else mtime.replace(tzinfo=timezone.utc)
-        except (OSError, NotImplementedError, AttributeError):
+        except (OSError, NotImplementedError):  # a file system that keeps no times: kept, undated, counted
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,

@@ -225,7 +225,8 @@ class Warehouse:
         with self.connect() as con:
             con.execute(
                 "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash,"
-                " code_version, input_dataset_ids, status, started_at, out_dir) VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
+                " code_version, input_dataset_ids, status, started_at, out_dir)"
+                " VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
                 [stage_run_id, run_id, stage, stage_key, json.dumps(params, sort_keys=True), params_hash,
                  code_version, input_dataset_ids, _now(), str(out_dir) if out_dir is not None else None])
         return stage_run_id
