@@ -537,18 +537,24 @@ def check_shards(dataset: str, warehouse_path: str | None, config_path: str | No
 @main.command("export")
 @click.argument("checkpoint", metavar="CHECKPOINT")
 @click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Replace an earlier export in OUT_DIR (never a directory holding "
+                                            "anything else).")
 @warehouse_option
 @_handle_errors
-def export_cmd(checkpoint: str, out_dir: str, warehouse_path: str | None, config_path: str | None) -> None:
+def export_cmd(checkpoint: str, out_dir: str, force: bool, warehouse_path: str | None,
+               config_path: str | None) -> None:
     """Write a checkpoint as a Hugging Face LlamaForCausalLM directory (safetensors, config, tokenizer).
 
     CHECKPOINT is a checkpoint dataset id (see `crucible lineage`), 'latest' (the newest train output) or a
     checkpoint directory. transformers' AutoModelForCausalLM and AutoTokenizer load OUT_DIR offline. A model with an
     option Llama cannot express (qk_norm, relu2, norm_weight = false, logit_softcap) is refused with the reasons.
+    OUT_DIR must be new or empty; --force replaces an earlier export there, and nothing else is ever deleted (a
+    directory holding other files, the current directory and the home directory are refused).
 
     \b
     Example:
         crucible export latest exported/
+        crucible export latest exported/ --force
         crucible export checkpoint-3f2a9c1b0d4e-0000200 exported/
         crucible export work/train/3f2a9c1b0d4e1234/checkpoints/step-0000200 exported/
     """
@@ -556,7 +562,7 @@ def export_cmd(checkpoint: str, out_dir: str, warehouse_path: str | None, config
 
     directory = _dataset_dir(checkpoint, "train", warehouse_path, config_path)
     try:
-        written = export(directory, Path(out_dir))
+        written = export(directory, Path(out_dir), force=force)
     except ExportError as err:
         _fail(str(err))
     console.print(f"exported {directory} to {written}", highlight=False)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
-import brotli
 import fsspec
 import pyarrow as pa
 from warcio.archiveiterator import ArchiveIterator
@@ -31,6 +30,7 @@ from warcio.bufferedreaders import ChunkedDataReader
 from warcio.recordloader import ArcWarcRecordLoader
 
 from tasks.config import IngestConfig, stable_hash
+from tasks.encodings import EncodingRefused, decode_all
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Source, Stage, Unit, UnitFailed
 
@@ -48,7 +48,7 @@ SOURCE_FIELDS = [
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("charset", pa.string()), pa.field("html", pa.large_string())])
 
 MAX_RESYNCS = 10_000  # per file; past this the rest of a hopeless file is one counted skip
-MAX_MEMBER_BYTES = 256 * 2**20  # a larger gzip member means the file is one gzip stream, read as such
+MAX_MEMBER_BYTES = 64 * 2**20  # a larger gzip member means the file is one gzip stream (or a bomb): streamed
 _GZIP_MAGIC = b"\x1f\x8b\x08"
 _PIECE = 64 * 1024  # compressed bytes fed to the inflater at a time: most records fit in one piece
 _ARC_HEADER = re.compile(rb"^\S+://\S* \S+ \d{14} \S+ \d+")
@@ -288,8 +288,8 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
                 continue
             view = memoryview(buf)[used:used + _PIECE]
             used += len(view)
-            try:
-                data = inflater.decompress(view)
+            try:  # bounded output: one piece of a bomb could otherwise inflate to 1000x its size
+                data = inflater.decompress(view, max_member - size + 1)
             except zlib.error:
                 damage = "corrupt"
                 break
@@ -299,6 +299,7 @@ def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMB
             size += len(data)
             if size > max_member:
                 raise _SingleStream(base + pos)
+            used -= len(inflater.unconsumed_tail)  # none is left unless the output filled max_length
         if damage == "truncated":
             yield Member(base + pos, damage=damage, end=base + used)
             return
@@ -580,6 +581,9 @@ class IngestStage(Stage):
 
         try:
             body = read_payload(rec, cfg.max_payload_bytes + 1)
+        except EncodingRefused as err:
+            drops.add(err.reason, detail=str(err), **where)
+            return None
         except Exception as err:  # a broken gzip/brotli/chunked body spoils this record only
             drops.add("content_decoding_error", detail=f"{type(err).__name__}: {err}", **where)
             return None
@@ -612,19 +616,19 @@ class IngestStage(Stage):
 
 
 def read_payload(rec, limit: int) -> bytes:
-    """The payload with transfer and content encodings undone, at most ``limit`` bytes.
+    """The payload with transfer and content encodings undone, at most ``limit`` DECODED bytes.
 
-    warcio decodes chunked, gzip and deflate itself; its brotli path does not work with brotli >= 1.1, so that one
-    is done here.
+    The record's raw bytes are de-chunked and decoded here (tasks/encodings.py), not by warcio, so a small
+    compressed body that inflates to gigabytes costs at most ``limit`` bytes of memory; stacked compressions raise
+    EncodingRefused.
     """
     http = rec.http_headers
-    encoding = (http.get_header("Content-Encoding") or "").strip().lower() if http else ""
-    if encoding != "br":
-        return rec.content_stream().read(limit)
     raw = rec.raw_stream
-    if (http.get_header("Transfer-Encoding") or "").lower() == "chunked":
+    if http is not None and (http.get_header("Transfer-Encoding") or "").strip().lower() == "chunked":
         raw = ChunkedDataReader(raw, decomp_type=None)
-    return brotli.Decompressor().process(raw.read(limit))[:limit]
+    header = http.get_header("Content-Encoding") if http is not None else None
+    body, _ = decode_all(header, iter(lambda: raw.read(_PIECE), b""), limit)
+    return body
 
 
 def _size_of(uri: str) -> int:

@@ -1,4 +1,4 @@
-"""model/train.py and model/export.py: schedule, decoupled decay, checkpoints, kill-and-resume, DDP, export."""
+"""model/train.py: schedule, decoupled decay, checkpoints, kill-and-resume, DDP."""
 import json
 import math
 import os
@@ -149,32 +149,6 @@ def test_two_gloo_ranks_under_torchrun_match_one_process_on_the_same_global_batc
     wb = torch.load(tmp_path / "two" / "checkpoints" / "step-0000008" / "model.pt")
     for name in wa:
         assert torch.allclose(wa[name], wb[name], atol=1e-5), name
-
-
-def test_the_export_loads_in_transformers_with_the_same_logits_and_ids(tmp_path, data):
-    transformers = pytest.importorskip("transformers")
-    from model.export import ExportError, export
-    from tasks.tokenize import load_encoder
-
-    finish(train(run_args(tmp_path, data, max_steps=4, eval_every=0)))
-    ckpt = tmp_path / "run" / "checkpoints" / "step-0000004"
-    hf_dir = export(ckpt, tmp_path / "hf")
-    model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=torch.float32)
-    tok = transformers.AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
-    text = "Page 7: the harbour master counted 21 boats, and the river rose again."
-    _, ours = load_encoder(data / "_reduce" / "tokenizer.json", "tiktoken")
-    ids = tok(text)["input_ids"]
-    assert ids == ours.encode_batch([text])[0]
-    state = json.loads((ckpt / "state.json").read_text())
-    gpt = GPT(GPTConfig(**state["model"]))
-    gpt.load_state_dict(torch.load(ckpt / "model.pt"))
-    x = torch.tensor([[0] + ids])
-    with torch.no_grad():
-        assert (gpt.eval()(x) - model.eval()(x).logits).abs().max().item() < 1e-4
-    state["model"]["qk_norm"] = True
-    (ckpt / "state.json").write_text(json.dumps(state))
-    with pytest.raises(ExportError, match="qk_norm"):
-        export(ckpt, tmp_path / "refused")
 
 
 @pytest.mark.slow
