@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from flows.runners import task_runner
 from tasks.benchmarks import ensure_smoke, smoke_dir
 from tasks.config import Config, stable_hash
-from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files
+from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files, recover
 from tasks.evaluate import EvaluateStage
 from tasks.ingest import IngestStage, InputFile
 from tasks.registry import stage_class
@@ -171,12 +171,15 @@ def run_crawl(cfg: Config, stage: CrawlStage, run_id: str, wh: Warehouse, recraw
         if hit is not None and all(Path(f["path"]).is_file() for f in wh.dataset_files(hit["dataset_id"])):
             say(f"crawl: cache hit {hit['dataset_id']} (recrawl with `crucible stage crawl` or `run --recrawl`)")
             return _finish_cache_hit(wh, stage_run_id, hit, t0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        recovered = wh.record_crawl_log(stage_run_id, job, recover(out_dir))
+        if recovered:
+            say(f"crawl: {recovered} fetches of an interrupted crawl recovered from its durable log parts")
         seen = {r["url"]: SeenPage(r["depth"], r["etag"], r["last_modified"], r["payload_digest"])
                 for r in wh.seen_pages(job, VISITED)}
         say(f"crawl: job {job}, {len(stage.seeds())} seeds, {len(seen)} pages known from earlier crawls")
         result = crawl_task(stage, str(out_dir), seen)
-        if result.log_file is not None:
-            wh.record_crawl_log(stage_run_id, job, result.log_file)
+        wh.record_crawl_log(stage_run_id, job, result.log_files)
         files = job_files(out_dir)
         fp = stable_hash([[Path(p).name, sha] for p, _, sha in files])
         dataset_id = f"crawl-{fp[:12]}"

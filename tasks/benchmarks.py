@@ -93,23 +93,39 @@ def item_kind(item: Any) -> str:
                      "context_options/continuation/gold or context/continuation")
 
 
+MAX_ITEM_BYTES = 1 << 20  # the largest real item (a lambada passage) is a few KB; more is not a benchmark item
+MAX_FILE_BYTES = 256 << 20  # a fetched file larger than this is refused before it is stored
+
+
 def read_items(path: Path) -> list[dict[str, Any]]:
-    """Every item of one file, validated; a bad line is an error naming the file and line number."""
+    """Every item of one file, validated; a bad line is an error naming the file and line number.
+
+    The file is read a line at a time and a line is read at most ``MAX_ITEM_BYTES`` deep, so a huge line costs
+    no more memory than that before it is refused.
+    """
     items = []
     kinds = set()
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        fh = open(path, "rb")
+    except OSError as err:
         raise BenchmarkError(f"{path}: cannot read: {err}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            kinds.add(item_kind(item))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise BenchmarkError(f"{path}:{number}: {err}") from None
-        items.append(item)
+    with fh:
+        for number, raw in enumerate(iter(lambda: fh.readline(MAX_ITEM_BYTES + 1), b""), 1):
+            if len(raw) > MAX_ITEM_BYTES:
+                raise BenchmarkError(f"{path}:{number}: a line longer than {MAX_ITEM_BYTES:,} bytes is not a "
+                                     "benchmark item")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise BenchmarkError(f"{path}:{number}: not UTF-8: {err}") from None
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                kinds.add(item_kind(item))
+            except (json.JSONDecodeError, ValueError) as err:
+                raise BenchmarkError(f"{path}:{number}: {err}") from None
+            items.append(item)
     if len(kinds) > 1:
         raise BenchmarkError(f"{path}: mixes item formats {sorted(kinds)}")
     return items
@@ -258,9 +274,11 @@ def fetch(base_url: str, directory: Path, tasks: list[str] | None = None, timeou
         url = f"{base_url.rstrip('/')}/{task}.jsonl"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
-                body = response.read()
+                body = response.read(MAX_FILE_BYTES + 1)
         except OSError as err:
             raise BenchmarkError(f"cannot fetch {url}: {err}") from None
+        if len(body) > MAX_FILE_BYTES:
+            raise BenchmarkError(f"{url}: larger than {MAX_FILE_BYTES:,} bytes, not a benchmark file")
         target = Path(directory) / f"{task}.jsonl"
         staged = target.with_name(f".fetch-{task}.jsonl")
         staged.parent.mkdir(parents=True, exist_ok=True)

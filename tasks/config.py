@@ -71,7 +71,9 @@ class CrawlConfig(Section):
     concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight across all hosts.")
     per_host_concurrency: int = Field(2, ge=1, le=64)
     delay_s: float = Field(0.25, ge=0, le=3600, description="Least time between requests to one host.")
-    timeout_s: float = Field(10.0, gt=0, le=600)
+    timeout_s: float = Field(10.0, gt=0, le=600, description="Longest wait for a connection or one read.")
+    fetch_deadline_s: float = Field(60.0, gt=0, le=3600,
+                                    description="Longest a whole fetch may take (a server trickling bytes is cut).")
     max_redirects: int = Field(5, ge=0, le=50)
     retries: int = Field(2, ge=0, le=10, description="Retries of 5xx answers and timeouts, with backoff.")
     backoff_s: float = Field(0.5, ge=0, le=600)

@@ -1,12 +1,16 @@
 """Crawling: a polite breadth-first web crawler that archives what it fetches as WARC 1.1 files.
 
 Scope (seeds, host/domain, allow/deny regexes, depth, page and byte caps), politeness (robots.txt with Crawl-delay,
-per-host concurrency and delay, a User-Agent), safety (http(s) only; hosts that resolve to private, loopback or
-link-local addresses are refused before any connection) and incremental recrawls (conditional GETs with the ETag and
-Last-Modified of the last visit; a page whose payload digest did not change is not archived again).
+per-host concurrency and delay, a User-Agent), safety (http(s) only; a host is resolved once, refused when any of
+its addresses is private, loopback or link-local, also inside an IPv6 form that embeds IPv4, and the connection goes
+to the address that passed the check, so DNS rebinding cannot move it; bodies are decoded with a cap on the decoded
+bytes; a total deadline per fetch) and incremental recrawls (conditional GETs with the ETag and Last-Modified of the
+last visit; a page whose payload digest did not change is not archived again).
 
-Every fetch, archived or not, becomes a row of the crawl log with its outcome; the orchestrator records the log in
-the warehouse. Run it without Prefect:
+Every fetch, archived or not, becomes a row of the crawl log with its outcome. The log is written in parts, one
+per WARC file, each made durable before its WARC file is renamed into place, so a killed crawl leaves every finished
+WARC file with its log and the rerun knows those pages; the orchestrator records the parts in the warehouse. Run it
+without Prefect:
 
     from tasks.crawl import CrawlStage
     result = CrawlStage(cfg.crawl).run(out_dir, seen={})
@@ -18,24 +22,29 @@ import base64
 import hashlib
 import io
 import ipaddress
+import os
 import re
 import socket
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
+import brotli
 import httpx
 import lxml.html
 import pyarrow as pa
+import pyarrow.parquet as pq
 from protego import Protego
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from tasks.config import CrawlConfig, stable_hash
+from tasks.encodings import ContentDecoder, EncodingRefused
 from tasks.ingest import looks_binary
 from tasks.shards import file_sha256, write_parquet_atomic
 from tasks.stage import code_version_of
@@ -50,6 +59,8 @@ LOG_SCHEMA = pa.schema([
 ])
 # Outcomes that leave a page's validators worth remembering for the next crawl.
 VISITED = ("archived", "not_modified", "unchanged")
+ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; what follows may be ignored
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five consecutive redirects
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,10 +108,29 @@ def _is_ip(host: str) -> bool:
         return False
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside an IPv6 form that carries one: mapped, compatible, NAT64 or 6to4."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in NAT64 or (addr in IPV4_COMPATIBLE and int(addr) > 1):  # ::a.b.c.d (not :: and ::1)
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def _refused_address(ip: str) -> bool:
-    """Anything but a public unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast."""
+    """Anything but a public unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast,
+    also when an IPv6 address embeds such an IPv4 address (::ffff:10.0.0.1, ::127.0.0.1, 64:ff9b::a9fe:a9fe, 2002:...)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
-    return not addr.is_global or addr.is_multicast
+    if not addr.is_global or addr.is_multicast:
+        return True
+    inner = embedded_ipv4(addr) if addr.version == 6 else None
+    return inner is not None and (not inner.is_global or inner.is_multicast)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -108,10 +138,17 @@ def _refused_address(ip: str) -> bool:
 
 
 class RotatingWarcWriter:
-    """WARC 1.1 files of at most ``max_bytes`` each, written under a temporary name and renamed when closed."""
+    """WARC 1.1 files of about ``max_bytes`` each, written under a temporary name and renamed when closed.
 
-    def __init__(self, out_dir: Path, prefix: str, max_bytes: int) -> None:
+    A file is rotated before the next record is written, not after the last one, so that everything the caller
+    logs about a record happens before the file closes; ``on_close(path)`` runs after the file is synced and before
+    it is renamed to ``path`` (the crawler writes that file's log part there).
+    """
+
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int,
+                 on_close: Callable[[Path], None] | None = None) -> None:
         self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
+        self.on_close = on_close
         self.finished: list[Path] = []
         self._fh: Any = None
         self._writer: WARCWriter | None = None
@@ -125,6 +162,8 @@ class RotatingWarcWriter:
     def write(self, url: str, request_headers: list[tuple[str, str]], status_line: str,
               response_headers: list[tuple[str, str]], body: bytes, when: datetime) -> tuple[str, int]:
         """Archive one request/response pair; returns (final file name, response record offset)."""
+        if self._fh is not None and self._fh.tell() >= self.max_bytes:
+            self._close_current()
         if self._writer is None:
             self._open()
         w = self._writer
@@ -138,16 +177,16 @@ class RotatingWarcWriter:
         response = StatusAndHeaders(status_line, response_headers, protocol="HTTP/1.1")
         w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=response,
                                             warc_headers_dict={"WARC-Date": date}))
-        name = self._path.name
-        if self._fh.tell() >= self.max_bytes:
-            self._close_current()
-        return name, offset
+        return self._path.name, offset
 
     def _close_current(self) -> None:
         if self._fh is None:
             return
         self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
+        if self.on_close is not None:
+            self.on_close(self._path)
         (self.out_dir / f".tmp-{self._path.name}").replace(self._path)
         self.finished.append(self._path)
         self._fh = self._writer = self._path = None
@@ -174,11 +213,14 @@ class SeenPage:
 @dataclass
 class CrawlResult:
     warc_files: list[Path]
-    log_file: Path | None
+    log_files: list[Path]  # the fetch log's parts: one per WARC file, and one for the fetches after the last
     outcomes: dict[str, int]
     links: dict[str, int]  # links not followed, by reason
     pages: int
     seconds: float
+
+    def log_rows(self) -> list[dict[str, Any]]:
+        return [r for f in self.log_files for r in pq.read_table(f).to_pylist()]
 
 
 @dataclass
@@ -221,17 +263,40 @@ class Crawler:
         self.cfg = cfg
         self.out_dir = out_dir
         self.seen = seen
+        self.prefix = prefix
         self.allow = [re.compile(p) for p in cfg.allow]
         self.deny = [re.compile(p) for p in cfg.deny]
-        self.writer = RotatingWarcWriter(out_dir, prefix, cfg.warc_max_bytes)
+        self.writer = RotatingWarcWriter(out_dir, prefix, cfg.warc_max_bytes, on_close=self._write_log_part)
         self.log: list[dict[str, Any]] = []
+        self.logged = 0  # rows of self.log already in a durable part
+        self.log_files: list[Path] = []
         self.links: Counter[str] = Counter()
         self.hosts: dict[str, _Host] = {}
         self.queued: set[str] = set()
         self.pages = 0
+        self.robots_fetches = 0
         self.seed_hosts: set[str] = set()
         self.seed_domains: set[str] = set()
         self.addresses: dict[str, list[str]] = {}
+
+    # -- the fetch log ---------------------------------------------------------------------------------------------
+
+    def _write_log_part(self, warc: Path) -> None:
+        """Make the rows logged so far durable, as the part of the WARC file about to be renamed into place."""
+        self._flush_log(warc.with_name(warc.name.removesuffix(".warc.gz") + ".log.parquet"))
+
+    def _flush_log(self, path: Path) -> None:
+        rows = self.log[self.logged:]
+        if rows:
+            write_parquet_atomic(pa.Table.from_pylist(rows, schema=LOG_SCHEMA), path)
+            self.log_files.append(path)
+            self.logged = len(self.log)
+
+    def finish(self) -> list[Path]:
+        """Close the last WARC file (with its log part) and write the rows after it; returns the WARC files."""
+        warcs = self.writer.close()
+        self._flush_log(self.out_dir / f"{self.prefix}-rest.log.parquet")
+        return warcs
 
     # -- scope -----------------------------------------------------------------------------------------------------
 
@@ -251,25 +316,47 @@ class Crawler:
             return "denied"
         return None
 
-    async def check_address(self, url: str) -> None:
-        """Refuse hosts that resolve to private, loopback or link-local addresses (SSRF), before connecting."""
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The host's addresses (the system resolver)."""
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [info[4][0] for info in infos]
+
+    async def check_address(self, url: str) -> str:
+        """Resolve the URL's host once per crawl and refuse it when any address is not public (SSRF); returns the
+        address to connect to, so that a second lookup (DNS rebinding) cannot send the request elsewhere."""
         parts = urlsplit(url)
         host, netloc = parts.hostname or "", parts.netloc
-        if self.cfg.allow_private or host in self.cfg.private_hosts or netloc in self.cfg.private_hosts:
-            return
         if host not in self.addresses:
             if _is_ip(host):
                 self.addresses[host] = [host]
             else:
                 try:
-                    infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or DEFAULT_PORTS[parts.scheme],
-                                                                         type=socket.SOCK_STREAM)
+                    found = await self.resolve(host, parts.port or DEFAULT_PORTS[parts.scheme])
                 except OSError as err:
                     raise _Refused(f"dns_error: {err}") from None
-                self.addresses[host] = sorted({info[4][0] for info in infos})
+                # the IPv4 answer first, as most clients connect
+                self.addresses[host] = sorted(dict.fromkeys(found), key=lambda a: (":" in a, a))
+                if not self.addresses[host]:
+                    raise _Refused(f"dns_error: no address for {host}")
+        exempt = self.cfg.allow_private or host in self.cfg.private_hosts or netloc in self.cfg.private_hosts
         bad = [a for a in self.addresses[host] if _refused_address(a)]
-        if bad:
+        if bad and not exempt:
             raise _Refused(f"private_address: {host} -> {', '.join(bad)}")
+        return self.addresses[host][0]
+
+    async def _open(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]):
+        """``client.stream`` GET of ``url``, connected to its checked address, with Host (and SNI) of its name."""
+        address = await self.check_address(url)
+        parts = urlsplit(url)
+        extensions = {}
+        if address != parts.hostname:
+            ip = f"[{address}]" if ":" in address else address
+            port = f":{parts.port}" if parts.port else ""
+            url = urlunsplit((parts.scheme, ip + port, parts.path or "/", parts.query, ""))
+            headers = {**headers, "Host": parts.netloc}
+            if parts.scheme == "https":
+                extensions["sni_hostname"] = parts.hostname  # also the name the certificate is checked against
+        return client.stream("GET", url, headers=headers, extensions=extensions)
 
     # -- politeness ------------------------------------------------------------------------------------------------
 
@@ -287,32 +374,58 @@ class Crawler:
             await asyncio.sleep(start - now)
 
     async def robots(self, client: httpx.AsyncClient, url: str) -> Robots:
-        """robots.txt of the URL's host, fetched once: a 4xx allows all, a 5xx or no answer disallows all."""
+        """robots.txt of the URL's host, fetched once (RFC 9309): up to 5 redirects followed, at most 500 KiB read;
+        a 4xx allows all; a 5xx, no answer, or too many redirects disallows all."""
         parts = urlsplit(url)
         host = self.host(parts.netloc)
         if host.robots_loading:
             await host.robots_ready.wait()
             return host.robots
         host.robots_loading = True
-        robots_url = f"{parts.scheme}://{parts.netloc}/robots.txt"
-        parser = Robots()
+        self.robots_fetches += 1
+        parser = Robots(disallow_all=True)
+        target = f"{parts.scheme}://{parts.netloc}/robots.txt"
         try:
             async with host.sem:
                 await self.wait_turn(host)
-                response = await client.get(robots_url)
-            if response.status_code >= 500:
-                parser.disallow_all = True
-            elif response.status_code < 300:  # a 4xx (or a redirect we do not follow) means no rules
-                parser.rules = Protego.parse(response.text[:500_000])
-                delay = parser.rules.crawl_delay(self.cfg.user_agent)
-                if delay:
-                    host.delay = max(host.delay, float(delay))
-                    host.next_time = max(host.next_time, time.monotonic() + host.delay)  # robots.txt was a request
-        except httpx.HTTPError:  # unreachable robots.txt: RFC 9309 says assume everything is disallowed
-            parser.disallow_all = True
+                async with asyncio.timeout(self.cfg.fetch_deadline_s):
+                    for _ in range(ROBOTS_MAX_REDIRECTS + 1):
+                        status, location, body = await self._robots_get(client, target)
+                        if status in (301, 302, 303, 307, 308) and location:
+                            target = normalize_url(location, target)
+                            if target is None or urlsplit(target).scheme not in DEFAULT_PORTS:
+                                break
+                            continue
+                        if status >= 500 or 300 <= status < 400:
+                            break
+                        parser.disallow_all = False
+                        if status < 300:
+                            parser.rules = Protego.parse(body.decode("utf-8", "replace"))
+                            delay = parser.rules.crawl_delay(self.cfg.user_agent)
+                            if delay:
+                                host.delay = max(host.delay, float(delay))
+                                # robots.txt was a request too
+                                host.next_time = max(host.next_time, time.monotonic() + host.delay)
+                        break
+        except (httpx.HTTPError, TimeoutError, _Refused, EncodingRefused, zlib.error, brotli.error):
+            parser.disallow_all = True  # RFC 9309: an unreachable robots.txt means everything is disallowed
         host.robots = parser
         host.robots_ready.set()
         return parser
+
+    async def _robots_get(self, client: httpx.AsyncClient, url: str) -> tuple[int, str | None, bytes]:
+        async with await self._open(client, url, {"User-Agent": self.cfg.user_agent}) as response:
+            if response.status_code != 200:
+                return response.status_code, response.headers.get("location"), b""
+            decoder = ContentDecoder(response.headers.get("content-encoding"), ROBOTS_MAX_BYTES)
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += decoder.feed(chunk)
+                if decoder.full:  # the rest is ignored, as RFC 9309 allows
+                    break
+            else:
+                body += decoder.flush()
+            return 200, None, bytes(body)
 
     # -- fetching --------------------------------------------------------------------------------------------------
 
@@ -335,15 +448,20 @@ class Crawler:
             reason, _, detail = str(refused).partition(": ")
             self.record(item, reason, detail=detail)
             return
-        if cfg.respect_robots:
-            robots = await self.robots(client, item.url)
-            if not robots.can_fetch(item.url, cfg.user_agent):
-                self.record(item, "robots_disallowed")
-                return
-        if self.pages >= cfg.max_pages:
+        # The page budget bounds robots.txt fetches too: a slot is taken before robots.txt is asked for, and
+        # robots.txt is fetched for at most max_pages hosts.
+        robots_known = self.host(urlsplit(item.url).netloc).robots_loading
+        if self.pages >= cfg.max_pages or (cfg.respect_robots and not robots_known
+                                           and self.robots_fetches >= cfg.max_pages):
             self.links["max_pages"] += 1
             return
         self.pages += 1
+        if cfg.respect_robots:
+            robots = await self.robots(client, item.url)
+            if not robots.can_fetch(item.url, cfg.user_agent):
+                self.pages -= 1
+                self.record(item, "robots_disallowed")
+                return
 
         previous = self.seen.get(item.url)
         headers = {"User-Agent": cfg.user_agent, "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.1"}
@@ -359,21 +477,26 @@ class Crawler:
             try:
                 async with host.sem:
                     await self.wait_turn(host)
-                    outcome = await self._one_request(client, item, headers, previous, queue, t0)
+                    async with asyncio.timeout(cfg.fetch_deadline_s):  # a trickling server cannot hold us longer
+                        outcome = await self._one_request(client, item, headers, previous, queue, t0)
+            except TimeoutError:
+                outcome = ("done", "timeout", f"deadline of {cfg.fetch_deadline_s:g}s passed")
             except httpx.TimeoutException as err:
                 outcome = ("retry", "timeout", f"{type(err).__name__}")
             except httpx.HTTPError as err:
                 outcome = ("retry", "connect_error", f"{type(err).__name__}: {err}")
-            if outcome[0] != "retry":
+            if outcome == ("done",):
                 return
-        _, reason, detail = outcome
+            if outcome[0] == "done":
+                break
+        _, reason, detail = outcome[:3]
         self.record(item, reason, status=outcome[3] if len(outcome) > 3 else None, detail=detail,
                     seconds=time.monotonic() - t0)
 
     async def _one_request(self, client, item, headers, previous, queue, t0):
         """One attempt; records the outcome and returns ('done',), or ('retry', reason, detail[, status])."""
         cfg = self.cfg
-        async with client.stream("GET", item.url, headers=headers) as response:
+        async with await self._open(client, item.url, headers) as response:
             status = response.status_code
             if status >= 500:
                 return ("retry", "http_error", f"HTTP {status}", status)
@@ -406,12 +529,26 @@ class Crawler:
             if declared and declared.isdigit() and int(declared) > cfg.max_page_bytes:
                 self.record(item, "too_large", detail=f"Content-Length {declared}", **meta)
                 return ("done",)
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > cfg.max_page_bytes:
-                    self.record(item, "too_large", detail=f"> {cfg.max_page_bytes} bytes", nbytes=len(body), **meta)
-                    return ("done",)
+            # Raw bytes, decoded here with a cap on the DECODED size: httpx would inflate each chunk unbounded.
+            try:
+                decoder = ContentDecoder(response.headers.get("content-encoding"), cfg.max_page_bytes + 1)
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += decoder.feed(chunk)
+                    if decoder.full:
+                        break
+                else:
+                    body += decoder.flush()
+            except EncodingRefused as err:
+                self.record(item, err.reason, detail=str(err), **meta)
+                return ("done",)
+            except (zlib.error, brotli.error) as err:
+                self.record(item, "decoding_error", detail=f"{type(err).__name__}: {err}", **meta)
+                return ("done",)
+            if len(body) > cfg.max_page_bytes:
+                self.record(item, "too_large", detail=f"> {cfg.max_page_bytes} bytes decoded", nbytes=len(body),
+                            **meta)
+                return ("done",)
             body = bytes(body)
             meta["seconds"] = time.monotonic() - t0
             if looks_binary(body):
@@ -433,7 +570,7 @@ class Crawler:
                 self.record(item, "archived", nbytes=len(body), warc=warc, etag=etag, last_modified=modified,
                             digest=digest, **meta)
             if item.depth < cfg.max_depth:
-                for link in extract_links(body, str(response.url)):
+                for link in extract_links(body, item.url):
                     self.enqueue(queue, link, item.depth + 1, 0)
             return ("done",)
 
@@ -546,20 +683,36 @@ class CrawlStage:
 
     def run(self, out_dir: Path, seen: dict[str, SeenPage]) -> CrawlResult:
         out_dir.mkdir(parents=True, exist_ok=True)
+        recover(out_dir)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         crawler = Crawler(self.config, out_dir, seen, f"crawl-{stamp}")
         t0 = time.monotonic()
         try:
             asyncio.run(crawler.crawl(self.seeds()))
         finally:
-            warcs = crawler.writer.close()
-        log_file = None
-        if crawler.log:
-            log_file = out_dir / f"crawl-{stamp}.log.parquet"
-            write_parquet_atomic(pa.Table.from_pylist(crawler.log, schema=LOG_SCHEMA), log_file)
+            warcs = crawler.finish()
         outcomes = Counter(row["outcome"] for row in crawler.log)
-        return CrawlResult(warcs, log_file, dict(outcomes), dict(crawler.links), crawler.pages,
+        return CrawlResult(warcs, crawler.log_files, dict(outcomes), dict(crawler.links), crawler.pages,
                            time.monotonic() - t0)
+
+
+def recover(out_dir: Path) -> list[Path]:
+    """Clean what a killed crawl left in a job directory; returns the log parts that remain (all durable).
+
+    A WARC file still under its temporary name was never finished: it goes, and with it a log part written for it
+    just before the kill (a part whose WARC file does not exist). Every other part belongs to a finished WARC file
+    or to the end of a crawl, so the pages it names are archived.
+    """
+    for tmp in out_dir.glob(".tmp-*"):
+        tmp.unlink(missing_ok=True)
+    parts = []
+    for part in sorted(out_dir.glob("crawl-*.log.parquet")):
+        name = part.name.removesuffix(".log.parquet")
+        if not name.endswith("-rest") and not (out_dir / f"{name}.warc.gz").is_file():
+            part.unlink()
+            continue
+        parts.append(part)
+    return parts
 
 
 def job_files(out_dir: Path) -> list[tuple[str, int, str]]:

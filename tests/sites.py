@@ -18,8 +18,10 @@ class LocalSite:
 
     LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
 
-    def __init__(self, private_links: list[str] = (), crawl_delay: float | None = None) -> None:
+    def __init__(self, private_links: list[str] = (), crawl_delay: float | None = None,
+                 robots: str = "rules") -> None:
         self.crawl_delay = crawl_delay
+        self.robots = robots  # rules | redirect (to /robots-real.txt) | loop (redirects forever) | huge (100 MB)
         self.requests: list[tuple[str, dict[str, str], float]] = []
         self.changing = "first version"
         self.flaky_hits = 0
@@ -68,9 +70,38 @@ class LocalSite:
 
     def route(self, h) -> None:
         path = h.path
-        if path == "/robots.txt":
-            delay = f"Crawl-delay: {self.crawl_delay}\n" if self.crawl_delay else ""
-            return self.send(h, 200, f"User-agent: *\nDisallow: /private\n{delay}".encode(), "text/plain")
+        rules = f"User-agent: *\nDisallow: /private\n{f'Crawl-delay: {self.crawl_delay}' if self.crawl_delay else ''}\n"
+        if path == "/robots.txt" and self.robots == "redirect":
+            return self.send(h, 301, headers=[("Location", "/robots-real.txt")])
+        if path.startswith("/robots.txt") and self.robots == "loop":
+            return self.send(h, 302, headers=[("Location", f"/robots.txt?{len(path)}")])
+        if path == "/robots.txt" and self.robots == "huge":  # 100 MB: the rules, then comment lines
+            h.send_response(200)
+            h.send_header("Content-Type", "text/plain")
+            h.send_header("Content-Length", str(100 * 2**20))
+            h.end_headers()
+            h.wfile.write(rules.encode().ljust(2**20, b"#"))
+            for _ in range(99):
+                h.wfile.write(b"#" * 2**20)
+            return None
+        if path in ("/robots.txt", "/robots-real.txt"):
+            return self.send(h, 200, rules.encode(), "text/plain")
+        if path in ("/bomb.br", "/bomb.gz", "/bomb.gzgz"):
+            from tests import bombs
+
+            body, encoding = {"/bomb.br": (bombs.brotli_bomb, "br"), "/bomb.gz": (bombs.gzip_bomb, "gzip"),
+                              "/bomb.gzgz": (bombs.double_gzip_bomb, "gzip, gzip")}[path]
+            return self.send(h, 200, body(), headers=[("Content-Encoding", encoding)])
+        if path == "/trickle":  # slowloris: one byte every 0.5 s, never finishing within any sane deadline
+            h.send_response(200)
+            h.send_header("Content-Type", "text/html")
+            h.send_header("Content-Length", "10000")
+            h.end_headers()
+            for _ in range(10000):
+                h.wfile.write(b"<")
+                h.wfile.flush()
+                time.sleep(0.5)
+            return None
         if path == "/":
             links = ["/a", "/b", "/a#section", "/private/secret", "/r1", "/loop1", "/slow", "/flaky", "/missing",
                      "/big", "/file.bin", "/image.png", "/fake.html", "/changing", "mailto:someone@example.com",

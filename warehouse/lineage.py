@@ -284,11 +284,21 @@ class Warehouse:
 
     # -- crawls --------------------------------------------------------------------------------------------------
 
-    def record_crawl_log(self, stage_run_id: str, job: str, log_file: Path) -> None:
-        """Load a crawl's Parquet fetch log (written by the crawler, which never opens the warehouse)."""
+    def record_crawl_log(self, stage_run_id: str, job: str, log_files: list[Path]) -> int:
+        """Load a crawl's Parquet fetch log parts (written by the crawler, which never opens the warehouse).
+
+        Idempotent: a fetch already recorded for the job (same URL and time) is not recorded again, so the parts a
+        killed crawl left behind can be loaded by the next run whatever the kill had reached. Returns rows added.
+        """
+        if not log_files:
+            return 0
+        files = ", ".join(f"'{_q(str(f))}'" for f in log_files)
         with self.connect() as con:
-            con.execute(f"INSERT INTO crawl_log SELECT ?, ?, * FROM read_parquet('{_q(str(log_file))}')",
-                        [stage_run_id, job])
+            before = con.execute("SELECT count(*) FROM crawl_log WHERE job = ?", [job]).fetchone()[0]
+            con.execute(f"INSERT INTO crawl_log SELECT ?, ?, p.* FROM read_parquet([{files}]) p "
+                        f"WHERE NOT EXISTS (SELECT 1 FROM crawl_log c WHERE c.job = ? AND c.url = p.url "
+                        f"AND c.fetched_at = p.fetched_at)", [stage_run_id, job, job])
+            return con.execute("SELECT count(*) FROM crawl_log WHERE job = ?", [job]).fetchone()[0] - before
 
     def seen_pages(self, job: str, visited: tuple[str, ...]) -> list[dict[str, Any]]:
         """The latest visit of each URL a crawl job reached: depth, validators and payload digest."""

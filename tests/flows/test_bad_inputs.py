@@ -56,3 +56,32 @@ def test_a_broken_benchmark_line_is_named_by_file_and_line(tmp_path):
     path = broken_benchmark(tmp_path / "bench")
     result = CliRunner().invoke(main, ["benchmarks", "check", str(path.parent)])
     assert result.exit_code == 1 and f"{path}:2:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_decompression_bombs_are_dropped_within_bounded_memory(tmp_path):
+    """1 GiB behind Content-Encoding br, gzip and 'gzip, gzip', and a WARC record whose own gzip member inflates to
+    1 GiB: each is a counted drop, the good page beside it is kept, and the process peaks under 600 MiB."""
+    from tests.bombs import write_bomb_warcs
+    from tests.tasks.test_crawl_safety import MAX_RSS_MIB, probe
+
+    files = write_bomb_warcs(tmp_path / "bombs")
+    got = probe("ingest", *(str(p) for p in files.values()))
+    assert got["drops"] == {"payload_too_large": 3, "stacked_content_encoding": 1}, got
+    assert got["urls"] == [f"http://good.example.org/{name}" for name in sorted(files)]
+    assert got["peak_rss_mib"] < MAX_RSS_MIB, got
+
+
+@pytest.mark.slow
+def test_a_huge_benchmark_line_is_refused_within_bounded_memory(tmp_path):
+    from tests.tasks.test_crawl_safety import MAX_RSS_MIB, probe
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    good = '{"query": "The glass fell off the table, therefore", "choices": ["it shattered.", "it sang."], "gold": 0}'
+    with open(bench / "copa.jsonl", "w") as fh:
+        fh.write(good + "\n")
+        fh.write('{"query": "' + "word " * (106 * 2**20 // 5) + '", "choices": ["a", "b"], "gold": 0}\n')
+    got = probe("benchmarks", str(bench))
+    assert "copa.jsonl:2: a line longer than 1,048,576 bytes" in got["error"], got
+    assert got["peak_rss_mib"] < MAX_RSS_MIB, got

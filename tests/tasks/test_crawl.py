@@ -19,12 +19,12 @@ def crawl_config(site: LocalSite, **overrides) -> CrawlConfig:
 
 
 def outcomes(result) -> dict[str, str]:
-    rows = pq.read_table(result.log_file).to_pylist()
+    rows = result.log_rows()
     return {r["url"]: r["outcome"] for r in rows}
 
 
 def seen_from(result) -> dict[str, SeenPage]:
-    rows = pq.read_table(result.log_file).to_pylist()
+    rows = result.log_rows()
     return {r["url"]: SeenPage(r["depth"], r["etag"], r["last_modified"], r["payload_digest"])
             for r in rows if r["outcome"] in VISITED}
 
@@ -80,7 +80,7 @@ def test_private_hosts_are_refused_by_default(tmp_path):
 def test_warc_files_read_back_through_ingest(tmp_path):
     with LocalSite() as site:
         result = CrawlStage(crawl_config(site, max_depth=1)).run(tmp_path / "crawl", {})
-    archived = {r["url"] for r in pq.read_table(result.log_file).to_pylist() if r["outcome"] == "archived"}
+    archived = {r["url"] for r in result.log_rows() if r["outcome"] == "archived"}
     stage = IngestStage(IngestConfig(inputs=[str(p) for p in result.warc_files]))
     rows = [r for u in stage.plan(stage.sources())
             for f in run_unit(stage, u, tmp_path / "ingest").files
@@ -88,7 +88,7 @@ def test_warc_files_read_back_through_ingest(tmp_path):
     assert {r["url"] for r in rows} == archived
     home = next(r for r in rows if r["url"] == site.base + "/")
     assert "<h1>Home</h1>" in home["html"] and home["http_status"] == 200
-    log = {r["url"]: r for r in pq.read_table(result.log_file).to_pylist()}
+    log = {r["url"]: r for r in result.log_rows()}
     assert all(log[r["url"]]["warc_offset"] == r["warc_offset"] for r in rows)
     from warcio.archiveiterator import ArchiveIterator
 
