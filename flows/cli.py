@@ -5,6 +5,7 @@ import contextlib
 import functools
 import json
 import logging
+import signal
 import socket
 import time
 import os
@@ -113,14 +114,51 @@ def _show_progress_lines() -> None:
 
 
 def _run_pipeline(cfg, stages: list[str], trigger: str, upstream: dict | None, recrawl: bool = False) -> str:
-    """Run the pipeline flow, holding the warehouse's pipeline lock first: a busy warehouse is one clear line."""
-    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
-    with wh.pipeline_lock(cfg.warehouse.pipeline_wait_s):
-        configure_prefect(cfg.work_dir)
-        _show_progress_lines()
-        from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
+    """Run the pipeline flow, holding the warehouse's pipeline lock first: a busy warehouse is one clear line.
 
-        return pipeline_flow(cfg, stages, trigger, upstream, recrawl)
+    Ctrl-C (or SIGTERM) stops it within a few seconds: units stop at their next record, the run and the stage are
+    recorded as interrupted, children are ended, and the command prints one line and exits 130.
+    """
+    from tasks.procs import Interrupted
+
+    wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
+    try:
+        with wh.pipeline_lock(cfg.warehouse.pipeline_wait_s):
+            configure_prefect(cfg.work_dir)
+            _show_progress_lines()
+            from flows.pipeline import pipeline_flow  # imports prefect, after its environment is set
+            from flows.server import prefect_api
+
+            with _stop_on_signals(), prefect_api(Path(os.environ["PREFECT_HOME"])):
+                return pipeline_flow(cfg, stages, trigger, upstream, recrawl)
+    except (KeyboardInterrupt, Interrupted):
+        console.print("interrupted; rerun to resume", highlight=False)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT and SIGTERM set the stop request that running units check, then interrupt the main thread."""
+    from tasks.procs import STOP
+
+    def on_signal(signum: int, frame: Any) -> None:
+        STOP.set()
+        # Prefect reports each stopped task and flow as a crash; that is for the UI (its API handler still sends
+        # it), while the terminal gets one line.
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL)
+        raise KeyboardInterrupt
+
+    STOP.clear()
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _upstream(cfg, stage: str, ref: str, explicit: bool = False) -> dict | None:
@@ -203,9 +241,10 @@ def pydoc_server(url: str):
                                        "crawl.seeds in the demo config")
     # -I -S: an isolated interpreter without site-packages, so the pages are the standard library's own. pydoc
     # reads commands from stdin and stops at end of input: an open pipe keeps it serving.
-    server = subprocess.Popen([sys.executable, "-I", "-S", "-m", "pydoc", "-n", host, "-p", str(port)],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    from tasks.procs import spawn, stop
+
+    server = spawn([sys.executable, "-I", "-S", "-m", "pydoc", "-n", host, "-p", str(port)],
+                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -218,11 +257,7 @@ def pydoc_server(url: str):
         console.print(f"serving the standard library's pydoc pages at {url}")
         yield
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 @main.command()

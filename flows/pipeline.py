@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.stages import StageFailed, say, stage_flow
+from flows.stages import StageFailed, describe_ending, ending_status, say, stage_flow
 from tasks.config import Config
 from tasks.crawl import CrawlStage
 from tasks.registry import stage_class
@@ -91,7 +91,7 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                     continue
                 upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
         except BaseException as err:
-            wh.finish_run(run_id, "failed", f"{type(err).__name__}: {err}"[:4000])
+            wh.finish_run(run_id, ending_status(err), describe_ending(err))
             raise
         wh.finish_run(run_id, "completed")
     return run_id

@@ -29,6 +29,7 @@ from tasks.config import Config, stable_hash
 from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files, recover
 from tasks.evaluate import EvaluateStage
 from tasks.ingest import IngestStage, InputFile
+from tasks.procs import STOP, Interrupted
 from tasks.registry import stage_class
 from tasks.report import ReportStage
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
@@ -53,13 +54,24 @@ class StageFailed(RuntimeError):
 
 @contextmanager
 def _failure_recorded(wh: Warehouse, stage_run_id: str, t0: float) -> Iterator[None]:
-    """Whatever ends the stage early (an error, a kill of the flow) leaves its stage run marked failed."""
+    """Whatever ends the stage early leaves its stage run marked: 'interrupted' for Ctrl-C, else 'failed'."""
     try:
         yield
     except BaseException as err:
-        wh.finish_stage(stage_run_id, status="failed", error=f"{type(err).__name__}: {err}"[:4000],
+        wh.finish_stage(stage_run_id, status=ending_status(err), error=describe_ending(err),
                         seconds=time.perf_counter() - t0)
         raise
+
+
+def ending_status(err: BaseException) -> str:
+    """'interrupted' when the run was asked to stop (its units stopped with it), else 'failed'."""
+    return "interrupted" if isinstance(err, (KeyboardInterrupt, Interrupted)) or STOP.is_set() else "failed"
+
+
+def describe_ending(err: BaseException) -> str:
+    if ending_status(err) == "interrupted":
+        return "interrupted (SIGINT or SIGTERM); finished units are kept and a rerun resumes from them"
+    return f"{type(err).__name__}: {err}"[:4000]
 
 
 def _finish_cache_hit(wh: Warehouse, stage_run_id: str, hit: dict[str, Any], t0: float) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Config, stable_hash
+from tasks.procs import spawn, stop
 from tasks.train import TrainStage
 from warehouse.lineage import Warehouse
 
@@ -33,8 +34,8 @@ def torchrun_task(command: list[str], env: dict[str, str], log_file: str, nproc:
     tail: collections.deque[str] = collections.deque(maxlen=30)
     errors: list[str] = []  # model/train.py's own "error: ..." lines (bad data, bad arguments)
     with open(log_file, "a") as log:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
+        # Its own session (Ctrl-C reaches only crucible, which stops it below) and it dies with crucible.
+        proc = spawn(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -45,11 +46,7 @@ def torchrun_task(command: list[str], env: dict[str, str], log_file: str, nproc:
             code = proc.wait()
         finally:
             if proc.poll() is None:  # the flow was cancelled or interrupted: stop the ranks too
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop(proc, grace_s=30)
     if code != 0:
         if errors:
             raise TrainFailed(f"{label} failed: {errors[0][len('error: '):]} (log: {log_file})")

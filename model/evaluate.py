@@ -30,6 +30,7 @@ from model.core import centered, core_score, fewshot, generate, render, score, s
 from model.gpt import GPT, GPTConfig
 from model.train import Dist, token_bytes, validate
 from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
 SAMPLE_PROMPTS = ["The history of the", "In the morning, the", "Python is a programming language that",
@@ -210,4 +211,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent()  # never outlive the launcher (see model/train.py)
     main()

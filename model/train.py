@@ -47,6 +47,7 @@ import torch.distributed as dist
 
 from model.data import IGNORE, TrainLoader, ValLoader
 from model.gpt import GPT, GPTConfig
+from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
 # bf16 dense peak FLOP/s per GPU, by a substring of torch.cuda.get_device_name()
@@ -505,4 +506,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # A rank never outlives its launcher (torchrun, or crucible without it): killed with SIGKILL, the launcher
+    # cannot stop it, and it would go on appending steps to metrics.jsonl.
+    die_with_parent()
     main()

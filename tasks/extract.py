@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from tasks.config import ExtractConfig
 from tasks.ingest import SOURCE_FIELDS
+from tasks.procs import STOP, Interrupted, die_with_parent, died_of_stop_signal
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Stage, Unit
 
@@ -76,8 +77,11 @@ class IsolatedExtractor:
         self._recv: Connection | None = None
 
     def _start(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "tasks.extract"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # Its own session: the terminal's Ctrl-C reaches only the parent, which stops between pages; the child
+        # dies with the thread that started it (tasks/procs.py).
+        self._proc = subprocess.Popen([sys.executable, "-m", "tasks.extract", str(os.getpid())],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      start_new_session=True)
         self._send = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
         self._proc.stdin.close()
@@ -111,6 +115,10 @@ class IsolatedExtractor:
             self._stop()
             if code == -signal.SIGXCPU:
                 return "timeout", f"over {self.cfg.cpu_time_limit_s:g} CPU seconds"
+            if died_of_stop_signal(code) or STOP.is_set():
+                # Someone stopped the worker (Ctrl-C, a kill, a shutdown): the page did not crash it. The unit
+                # ends here, unfinished, and is redone on the rerun.
+                raise Interrupted(f"the extraction worker was stopped by signal {-code if code else '?'}")
             return "crash", f"the extraction worker died (exit code {code})"
 
     def close(self) -> None:
@@ -126,6 +134,8 @@ class IsolatedExtractor:
 
 def _child_main() -> None:
     """Entry point of the child: fd 0 brings work, fd 1 carries answers; stray prints go to stderr."""
+    if len(sys.argv) > 1:
+        die_with_parent(expected_parent=int(sys.argv[1]))
     answers = os.dup(1)
     os.dup2(2, 1)
     conn_in, conn_out = Connection(0, writable=False), Connection(answers, readable=False)

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.procs import check_stop
+
 DATASET_MANIFEST = "_dataset.json"
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 1000
@@ -171,6 +173,7 @@ class DropLog:
     def add(self, reason: str, *, doc_id: str | None = None, nbytes: int = 0, url: str | None = None,
             warc_file: str | None = None, warc_offset: int | None = None, detail: str | None = None,
             text: str | None = None) -> None:
+        check_stop()
         self.counts[reason] += 1
         self.bytes[reason] += nbytes
         self.rows.append({"doc_id": doc_id, "reason": reason, "bytes": nbytes, "url": url,
@@ -208,6 +211,7 @@ class ShardWriter:
                                               or self._buffered_bytes + size > self.max_bytes)
 
     def add(self, record: dict[str, Any]) -> None:
+        check_stop()  # a unit cut short by Ctrl-C never writes its manifest
         size = len(record[self.size_column] or "") if self.size_column else 0
         if self._full_for(size):
             self.flush()
@@ -218,6 +222,7 @@ class ShardWriter:
         self.bytes_out += size
 
     def add_batch(self, batch: pa.RecordBatch) -> None:
+        check_stop()  # a unit cut short by Ctrl-C never writes its manifest
         if self._rows:  # keep the order: rows added before this batch go first
             self._batches.append(pa.RecordBatch.from_pylist(self._rows, schema=self.schema))
             self._rows = []

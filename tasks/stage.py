@@ -27,6 +27,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.config import stable_hash
+from tasks.procs import check_stop
 from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_batches, iter_rows,
                           read_dataset_manifest, read_unit_manifest, remove_temp_files, unit_manifest_path)
 
@@ -141,6 +142,7 @@ def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
     done = read_unit_manifest(out_dir, unit.name)
     if done is not None:
         return done
+    check_stop()  # after Ctrl-C, units not yet started are left for the rerun
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     writer = ShardWriter(out_dir, unit.name, stage.schema, max_docs=stage.config.shard_max_docs,
@@ -202,6 +204,7 @@ def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
     done = scratch / f"scan-{unit.name}.json"
     if done.is_file():
         return json.loads(done.read_text())
+    check_stop()
     scratch.mkdir(parents=True, exist_ok=True)
     for stale in scratch.glob(f".tmp-*{unit.name}*"):  # a killed attempt's; other units' scans may be writing theirs
         stale.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ CREATE TABLE pipeline_runs (
     code_version  VARCHAR NOT NULL,
     trigger       VARCHAR NOT NULL,          -- manual | schedule | rerun
     stages        VARCHAR[],
-    status        VARCHAR NOT NULL,          -- running | completed | failed | crashed
+    status        VARCHAR NOT NULL,          -- running | completed | failed | interrupted | crashed
     error         VARCHAR,
     host          VARCHAR,
     pid           INTEGER,
@@ -27,7 +27,7 @@ CREATE TABLE stage_runs (
     code_version      VARCHAR NOT NULL,
     input_dataset_ids VARCHAR[],
     output_dataset_id VARCHAR,
-    status            VARCHAR NOT NULL,      -- running | completed | failed | crashed
+    status            VARCHAR NOT NULL,      -- running | completed | failed | interrupted | crashed
     cache_hit         BOOLEAN NOT NULL DEFAULT false,
     error             VARCHAR,
     units             INTEGER,               -- Prefect tasks the stage was cut into
