@@ -90,7 +90,15 @@ def _member_bomb(path: Path) -> Path:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory. VmHWM belongs to the address space exec made; getrusage's ru_maxrss
+    would also carry the parent's size at fork (Linux keeps it across exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _ingest(paths: list[str]) -> dict:
