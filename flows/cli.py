@@ -411,14 +411,15 @@ def sql(query: str, as_json: bool, warehouse_path: str | None, config_path: str 
     """Run a read-only SQL query on the warehouse, its tables and its document views.
 
     The views docs_<stage> (docs_ingest, docs_quality, ...), doc_drops and doc_lineage read the latest Parquet
-    shards of each stage.
+    shards of each stage. The query runs on an in-memory copy of the warehouse, so however long it takes it never
+    holds up a running pipeline; it cannot write, install extensions, or read files outside the work directory.
 
     \b
     Example:
         crucible sql "SELECT stage, reason, sum(docs) FROM drops GROUP BY ALL ORDER BY 3 DESC"
         crucible sql "SELECT * FROM doc_lineage WHERE NOT kept_extract LIMIT 5"
     """
-    rows = _warehouse(warehouse_path, config_path).query(query)
+    rows = _warehouse(warehouse_path, config_path).user_query(query)
     if as_json:
         for r in rows:
             click.echo(json.dumps(r, default=str))
@@ -660,21 +661,26 @@ def _loopback(host: str) -> bool:
               help="Interface to listen on. Anything but loopback also needs --public.")
 @click.option("--port", default=8642, show_default=True, type=int, help="Port to listen on.")
 @click.option("--public", is_flag=True, help="Allow a non-loopback --host (the dashboard has no login).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Another name the dashboard is reached by (requests naming any other host get 400).")
 @warehouse_option
 @_handle_errors
-def dashboard_cmd(host: str, port: int, public: bool, warehouse_path: str | None, config_path: str | None) -> None:
+def dashboard_cmd(host: str, port: int, public: bool, allow_hosts: tuple[str, ...], warehouse_path: str | None,
+                  config_path: str | None) -> None:
     """Serve the live dashboard: runs and their stages as they happen, the data funnel, training curves that move
     while training runs, evaluation tables, lineage from each checkpoint back to its inputs, and links into the
     Prefect UI (PREFECT_UI_URL, else PREFECT_API_URL without /api, else http://127.0.0.1:4200).
 
     It only reads the warehouse, for milliseconds at a time, so it runs beside a pipeline; when the pipeline holds
-    the file longer, it shows its last snapshot, marked stale. Every asset is served by the dashboard itself.
+    the file longer, it shows its last snapshot, marked stale. Every asset is served by the dashboard itself. It
+    answers only requests that name it by a loopback name, the --host address or an --allow-host name.
 
     \b
     Example:
         crucible dashboard                              # http://127.0.0.1:8642
         crucible dashboard -c configs/demo.toml --port 9000
         crucible dashboard --host 0.0.0.0 --public      # e.g. inside a container
+        crucible dashboard --host 0.0.0.0 --public --allow-host dash.example.org
     """
     from flows.dashboard import serve
 
@@ -682,7 +688,7 @@ def dashboard_cmd(host: str, port: int, public: bool, warehouse_path: str | None
         raise click.UsageError(f"--host {host} listens beyond this machine; add --public to mean it")
     wh = _warehouse(warehouse_path, config_path)
     console.print(f"dashboard on http://{host}:{port}/ reading {wh.path} (Ctrl-C stops it)", highlight=False)
-    serve(wh.path, host, port)
+    serve(wh.path, host, port, allow_hosts)
 
 @main.command("serve")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))

@@ -8,12 +8,17 @@ endpoints the page polls: ``/api/runs`` and ``/api/runs/<run>``. Reads go throug
 short lock timeout; when the pipeline holds the file longer than that, the last snapshot is served, marked stale,
 so the dashboard never waits on (or holds up) the writer. While a train stage runs, its curves come from the
 ``metrics.jsonl`` the ranks append to, so they move with every step.
+
+Requests must name the dashboard by a host it was bound as (loopback names, the --host address, and any
+--allow-host): a page elsewhere that rebinds its own DNS name to 127.0.0.1 gets a 400, not the warehouse's JSON.
 """
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -66,16 +71,22 @@ def live_curves(out_dir: str | Path) -> dict[str, list[list[float]]]:
 
 class Snapshots:
     """Reads with a short lock timeout, each result kept for ``min_age`` seconds and served (marked stale) when a
-    later read cannot get the file."""
+    later read cannot get the file. At most ``max_kept`` results are kept (the least recently used go first), so
+    requests for many different run references cannot grow it without bound."""
 
-    def __init__(self, wh: Warehouse, min_age: float = 1.0) -> None:
-        self.wh, self.min_age = wh, min_age
-        self._kept: dict[str, tuple[float, Any]] = {}
+    def __init__(self, wh: Warehouse, min_age: float = 1.0, max_kept: int = 128) -> None:
+        self.wh, self.min_age, self.max_kept = wh, min_age, max_kept
+        self._kept: OrderedDict[str, tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def get(self, key: str, read: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         with self._lock:
             kept = self._kept.get(key)
+            if kept is not None:
+                self._kept.move_to_end(key)
         if kept is not None and time.monotonic() - kept[0] < self.min_age:
             return kept[1], {"stale": False}
         try:
@@ -87,6 +98,9 @@ class Snapshots:
             return kept[1], {"stale": True, "note": f"the warehouse is busy; showing what it held {age:.0f}s ago"}
         with self._lock:
             self._kept[key] = (time.monotonic(), value)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.max_kept:
+                self._kept.popitem(last=False)
         return value, {"stale": False}
 
 
@@ -103,8 +117,47 @@ def _run_view(wh: Warehouse, ref: str) -> dict[str, Any]:
     return snap
 
 
-def create_app(warehouse_path: str | Path, lock_timeout: float = 2.0) -> Starlette:
-    """The dashboard as an ASGI app (tests serve it with uvicorn as the CLI does)."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts(host: str = "127.0.0.1", extra: tuple[str, ...] = ()) -> set[str]:
+    """The names a request's Host header may give: loopback, the bound address, this machine's names when bound to
+    every interface, and ``extra`` (--allow-host)."""
+    names = set(LOOPBACK_NAMES) | {h.lower().strip("[]") for h in extra}
+    if host in ("0.0.0.0", "::", ""):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    else:
+        names.add(host.lower().strip("[]"))
+    return names
+
+
+def host_of(header: str) -> str:
+    """The host of a Host header, without its port; IPv6 literals without their brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host is not one of ``names`` gets 400 (DNS-rebinding defence)."""
+
+    def __init__(self, app: Any, names: set[str]) -> None:
+        self.app, self.names = app, names
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_of(header) not in self.names:
+                response = JSONResponse({"error": f"unexpected Host {header!r}: the dashboard answers to "
+                                                  f"{', '.join(sorted(self.names))} (see --allow-host)"}, 400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(warehouse_path: str | Path, lock_timeout: float = 2.0, hosts: set[str] | None = None) -> Starlette:
+    """The dashboard as an ASGI app (tests serve it with uvicorn as the CLI does); ``hosts`` as allowed_hosts()."""
     wh = Warehouse(warehouse_path, lock_timeout=lock_timeout)
     snapshots = Snapshots(wh)
 
@@ -121,7 +174,10 @@ def create_app(warehouse_path: str | Path, lock_timeout: float = 2.0) -> Starlet
         return FileResponse(STATIC / "index.html")
 
     def runs(request: Request) -> Response:
-        limit = min(int(request.query_params.get("limit", 30)), 500)
+        raw = request.query_params.get("limit", "30")
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            return JSONResponse({"error": f"limit must be a whole number from 1 to 500, got {raw!r}"}, 400)
+        limit = int(raw)
         return answer(f"runs:{limit}", lambda: runs_overview(wh, limit))
 
     def run(request: Request) -> Response:
@@ -131,14 +187,19 @@ def create_app(warehouse_path: str | Path, lock_timeout: float = 2.0) -> Starlet
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "warehouse": str(wh.path), "exists": wh.path.exists()})
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/", index), Route("/healthz", health),
         Route("/api/runs", runs), Route("/api/runs/{run_id}", run),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ])
+    app.state.snapshots = snapshots
+    app.add_middleware(HostCheck, names=hosts if hosts is not None else allowed_hosts())
+    return app
 
 
-def serve(warehouse_path: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+def serve(warehouse_path: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          allow_hosts: tuple[str, ...] = ()) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(warehouse_path), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(warehouse_path, hosts=allowed_hosts(host, allow_hosts)), host=host, port=port,
+                log_level="warning")

@@ -9,6 +9,7 @@ The flow is the only place that decides whether a stage runs:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import sys
@@ -40,6 +41,7 @@ from warehouse.lineage import Warehouse
 
 
 terminal = logging.getLogger("crucible")
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def say(message: str) -> None:
@@ -89,10 +91,14 @@ def _transient_io(task, task_run, state) -> bool:
     try:
         state.result()
     except Exception as err:  # the failure we are deciding about
-        cause = err.__cause__ or err
-        permanent = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-        return isinstance(cause, OSError) and not isinstance(cause, permanent)
+        return is_transient(err.__cause__ or err)
     return False
+
+
+def is_transient(err: BaseException) -> bool:
+    """An OSError that a retry may get past; a missing file, a permission, a full disk or quota will not."""
+    permanent = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    return isinstance(err, OSError) and not isinstance(err, permanent) and err.errno not in PERMANENT_ERRNOS
 
 
 @task(name="run-unit", task_run_name="{label}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,

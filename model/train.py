@@ -191,7 +191,15 @@ def checkpoints(out_dir: Path) -> list[Path]:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors, ints, floats and strings only, so that it loads with
+    ``torch.load(weights_only=True)`` (no pickled numpy arrays or tuples of arbitrary objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -199,8 +207,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -262,8 +273,7 @@ class Metrics:
     def __init__(self, path: Path, main: bool, resume_step: int) -> None:
         self.path, self.main = path, main
         if main and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
             _write_json_lines(path, kept)
         self.fh = open(path, "a") if main else None
 
@@ -275,6 +285,15 @@ class Metrics:
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a torn line (the process was killed mid-write) sorts after every step, so a
+    resume drops it, as the orchestrator's reader skips it."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _write_json_lines(path: Path, lines: list[str]) -> None:
@@ -342,6 +361,9 @@ def train(args: TrainArgs) -> dict[str, Any]:
     out = Path(args.out_dir)
     if d.main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        # A checkpoint write that a kill cut short left its temporary directory: nothing will finish it.
+        for stale in (out / "checkpoints").glob(".tmp-step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     manifest = read_token_manifest(Path(args.data_dir))
     vocab, separator = int(manifest["vocab_size"]), int(manifest["separator_id"])
     cfg = GPTConfig(**{"seq_len": args.seq_len, **args.model, "vocab_size": vocab})
@@ -389,7 +411,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         load_full_state(model, optimizer, torch.load(last / "model.pt", map_location="cpu"),
                         torch.load(last / "optimizer.pt", map_location="cpu"), fsdp)
         loader.load_state_dict(state["loader"])
-        set_rng_state(torch.load(last / "rng.pt", weights_only=False))
+        set_rng_state(torch.load(last / "rng.pt", weights_only=True))
         step, tokens, best = state["step"], state["tokens"], state.get("best_val_bpb")
         if d.main:
             print(f"resuming from {last.name}: step {step}, {tokens:,} tokens", flush=True)

@@ -11,6 +11,7 @@ A stage is a plain class, with no Prefect in it, so that it runs and is tested o
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
@@ -151,12 +152,23 @@ def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
     result = ShardResult(unit.name)
     try:
         stage.process(unit, writer, drops, result)
+        result.seconds = time.perf_counter() - t0
+        return finish_unit(out_dir, result, writer, drops)
     except UnitFailed:
         raise
+    except OSError as err:
+        raise UnitFailed(f"{stage.name} {unit.describe()}: {describe_os_error(err, out_dir)}") from err
     except Exception as err:
         raise UnitFailed(f"{stage.name} {unit.describe()}: {type(err).__name__}: {err}") from err
-    result.seconds = time.perf_counter() - t0
-    return finish_unit(out_dir, result, writer, drops)
+
+
+def describe_os_error(err: OSError, out_dir: Path) -> str:
+    """An OSError in words a user can act on; a full disk is said plainly (it is not retried)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(out_dir).free if out_dir.exists() else 0
+        return (f"the disk is full writing {err.filename or out_dir} ({free / 2**20:,.0f} MiB free): free some "
+                "space and rerun; finished units are kept")
+    return f"{type(err).__name__}: {err}"
 
 
 class ReduceStage(Stage):

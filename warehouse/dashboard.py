@@ -23,14 +23,14 @@ def _marks(values: list[Any]) -> str:
 
 def runs_overview(wh: Warehouse, limit: int = 30) -> list[dict[str, Any]]:
     """The latest runs, newest first, each with its planned stages and the status of each so far."""
-    runs = wh.query("SELECT run_id, flow_run_id, trigger, status, started_at, ended_at, stages, error, config_path "
-                    "FROM pipeline_runs ORDER BY started_at DESC LIMIT ?", [limit])
+    runs = wh.present(wh.query("SELECT run_id, flow_run_id, trigger, status, started_at, ended_at, stages, error, "
+                               "config_path FROM pipeline_runs ORDER BY started_at DESC LIMIT ?", [limit]))
     if not runs:
         return []
     ids = [r["run_id"] for r in runs]
     progress: dict[str, dict[str, str]] = {}
-    for row in wh.query(f"SELECT run_id, stage, status, cache_hit FROM stage_runs WHERE run_id IN ({_marks(ids)}) "
-                        "ORDER BY started_at", ids):
+    for row in wh.present(wh.query(f"SELECT run_id, stage, status, cache_hit FROM stage_runs "
+                                   f"WHERE run_id IN ({_marks(ids)}) ORDER BY started_at", ids)):
         status = "cached" if row["cache_hit"] and row["status"] == "completed" else row["status"]
         progress.setdefault(row["run_id"], {})[row["stage"]] = status
     for run in runs:
@@ -51,8 +51,8 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
     """A run as it stands: its stages, funnel, training curves (once recorded), evaluation and lineage."""
     run = wh.resolve_run(run_ref)
     run_id = run["run_id"]
-    stages = wh.query(f"SELECT {', '.join(STAGE_COLUMNS)} FROM stage_runs WHERE run_id = ? ORDER BY started_at",
-                      [run_id])
+    stages = wh.present(wh.query(f"SELECT {', '.join(STAGE_COLUMNS)} FROM stage_runs WHERE run_id = ? "
+                                 "ORDER BY started_at", [run_id]))
     latest = {s["stage"]: s for s in stages}  # a stage retried within a run: its last attempt
     snapshot: dict[str, Any] = {
         "run": {k: run.get(k) for k in ("run_id", "flow_run_id", "trigger", "status", "started_at", "ended_at",

@@ -58,7 +58,8 @@ _HELD_LOCKS: dict[Path, list[Any]] = {}  # pipeline locks this process holds: pa
 
 def _acquire(lock: Path, warehouse: Path, wait_s: float) -> Any:
     fh = open(lock, "a+")
-    deadline = time.monotonic() + wait_s
+    # At least a moment's retry: a reader asking whether a run is alive holds the lock for microseconds.
+    deadline = time.monotonic() + max(wait_s, READER_PROBE_GRACE_S)
     while True:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,6 +79,31 @@ def _acquire(lock: Path, warehouse: Path, wait_s: float) -> Any:
             waited = f" (waited {wait_s:g}s)" if wait_s else ""
             raise PipelineBusy(f"{who} is writing {warehouse}{waited}: wait for it to finish, or set "
                                "warehouse.pipeline_wait_s to queue behind it") from None
+
+
+READER_PROBE_GRACE_S = 1.0
+
+
+def pipeline_alive(warehouse: Path) -> bool:
+    """Whether a pipeline run holds ``<warehouse>.pipeline.lock`` now (this process included).
+
+    The lock is a flock, released by the kernel when its holder dies however it dies, so unlike a pid it cannot
+    be fooled by pid reuse (containers) or a different host name.
+    """
+    lock = warehouse.with_name(warehouse.name + ".pipeline.lock").resolve()
+    if lock in _HELD_LOCKS:
+        return True
+    try:
+        fh = open(lock, "r")
+    except FileNotFoundError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -104,23 +130,25 @@ class Warehouse:
             raise WarehouseError(f"no warehouse at {self.path}: run `crucible run CONFIG` first")
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.02
-        while True:
-            try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
-            except duckdb.IOException as err:
-                if "lock" not in str(err).lower() or time.monotonic() > deadline:
-                    raise WarehouseError(f"cannot open warehouse {self.path}: {err}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)  # short: a reader's gap between queries is enough
+        con = self._retry_locked(lambda: duckdb.connect(str(self.path), read_only=read_only))
         try:
             if not read_only:
                 self._migrate(con)
             yield con
         finally:
             con.close()
+
+    def _holds_pipeline_lock(self) -> bool:
+        return self.path.with_name(self.path.name + ".pipeline.lock").resolve() in _HELD_LOCKS
+
+    def present(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows of runs or stage runs as a reader should see them: 'running' while nobody holds the pipeline lock
+        means the process was killed, so it reads 'crashed' (the next run records that for good)."""
+        if any(r.get("status") == "running" for r in rows) and not pipeline_alive(self.path):
+            for r in rows:
+                if r.get("status") == "running":
+                    r["status"] = "crashed"
+        return rows
 
     @contextmanager
     def pipeline_lock(self, wait_s: float = 0.0) -> Iterator[Callable[[str], None]]:
@@ -186,6 +214,77 @@ class Warehouse:
             except duckdb.Error as err:
                 raise WarehouseError(f"query failed: {err}") from None
 
+    def user_query(self, sql: str) -> list[dict[str, Any]]:
+        """Run a user's query (`crucible sql`) read-only for real, on a snapshot, so it can never hold up a writer.
+
+        Only one SELECT/WITH/EXPLAIN/DESCRIBE/SHOW statement is taken (COPY, ATTACH, INSTALL, SET ... are refused).
+        The warehouse's tables and views are copied into an in-memory database while the file is open read-only
+        (milliseconds; the writer retries through that), then the file is closed and the query runs on the copy,
+        however long it takes. The copy may read files only in the dataset directories the document views use and
+        in the warehouse's directory; external access is then switched off and the configuration locked.
+        """
+        mem = duckdb.connect(":memory:")
+        try:
+            try:
+                statements = mem.extract_statements(sql)
+            except duckdb.Error as err:
+                raise WarehouseError(f"query failed: {err}") from None
+            kinds = [s.type.name for s in statements]
+            if len(statements) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
+                raise WarehouseError(f"crucible sql runs one read-only query (SELECT, WITH, EXPLAIN, DESCRIBE, "
+                                     f"SHOW); got {', '.join(kinds) or 'nothing'}")
+            if not self.path.exists():
+                raise WarehouseError(f"no warehouse at {self.path}: run `crucible run CONFIG` first")
+            self._retry_locked(lambda: mem.execute(f"ATTACH '{_q(str(self.path))}' AS wh (READ_ONLY)"))
+            try:
+                self._copy_into_memory(mem)
+                dirs = {str(Path(r[0]).resolve()) for r in mem.execute(
+                    "SELECT DISTINCT uri FROM datasets WHERE format = 'parquet'").fetchall()}
+            finally:
+                mem.execute("DETACH wh")
+            dirs.add(str(self.path.resolve().parent))
+            mem.execute("SET allowed_directories = ?", [sorted(dirs)])
+            mem.execute("SET enable_external_access = false")
+            mem.execute("SET lock_configuration = true")
+            try:
+                return self._rows(mem.execute(sql))
+            except duckdb.Error as err:
+                raise WarehouseError(f"query failed: {err}") from None
+        finally:
+            mem.close()
+
+    @staticmethod
+    def _copy_into_memory(mem: duckdb.DuckDBPyConnection) -> None:
+        """Tables of the attached ``wh`` into ``mem``, then its views (a view whose files are gone is left out)."""
+        for (table,) in mem.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'wh' "
+                                    "AND schema_name = 'main'").fetchall():
+            mem.execute(f'CREATE TABLE "{table}" AS FROM wh.main."{table}"')
+        views = mem.execute("SELECT view_name, sql FROM duckdb_views() WHERE database_name = 'wh' "
+                            "AND schema_name = 'main' AND NOT internal").fetchall()
+        while views:  # views over views (doc_lineage joins docs_*) need theirs first
+            left = []
+            for name, sql in views:
+                try:
+                    mem.execute(sql)
+                except duckdb.Error:
+                    left.append((name, sql))
+            if len(left) == len(views):
+                break
+            views = left
+
+    def _retry_locked(self, open_it: Callable[[], Any]) -> Any:
+        """Call ``open_it`` until the file's lock lets it through (lock_timeout seconds at most)."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                return open_it()
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise WarehouseError(f"cannot open warehouse {self.path}: {err}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
     # -- pipeline runs -------------------------------------------------------------------------------------------
 
     def start_run(self, *, config: dict[str, Any], config_hash: str, config_path: str | None, code_version: str,
@@ -206,10 +305,18 @@ class Warehouse:
                         [status, error, _now(), run_id])
 
     def _mark_crashed(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Runs left 'running' by a process on this host that no longer exists were killed: say so."""
-        rows = con.execute("SELECT run_id, pid FROM pipeline_runs WHERE status = 'running' AND host = ?",
-                           [socket.gethostname()]).fetchall()
-        dead = [run_id for run_id, pid in rows if pid is None or not _pid_alive(pid)]
+        """Runs left 'running' by a process that was killed: say so.
+
+        A new run starts while holding the pipeline lock, and only one process can hold it, so every other run
+        still marked running is dead, whatever its pid or host. Without the lock (a bare API call) only runs of
+        this host whose process is gone are marked.
+        """
+        if self._holds_pipeline_lock():
+            dead = [r[0] for r in con.execute("SELECT run_id FROM pipeline_runs WHERE status = 'running'").fetchall()]
+        else:
+            rows = con.execute("SELECT run_id, pid FROM pipeline_runs WHERE status = 'running' AND host = ?",
+                               [socket.gethostname()]).fetchall()
+            dead = [run_id for run_id, pid in rows if pid is None or not _pid_alive(pid)]
         for run_id in dead:
             con.execute("UPDATE pipeline_runs SET status = 'crashed', ended_at = coalesce(ended_at, ?) "
                         "WHERE run_id = ?", [_now(), run_id])
@@ -371,28 +478,29 @@ class Warehouse:
     # -- reading runs --------------------------------------------------------------------------------------------
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.query(
+        return self.present(self.query(
             "SELECT r.run_id, r.trigger, r.status, r.started_at, r.ended_at, r.code_version, r.config_path, "
             "  r.stages, r.error, "
             "  (SELECT count(*) FROM stage_runs s WHERE s.run_id = r.run_id) AS stage_runs, "
             "  (SELECT count(*) FROM stage_runs s WHERE s.run_id = r.run_id AND s.cache_hit) AS cache_hits "
-            "FROM pipeline_runs r ORDER BY r.started_at DESC LIMIT ?", [limit])
+            "FROM pipeline_runs r ORDER BY r.started_at DESC LIMIT ?", [limit]))
 
     def resolve_run(self, ref: str) -> dict[str, Any]:
         """A run by id, unique id prefix, or 'latest'."""
         if ref == "latest":
             rows = self.query("SELECT * FROM pipeline_runs ORDER BY started_at DESC LIMIT 1")
         else:
-            rows = self.query("SELECT * FROM pipeline_runs WHERE run_id LIKE ? || '%' ORDER BY started_at DESC",
+            # starts_with, not LIKE: a reference is text, never a pattern ('%' must not match every run)
+            rows = self.query("SELECT * FROM pipeline_runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC",
                               [ref])
         if not rows:
             raise WarehouseError(f"no pipeline run {ref!r} in {self.path} (see `crucible runs`)")
         if len(rows) > 1 and rows[0]["run_id"] != ref:
             raise WarehouseError(f"run prefix {ref!r} is ambiguous: {', '.join(r['run_id'] for r in rows[:5])}")
-        return rows[0]
+        return self.present(rows[:1])[0]
 
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
-        return self.query("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id])
+        return self.present(self.query("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id]))
 
     def funnel(self, run_id: str) -> list[dict[str, Any]]:
         """Drops and notes per stage and reason for a run; a cache hit shows the funnel of the run that computed it."""

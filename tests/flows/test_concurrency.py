@@ -113,3 +113,46 @@ def test_two_crucible_runs_at_once_one_completes_the_other_names_it(tmp_path, in
     assert len(runs) == 1 and runs[0]["status"] == "completed"
     assert f"run {runs[0]['run_id']}" in loser or "run (starting)" in loser, loser
     assert "is writing" in loser and "Traceback" not in loser
+
+
+def test_a_long_crucible_sql_query_never_makes_a_writer_fail(tmp_path):
+    """`crucible sql` reads a snapshot: the file is free while its query runs, so a writer with a 2 s lock timeout
+    (a pipeline starting, recording a stage) gets in at once."""
+    wh = Warehouse(tmp_path / "wh.duckdb", lock_timeout=2.0)
+    first = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
+    wh.finish_run(first, "completed")
+    reader = subprocess.Popen([sys.executable, "-m", "flows.cli", "sql", "--warehouse", str(wh.path), "--json",
+                               "SELECT count(*) AS runs, sum(hash(range)) AS slow FROM pipeline_runs, range(600000000)"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # started, snapshot taken, and well into its query
+        assert reader.poll() is None, reader.communicate()
+        t0 = time.monotonic()
+        second = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual",
+                              stages=[])
+        wh.finish_run(second, "completed")
+        assert time.monotonic() - t0 < 1.5
+        out, err = reader.communicate(timeout=120)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, err
+    assert '"runs": 600000000' in out  # it saw the snapshot: one run, not the second
+
+
+@pytest.mark.parametrize("query, refusal", [
+    ("COPY (SELECT 1) TO 'x.csv'", "got COPY"),
+    ("INSTALL httpfs", "got LOAD"),
+    ("ATTACH 'other.duckdb'", "got ATTACH"),
+    ("SELECT * FROM read_csv('/etc/passwd')", "file system operations are disabled"),
+    ("SELECT 1; DROP TABLE pipeline_runs", "got SELECT, DROP"),
+])
+def test_crucible_sql_is_read_only_for_real(tmp_path, query, refusal):
+    from click.testing import CliRunner
+
+    from flows.cli import main
+
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
+    result = CliRunner().invoke(main, ["sql", "--warehouse", str(wh.path), query])
+    assert result.exit_code == 1 and refusal in result.output, result.output
+    assert not (tmp_path / "x.csv").exists() and len(wh.runs()) == 1

@@ -45,9 +45,16 @@ def _log_steps(out_dir: Path, steps: range) -> None:
 
 def test_api_follows_a_running_training_and_serves_a_stale_snapshot_while_the_file_is_held(tmp_path):
     wh = Warehouse(tmp_path / "wh.duckdb")
+    with wh.pipeline_lock():  # a live run holds it, as the orchestrator does
+        _follow_a_running_training(wh, tmp_path)
+    # once nobody holds the lock, a run still marked running was killed: readers say so
+    assert Warehouse(wh.path).runs()[0]["status"] == "crashed"
+
+
+def _follow_a_running_training(wh: Warehouse, tmp_path: Path) -> None:
     out_dir = tmp_path / "train"
     run_id = _training_run(wh, out_dir)
-    client = TestClient(create_app(wh.path, lock_timeout=0.5))
+    client = TestClient(create_app(wh.path, lock_timeout=0.5), base_url="http://127.0.0.1:8642")
 
     runs = client.get("/api/runs").json()["data"]
     assert runs[0]["run_id"] == run_id
@@ -178,3 +185,40 @@ def test_dashboard_in_a_real_browser(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_api_refuses_foreign_hosts_bad_limits_and_patterns_and_bounds_its_cache(tmp_path):
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual",
+                          stages=[])
+    wh.finish_run(run_id, "completed")
+    app = create_app(wh.path)
+    local = TestClient(app, base_url="http://127.0.0.1:8642")
+    assert local.get("/api/runs").status_code == 200
+    assert TestClient(app, base_url="http://localhost:8642").get("/api/runs").status_code == 200
+    assert TestClient(app, base_url="http://[::1]:8642").get("/healthz").status_code == 200
+    # DNS rebinding: evil.example resolves to 127.0.0.1, but the browser still sends its own name
+    rebound = TestClient(app, base_url="http://evil.example:8642")
+    for path in ("/api/runs", f"/api/runs/{run_id}", "/", "/static/dashboard.js"):
+        answer = rebound.get(path)
+        assert answer.status_code == 400 and "unexpected Host" in answer.text, path
+    assert TestClient(create_app(wh.path, hosts={"dash.example.org", "127.0.0.1"}),
+                      base_url="http://dash.example.org").get("/api/runs").status_code == 200
+
+    for bad in ("abc", "-1", "0", "1e9", "501"):
+        answer = local.get(f"/api/runs?limit={bad}")
+        assert answer.status_code == 400 and "limit" in answer.json()["error"], bad
+    assert local.get("/api/runs?limit=1").status_code == 200
+
+    assert local.get("/api/runs/%25").status_code == 404  # '%' is text, not a LIKE pattern matching every run
+    assert local.get("/api/runs/run-").status_code == 200   # a real prefix still resolves
+    for i in range(1, len(run_id) + 1):  # every prefix is another reference, kept apart
+        assert local.get(f"/api/runs/{run_id[:i]}").status_code in (200, 404)
+    snapshots = app.state.snapshots
+    assert 0 < len(snapshots) <= snapshots.max_kept
+    from flows.dashboard import Snapshots
+
+    small = Snapshots(wh, max_kept=8)
+    for i in range(100):
+        small.get(f"run:{i}", lambda: i)
+    assert len(small) == 8 and small.get("run:99", lambda: None)[0] == 99

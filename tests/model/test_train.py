@@ -125,13 +125,54 @@ def test_a_run_killed_with_sigkill_resumes_on_the_same_loss_curve(tmp_path, data
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "final.json").exists(), "the run ended before it was killed"
-    out = finish(train(config))
+    with open(metrics, "a") as fh:  # killed mid-line, as a kill during a write leaves it
+        fh.write('{"step": 31, "loss": 4.5, "lr"')
+    torn_write = tmp_path / "killed" / "checkpoints" / ".tmp-step-0000035-99999"
+    torn_write.mkdir()
+    (torn_write / "model.pt").write_bytes(b"half a checkpoint")
+    out = finish(train(config))  # rng.pt loads with weights_only=True, or this resume would fail
     assert "resuming from step-" in out
+    assert not torn_write.exists()
     whole, resumed = curve(tmp_path / "whole"), curve(tmp_path / "killed")
     assert [r["step"] for r in resumed] == [r["step"] for r in whole]
     for a, b in zip(whole, resumed):
         for key in ("loss", "grad_norm", "lr", "val_loss", "val_bpb"):
             assert a.get(key) == b.get(key), (a["step"], key)
+
+
+@pytest.mark.slow
+def test_ranks_die_with_their_launcher_when_it_is_killed(tmp_path, data):
+    """SIGKILL the process that started torchrun (as `kill -9` of crucible does): torchrun and its rank follow
+    within moments instead of training on, appending to metrics.jsonl."""
+    config = run_args(tmp_path, data, "orphan", max_steps=100000, checkpoint_every=0, eval_every=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--master-addr=127.0.0.1",
+               f"--master-port={port}", "-m", "model.train", "--config", str(config)]
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tasks.procs import spawn\n"
+                                 f"spawn({command!r})\ntime.sleep(3600)"], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    metrics = tmp_path / "orphan" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        assert time.time() < deadline and launcher.poll() is None
+        time.sleep(0.05)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    time.sleep(5)
+    steps = len(metrics.read_text().splitlines())
+    time.sleep(3)
+    assert len(metrics.read_text().splitlines()) == steps
+    alive = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(config).encode() in _cmdline(pid)]
+    assert alive == []
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
 
 
 @pytest.mark.slow

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import time
@@ -81,3 +82,23 @@ def test_runs_left_running_by_a_dead_process_are_marked_crashed(tmp_path):
         con.execute("UPDATE pipeline_runs SET pid = ? WHERE run_id = ?", [dead.pid, run_id])
     wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
     assert wh.resolve_run(run_id)["status"] == "crashed"
+
+
+def test_a_run_nobody_is_running_reads_crashed_and_the_next_run_records_it(tmp_path):
+    """Pid and host say nothing in containers (pids are reused) or across hosts; the pipeline lock does."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    with wh.pipeline_lock():
+        killed = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual",
+                              stages=["ingest"])
+        wh.start_stage(run_id=killed, stage="ingest", stage_key="k", params={}, params_hash="p", code_version="t",
+                       input_dataset_ids=[])
+        assert wh.resolve_run(killed)["status"] == "running"  # its process holds the lock: alive
+    with wh.connect() as con:  # as if run by a process that is gone, whose pid is now someone else's, elsewhere
+        con.execute("UPDATE pipeline_runs SET pid = ?, host = 'another-host' WHERE run_id = ?", [os.getpid(), killed])
+    assert wh.resolve_run(killed)["status"] == "crashed"
+    assert wh.runs()[0]["status"] == "crashed" and wh.stage_runs(killed)[0]["status"] == "crashed"
+    assert wh.query("SELECT status FROM pipeline_runs")[0]["status"] == "running"  # readers write nothing
+    with wh.pipeline_lock():
+        wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
+    assert {r["run_id"]: r["status"] for r in wh.query("SELECT run_id, status FROM pipeline_runs")}[killed] == "crashed"
+    assert wh.query("SELECT status FROM stage_runs")[0]["status"] == "crashed"
