@@ -56,3 +56,59 @@ def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
     outcomes = wh.query("SELECT outcome, count(*) AS n FROM crawl_log WHERE stage_run_id = ? GROUP BY 1",
                         [by_stage(second)["crawl"]["stage_run_id"]])
     assert "archived" not in {r["outcome"] for r in outcomes}
+
+
+@pytest.mark.slow
+def test_a_crawl_killed_between_warc_rotations_archives_nothing_twice_on_rerun(tmp_path, prefect_harness):
+    """Finished WARC files of a killed crawl join the dataset; their log parts are durable, so the rerun knows
+    those pages and archives each page exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flows.pipeline import pipeline_flow
+    from tests.conftest import REPO
+    from tests.faults import archived_urls
+
+    crawl = {"delay_s": 0.05, "timeout_s": 2, "backoff_s": 0.05, "max_depth": 30, "warc_max_bytes": 4096}
+    with LocalSite() as site:
+        def config(name):
+            return parse_config({"paths": {"work_dir": str(tmp_path / name)},
+                                 "crawl": {"seeds": [site.base + "/deep/1"],
+                                           "private_hosts": [f"127.0.0.1:{site.port}"],
+                                           **crawl}}, base=tmp_path)
+
+        reference = config("reference")
+        pipeline_flow(reference, ["crawl"], "manual")
+        expected = sorted(archived_urls(next((reference.work_dir / "crawl").iterdir())))
+        assert len(expected) == 31 and len(set(expected)) == 31  # /deep/1 .. /deep/31, one link each
+
+        cfg = config("killed")
+        toml = tmp_path / "killed.toml"
+        toml.write_text(f'[paths]\nwork_dir = "{cfg.work_dir}"\n[crawl]\nseeds = ["{site.base}/deep/1"]\n'
+                        f'private_hosts = ["127.0.0.1:{site.port}"]\ndelay_s = 0.05\ntimeout_s = 2\n'
+                        f'backoff_s = 0.05\nmax_depth = 30\nwarc_max_bytes = 4096\n')
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "stage", "crawl", str(toml)], cwd=REPO,
+                                env={**os.environ, "PREFECT_API_URL": prefect_harness}, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        jobs = cfg.work_dir / "crawl"
+        deadline = time.monotonic() + 120
+        while len(list(jobs.glob("*/crawl-*.warc.gz"))) < 2:
+            assert proc.poll() is None, "the crawl ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        [job_dir] = list(jobs.iterdir())
+        before = archived_urls(job_dir)
+        assert 0 < len(before) < 31
+
+        pipeline_flow(cfg, ["crawl"], "rerun", None, recrawl=True)
+    after = archived_urls(job_dir)
+    assert sorted(after) == expected  # every page once: none lost, none archived twice
+    assert not list(job_dir.glob(".tmp-*"))
+    wh = Warehouse(cfg.warehouse_path)
+    logged = wh.query("SELECT url, count(*) AS n FROM crawl_log WHERE outcome = 'archived' GROUP BY url")
+    assert sorted(r["url"] for r in logged) == expected and {r["n"] for r in logged} == {1}

@@ -62,3 +62,31 @@ def test_extraction_is_deterministic(tmp_path):
     a, _ = extract(tmp_path / "a", pages)
     b, _ = extract(tmp_path / "b", pages)
     assert a == b
+
+
+@pytest.mark.parametrize("sig, outcome", [("SIGTERM", "interrupted"), ("SIGINT", "interrupted"),
+                                          ("SIGSEGV", "crash"), ("SIGKILL", "crash")])
+def test_a_worker_stopped_by_a_user_signal_is_an_interruption_not_a_page_crash(sig, outcome):
+    """A page that kills the extraction worker (a segfault, the OOM killer's SIGKILL) is that page's crash; a worker
+    that someone stopped (Ctrl-C reaching it, a kill, a shutdown) says nothing about the page: the unit stops,
+    unfinished, and is redone on the rerun."""
+    import os
+    import signal
+    import time
+
+    from tasks.extract import IsolatedExtractor
+    from tasks.procs import Interrupted
+
+    extractor = IsolatedExtractor(ExtractConfig())
+    try:
+        assert extractor(page("Warm up"), "http://e.com/")[0] == "ok"
+        os.kill(extractor._proc.pid, getattr(signal, sig))
+        time.sleep(0.5)
+        if outcome == "crash":
+            status, message = extractor(page("Next"), "http://e.com/next")
+            assert status == "crash" and f"exit code -{int(getattr(signal, sig))}" in message
+        else:
+            with pytest.raises(Interrupted, match=f"signal {int(getattr(signal, sig))}"):
+                extractor(page("Next"), "http://e.com/next")
+    finally:
+        extractor.close()
