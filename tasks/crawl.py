@@ -125,7 +125,8 @@ def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 
 def _refused_address(ip: str) -> bool:
     """Anything but a public unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast,
-    also when an IPv6 address embeds such an IPv4 address (::ffff:10.0.0.1, ::127.0.0.1, 64:ff9b::a9fe:a9fe, 2002:...)."""
+    also when an IPv6 address embeds such an IPv4 address (::ffff:10.0.0.1, ::127.0.0.1, 64:ff9b::a9fe:a9fe,
+    2002:c0a8:101::1)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
     if not addr.is_global or addr.is_multicast:
         return True
@@ -278,6 +279,7 @@ class Crawler:
         self.seed_hosts: set[str] = set()
         self.seed_domains: set[str] = set()
         self.addresses: dict[str, list[str]] = {}
+        self.clients: dict[str, httpx.AsyncClient] = {}
 
     # -- the fetch log ---------------------------------------------------------------------------------------------
 
@@ -344,7 +346,18 @@ class Crawler:
             raise _Refused(f"private_address: {host} -> {', '.join(bad)}")
         return self.addresses[host][0]
 
-    async def _open(self, client: httpx.AsyncClient, url: str, headers: dict[str, str]):
+    def _client(self, netloc: str) -> httpx.AsyncClient:
+        """One client (one connection pool) per host: connections go to a pinned address, and a pool keyed by
+        address alone would let two names on one address (a CDN) share a TLS connection made for the other."""
+        if netloc not in self.clients:
+            per_host = self.cfg.per_host_concurrency
+            self.clients[netloc] = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.cfg.timeout_s), follow_redirects=False, trust_env=False,
+                limits=httpx.Limits(max_connections=per_host, max_keepalive_connections=per_host),
+                headers={"User-Agent": self.cfg.user_agent})
+        return self.clients[netloc]
+
+    async def _open(self, url: str, headers: dict[str, str]):
         """``client.stream`` GET of ``url``, connected to its checked address, with Host (and SNI) of its name."""
         address = await self.check_address(url)
         parts = urlsplit(url)
@@ -356,7 +369,7 @@ class Crawler:
             headers = {**headers, "Host": parts.netloc}
             if parts.scheme == "https":
                 extensions["sni_hostname"] = parts.hostname  # also the name the certificate is checked against
-        return client.stream("GET", url, headers=headers, extensions=extensions)
+        return self._client(parts.netloc).stream("GET", url, headers=headers, extensions=extensions)
 
     # -- politeness ------------------------------------------------------------------------------------------------
 
@@ -373,7 +386,7 @@ class Crawler:
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def robots(self, client: httpx.AsyncClient, url: str) -> Robots:
+    async def robots(self, url: str) -> Robots:
         """robots.txt of the URL's host, fetched once (RFC 9309): up to 5 redirects followed, at most 500 KiB read;
         a 4xx allows all; a 5xx, no answer, or too many redirects disallows all."""
         parts = urlsplit(url)
@@ -390,7 +403,7 @@ class Crawler:
                 await self.wait_turn(host)
                 async with asyncio.timeout(self.cfg.fetch_deadline_s):
                     for _ in range(ROBOTS_MAX_REDIRECTS + 1):
-                        status, location, body = await self._robots_get(client, target)
+                        status, location, body = await self._robots_get(target)
                         if status in (301, 302, 303, 307, 308) and location:
                             target = normalize_url(location, target)
                             if target is None or urlsplit(target).scheme not in DEFAULT_PORTS:
@@ -413,8 +426,8 @@ class Crawler:
         host.robots_ready.set()
         return parser
 
-    async def _robots_get(self, client: httpx.AsyncClient, url: str) -> tuple[int, str | None, bytes]:
-        async with await self._open(client, url, {"User-Agent": self.cfg.user_agent}) as response:
+    async def _robots_get(self, url: str) -> tuple[int, str | None, bytes]:
+        async with await self._open(url, {"User-Agent": self.cfg.user_agent}) as response:
             if response.status_code != 200:
                 return response.status_code, response.headers.get("location"), b""
             decoder = ContentDecoder(response.headers.get("content-encoding"), ROBOTS_MAX_BYTES)
@@ -440,7 +453,7 @@ class Crawler:
             "payload_digest": digest, "redirect_to": redirect_to, "fetched_at": datetime.now(timezone.utc),
             "seconds": seconds})
 
-    async def fetch(self, client: httpx.AsyncClient, item: _Item, queue: asyncio.Queue) -> None:
+    async def fetch(self, item: _Item, queue: asyncio.Queue) -> None:
         cfg = self.cfg
         try:
             await self.check_address(item.url)
@@ -457,7 +470,7 @@ class Crawler:
             return
         self.pages += 1
         if cfg.respect_robots:
-            robots = await self.robots(client, item.url)
+            robots = await self.robots(item.url)
             if not robots.can_fetch(item.url, cfg.user_agent):
                 self.pages -= 1
                 self.record(item, "robots_disallowed")
@@ -478,7 +491,7 @@ class Crawler:
                 async with host.sem:
                     await self.wait_turn(host)
                     async with asyncio.timeout(cfg.fetch_deadline_s):  # a trickling server cannot hold us longer
-                        outcome = await self._one_request(client, item, headers, previous, queue, t0)
+                        outcome = await self._one_request(item, headers, previous, queue, t0)
             except TimeoutError:
                 outcome = ("done", "timeout", f"deadline of {cfg.fetch_deadline_s:g}s passed")
             except httpx.TimeoutException as err:
@@ -493,10 +506,10 @@ class Crawler:
         self.record(item, reason, status=outcome[3] if len(outcome) > 3 else None, detail=detail,
                     seconds=time.monotonic() - t0)
 
-    async def _one_request(self, client, item, headers, previous, queue, t0):
+    async def _one_request(self, item, headers, previous, queue, t0):
         """One attempt; records the outcome and returns ('done',), or ('retry', reason, detail[, status])."""
         cfg = self.cfg
-        async with await self._open(client, item.url, headers) as response:
+        async with await self._open(item.url, headers) as response:
             status = response.status_code
             if status >= 500:
                 return ("retry", "http_error", f"HTTP {status}", status)
@@ -606,25 +619,24 @@ class Crawler:
         for url, page in sorted(self.seen.items(), key=lambda kv: (kv[1].depth, kv[0])):
             if page.depth <= self.cfg.max_depth:
                 self.enqueue(queue, url, page.depth, 0)
-        timeout = httpx.Timeout(self.cfg.timeout_s)
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
-                                     headers={"User-Agent": self.cfg.user_agent}, trust_env=False) as client:
-            async def worker() -> None:
-                while True:
-                    item = await queue.get()
-                    try:
-                        await self.fetch(client, item, queue)
-                    except Exception as err:  # a bug or a hostile answer costs one URL, never the crawl
-                        self.record(item, "fetch_error", detail=f"{type(err).__name__}: {err}")
-                    finally:
-                        queue.task_done()
+        async def worker() -> None:
+            while True:
+                item = await queue.get()
+                try:
+                    await self.fetch(item, queue)
+                except Exception as err:  # a bug or a hostile answer costs one URL, never the crawl
+                    self.record(item, "fetch_error", detail=f"{type(err).__name__}: {err}")
+                finally:
+                    queue.task_done()
 
-            workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
+        workers = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
+        try:
             await queue.join()
+        finally:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
 
 
 def extract_links(body: bytes, base_url: str) -> list[str]:

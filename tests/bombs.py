@@ -10,7 +10,6 @@ Each payload is small on the wire and 1 GiB (or 100 MB) once decoded; the bodies
 from __future__ import annotations
 
 import functools
-import io
 import json
 import resource
 import sys

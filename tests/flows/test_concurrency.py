@@ -122,7 +122,8 @@ def test_a_long_crucible_sql_query_never_makes_a_writer_fail(tmp_path):
     first = wh.start_run(config={}, config_hash="h", config_path=None, code_version="t", trigger="manual", stages=[])
     wh.finish_run(first, "completed")
     reader = subprocess.Popen([sys.executable, "-m", "flows.cli", "sql", "--warehouse", str(wh.path), "--json",
-                               "SELECT count(*) AS runs, sum(hash(range)) AS slow FROM pipeline_runs, range(600000000)"],
+                               "SELECT count(*) AS runs, sum(hash(range)) AS slow "
+                               "FROM pipeline_runs, range(600000000)"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4)  # started, snapshot taken, and well into its query

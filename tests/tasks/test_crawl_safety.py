@@ -116,7 +116,8 @@ def test_the_page_budget_bounds_robots_txt_fetches(tmp_path, monkeypatch):
     with LocalSite() as site:
         hosts = [f"h{i}.test:{site.port}" for i in range(15)]
         site.private_links = [f"http://{h}/" for h in hosts]
-        cfg = crawl_config(site, scope="any", max_pages=2, max_depth=1, private_hosts=hosts + [f"127.0.0.1:{site.port}"])
+        cfg = crawl_config(site, scope="any", max_pages=2, max_depth=1,
+                           private_hosts=hosts + [f"127.0.0.1:{site.port}"])
         result = CrawlStage(cfg).run(tmp_path, {})
         robots = [h.get("Host") for p, h, _ in site.requests if p == "/robots.txt"]
     assert result.pages == 2
