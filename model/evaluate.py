@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -30,6 +29,7 @@ from model.core import centered, core_score, fewshot, generate, render, score, s
 from model.gpt import GPT, GPTConfig
 from model.train import Dist, token_bytes, validate
 from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+from tasks.atomic import atomic_file
 from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
@@ -123,9 +123,8 @@ def gather(rows: list[dict[str, Any]], d: Dist) -> list[dict[str, Any]]:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        write(tmp)
 
 
 def run(args: EvalArgs) -> dict[str, Any]:

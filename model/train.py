@@ -47,6 +47,7 @@ import torch.distributed as dist
 
 from model.data import IGNORE, TrainLoader, ValLoader
 from model.gpt import GPT, GPTConfig
+from tasks.atomic import atomic_write_text
 from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
@@ -262,9 +263,7 @@ def save_checkpoint(out_dir: Path, step: int, model_state: dict, optim_state: di
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(value, indent=1, default=str))
 
 
 class Metrics:
@@ -297,9 +296,7 @@ def _step_of(line: str) -> float:
 
 
 def _write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -672,6 +672,10 @@ class CrawlStage:
         self.config = config
 
     @classmethod
+    def code_roots(cls) -> list[str]:
+        return [cls.__module__]
+
+    @classmethod
     def code_version(cls) -> str:
         return code_version_of(cls)
 

@@ -18,7 +18,6 @@ class EvaluateStage(TorchrunStage):
     name: ClassVar[str] = "evaluate"
     upstream: ClassVar[str] = "train"
     entry: ClassVar[str] = "model.evaluate"
-    modules: ClassVar[tuple[str, ...]] = ("core.py", "evaluate.py", "gpt.py")
 
     config: EvaluateConfig
 

@@ -7,13 +7,13 @@ evaluation, samples, datasheet, model card, lineage. Plots are drawn with matplo
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from tasks.atomic import atomic_write_bytes
+from tasks.codeversion import code_version
 
 # Published small-model CORE-style figures are not shipped: their protocols differ from CORE-7's (shots, item caps,
 # tasks), and mixing them in would invite a wrong comparison. The reference row is the random baseline.
@@ -332,18 +332,11 @@ def _write(doc: Doc, out_dir: Path, stem: str, title: str) -> tuple[Path, Path]:
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     for kind, value in doc.blocks:
         if kind == "img":
-            _atomic(out_dir / "images" / f"{value[0]}.png", value[1])
+            atomic_write_bytes(out_dir / "images" / f"{value[0]}.png", value[1])
     md, page = out_dir / f"{stem}.md", out_dir / f"{stem}.html"
-    _atomic(md, doc.markdown().encode())
-    _atomic(page, doc.html(title).encode())
+    atomic_write_bytes(md, doc.markdown().encode())
+    atomic_write_bytes(page, doc.html(title).encode())
     return md, page
-
-
-def _atomic(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(blob)
-    os.replace(tmp, path)
 
 
 class ReportStage:
@@ -356,8 +349,12 @@ class ReportStage:
         self.config = config
 
     @classmethod
+    def code_roots(cls) -> list[str]:
+        return [__name__, "warehouse.report"]
+
+    @classmethod
     def code_version(cls) -> str:
-        return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+        return code_version(cls.code_roots())
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.atomic import atomic_file, atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
 from tasks.procs import check_stop
 
 DATASET_MANIFEST = "_dataset.json"
@@ -32,33 +31,12 @@ ROW_GROUP_ROWS = 1000
 # Atomic files
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=1, sort_keys=True, default=str) + "\n").encode())
-
-
 def write_parquet_atomic(table: pa.Table, path: Path, *, group_by: str | None = None,
                          compression: str = COMPRESSION) -> None:
     """Write a Parquet file atomically. With ``group_by`` (a column the table is sorted by) every distinct value
     gets row groups of its own, so a reader can fetch one value's rows from the row-group statistics alone.
     ``compression="none"`` suits scratch files that are read once and deleted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if group_by is None or not table.num_rows:
             pq.write_table(table, tmp, compression=compression, row_group_size=ROW_GROUP_ROWS)
         else:
@@ -67,12 +45,6 @@ def write_parquet_atomic(table: pa.Table, path: Path, *, group_by: str | None = 
             with pq.ParquetWriter(tmp, table.schema, compression=compression) as writer:
                 for start, stop in zip(cuts[:-1], cuts[1:]):
                     writer.write_table(table.slice(start, stop - start), row_group_size=ROW_GROUP_ROWS)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -12,12 +12,9 @@ A stage is a plain class, with no Prefect in it, so that it runs and is tested o
 from __future__ import annotations
 
 import errno
-import hashlib
-import inspect
 import json
 import os
 import shutil
-import sys
 from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass, replace
@@ -27,6 +24,7 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 from pydantic import BaseModel
 
+from tasks.codeversion import code_version
 from tasks.config import stable_hash
 from tasks.procs import check_stop
 from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_batches, iter_rows,
@@ -62,11 +60,8 @@ class Unit:
 
 
 def code_version_of(cls: type) -> str:
-    """A hash of a stage's module and the shard machinery: editing either invalidates the stage's cache."""
-    digest = hashlib.sha256()
-    for module in (sys.modules[cls.__module__], sys.modules[__name__], sys.modules["tasks.shards"]):
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
+    """A hash of every project module a stage runs (tasks/codeversion.py): editing any invalidates its cache."""
+    return code_version(cls.code_roots())
 
 
 class UnitFailed(RuntimeError):
@@ -85,6 +80,11 @@ class Stage(ABC):
         self.config = config
 
     # -- identity ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def code_roots(cls) -> list[str]:
+        """The modules whose imports, followed, are the code this stage runs."""
+        return [cls.__module__, __name__]
 
     @classmethod
     def code_version(cls) -> str:

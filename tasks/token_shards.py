@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from itertools import chain
 from typing import Any, Sequence
@@ -25,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
+
+from tasks.atomic import atomic_file
 
 
 class ShardCheckError(ValueError):
@@ -62,19 +63,11 @@ def write_token_shard(path: Path, doc_ids: list[str], sizes: Sequence[int], ids:
         pa.array(offsets), pa.array(flat, type=dtype))
     schema = pa.schema([("doc_id", pa.string()), ("bytes", pa.int64()), ("tokens", list_type(dtype))])
     table = pa.table([pa.array(doc_ids, pa.string()), pa.array(sizes, pa.int64()), tokens], schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as writer:  # uncompressed: mmap-able
+    with atomic_file(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:  # uncompressed: mmaps
             writer.write_table(table)
         with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return int(offsets[-1]), digest
 
 

@@ -8,13 +8,13 @@ ingests them (``read_metrics``, ``checkpoints``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tasks.codeversion import code_version
 from tasks.config import TrainConfig
 
 
@@ -28,18 +28,18 @@ class TorchrunStage:
     name: ClassVar[str]
     upstream: ClassVar[str]
     entry: ClassVar[str]              # the model/ module torchrun runs
-    modules: ClassVar[tuple[str, ...]]  # the model/ files its code version hashes
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     @classmethod
+    def code_roots(cls) -> list[str]:
+        return [cls.__module__, cls.entry]  # the stage and the model/ entry point torchrun runs
+
+    @classmethod
     def code_version(cls) -> str:
-        """A hash of the model/ files the entry point runs and of the stage's own module."""
-        digest = hashlib.sha256(Path(sys.modules[cls.__module__].__file__).read_bytes())
-        for name in cls.modules:
-            digest.update((_model_dir() / name).read_bytes())
-        return digest.hexdigest()[:16]
+        """A hash of every project module the stage and its torchrun entry point run (tasks/codeversion.py)."""
+        return code_version(cls.code_roots())
 
     def nproc(self) -> int:
         if self.config.nproc_per_node != "auto":
@@ -66,7 +66,6 @@ class TrainStage(TorchrunStage):
     name: ClassVar[str] = "train"
     upstream: ClassVar[str] = "tokenize"
     entry: ClassVar[str] = "model.train"
-    modules: ClassVar[tuple[str, ...]] = ("gpt.py", "train.py", "data.py")
 
     config: TrainConfig
 

@@ -26,14 +26,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-
-def _lit(value: object) -> str:
-    """A SQL string literal (paths may hold quotes)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _files(paths: list[Path]) -> str:
-    return "[" + ", ".join(_lit(p) for p in paths) + "]"
+from tasks.atomic import atomic_file
+from warehouse.sql import literal, literal_list
 
 
 def union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,8 +67,8 @@ def cluster_documents(*, docs: list[Path], bands: list[Path], out_dir: Path, exa
     scratch.mkdir(parents=True)
     con = duckdb.connect(str(scratch / "cluster.duckdb"))
     try:
-        con.execute(f"SET memory_limit = {_lit(memory_limit)}")
-        con.execute(f"SET temp_directory = {_lit(scratch / 'spill')}")
+        con.execute(f"SET memory_limit = {literal(memory_limit)}")
+        con.execute(f"SET temp_directory = {literal(scratch / 'spill')}")
         con.execute("SET preserve_insertion_order = false")
         facts = _cluster(con, docs, bands, out_dir, exact, near, threshold, state_dir, state_name, batch_rows)
     finally:
@@ -90,7 +84,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
     sig = ", sig" if near else ""
     if docs:
         con.execute(f"CREATE TABLE cur AS SELECT doc_id, exact_hash, length, unit{sig}, false AS earlier "
-                    f"FROM read_parquet({_files(docs)})")
+                    f"FROM read_parquet({literal_list(docs)})")
     else:
         con.execute("CREATE TABLE cur (doc_id VARCHAR, exact_hash VARCHAR, length BIGINT, unit VARCHAR, "
                     f"{'sig UINTEGER[], ' if near else ''}earlier BOOLEAN)")
@@ -102,7 +96,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
         con.execute(f"""
             INSERT INTO cur BY NAME
             SELECT doc_id, exact_hash, length, NULL AS unit{sig}, true AS earlier
-            FROM read_parquet({_files(earlier_docs)}) p
+            FROM read_parquet({literal_list(earlier_docs)}) p
             WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.doc_id = p.doc_id)
             QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY exact_hash) = 1""")
     state_docs = con.execute("SELECT count(*) FROM cur WHERE earlier").fetchone()[0]
@@ -119,7 +113,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
     if near and n and bands:
         con.execute(f"""
             CREATE TABLE b AS SELECT DISTINCT n.idx, k.band, k.band_hash
-            FROM read_parquet({_files(bands + earlier_bands)}) k JOIN nodes n USING (doc_id)""")
+            FROM read_parquet({literal_list(bands + earlier_bands)}) k JOIN nodes n USING (doc_id)""")
         con.execute("CREATE TABLE hot AS SELECT band, band_hash FROM b GROUP BY ALL HAVING count(*) > 1")
         con.execute("""
             CREATE TABLE pairs AS SELECT DISTINCT a, idx AS b FROM (
@@ -185,7 +179,7 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
         con.execute(f"""
             COPY (SELECT doc_id, unit, exact_hash, cluster_id, kept, reason, duplicate_of FROM decisions
                   WHERE NOT earlier ORDER BY unit, doc_id)
-            TO {_lit(tmp)} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (unit), OVERWRITE_OR_IGNORE)""")
+            TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (unit), OVERWRITE_OR_IGNORE)""")
         for part in tmp.glob("unit=*"):
             files = sorted(part.glob("*.parquet"))
             for i, f in enumerate(files):
@@ -216,9 +210,8 @@ def _write_state(con: duckdb.DuckDBPyConnection, state_dir: Path, name: str, ban
                 f"WHERE kept AND NOT decisions.earlier")]
     if near and bands:
         targets.append((state_dir / f"{name}.bands.parquet",
-                        f"SELECT k.* FROM read_parquet({_files(bands)}) k SEMI JOIN "
+                        f"SELECT k.* FROM read_parquet({literal_list(bands)}) k SEMI JOIN "
                         f"(SELECT doc_id FROM decisions WHERE kept AND NOT earlier) USING (doc_id)"))
     for path, query in targets:
-        tmp = path.with_name(f".tmp-{path.name}")
-        con.execute(f"COPY ({query}) TO {_lit(tmp)} (FORMAT parquet, COMPRESSION zstd)")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            con.execute(f"COPY ({query}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")

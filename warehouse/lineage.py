@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterator
 
 import duckdb
 
+from warehouse.sql import literal, literal_list
+
 SCHEMA_VERSION_TABLE = "schema_version"
 
 
@@ -235,7 +237,7 @@ class Warehouse:
                                      f"SHOW); got {', '.join(kinds) or 'nothing'}")
             if not self.path.exists():
                 raise WarehouseError(f"no warehouse at {self.path}: run `crucible run CONFIG` first")
-            self._retry_locked(lambda: mem.execute(f"ATTACH '{_q(str(self.path))}' AS wh (READ_ONLY)"))
+            self._retry_locked(lambda: mem.execute(f"ATTACH {literal(self.path)} AS wh (READ_ONLY)"))
             try:
                 self._copy_into_memory(mem)
                 dirs = {str(Path(r[0]).resolve()) for r in mem.execute(
@@ -375,7 +377,7 @@ class Warehouse:
             raise WarehouseError(f"no record table {table!r}; known: {', '.join(self.RECORD_TABLES)}")
         with self.connect() as con:
             columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "stage_run_id"]
-            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet('{_q(str(path))}')",
+            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet({literal(path)})",
                         [stage_run_id])
             return con.execute(f"SELECT count(*) FROM {table} WHERE stage_run_id = ?", [stage_run_id]).fetchone()[0]
 
@@ -399,10 +401,10 @@ class Warehouse:
         """
         if not log_files:
             return 0
-        files = ", ".join(f"'{_q(str(f))}'" for f in log_files)
+        files = literal_list(log_files)
         with self.connect() as con:
             before = con.execute("SELECT count(*) FROM crawl_log WHERE job = ?", [job]).fetchone()[0]
-            con.execute(f"INSERT INTO crawl_log SELECT ?, ?, p.* FROM read_parquet([{files}]) p "
+            con.execute(f"INSERT INTO crawl_log SELECT ?, ?, p.* FROM read_parquet({files}) p "
                         f"WHERE NOT EXISTS (SELECT 1 FROM crawl_log c WHERE c.job = ? AND c.url = p.url "
                         f"AND c.fetched_at = p.fetched_at)", [stage_run_id, job, job])
             return con.execute("SELECT count(*) FROM crawl_log WHERE job = ?", [job]).fetchone()[0] - before
@@ -546,9 +548,9 @@ class Warehouse:
                 drop_files += [(stage, str(Path(uri) / f)) for f in json.loads(manifest.read_text())["drops_files"]]
             if not files or not all(Path(f).exists() for f in files):
                 continue
-            con.execute(f"CREATE OR REPLACE VIEW docs_{stage} AS SELECT * FROM read_parquet({_sql_list(files)})")
+            con.execute(f"CREATE OR REPLACE VIEW docs_{stage} AS SELECT * FROM read_parquet({literal_list(files)})")
             stages.append(stage)
-        union = " UNION ALL BY NAME ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet('{_q(f)}')"
+        union = " UNION ALL BY NAME ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet({literal(f)})"
                                    for stage, f in drop_files if Path(f).exists())
         empty = ("SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS reason, NULL::BIGINT AS bytes,"
                  " NULL::VARCHAR AS url, NULL::VARCHAR AS warc_file, NULL::BIGINT AS warc_offset,"
@@ -573,9 +575,3 @@ def _total(values: Any) -> int | None:
     return sum(known) if known else None
 
 
-def _q(value: str) -> str:
-    return value.replace("'", "''")
-
-
-def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join(f"'{_q(p)}'" for p in paths) + "]"

@@ -1,0 +1,68 @@
+"""Atomic files: a file is either absent or whole, whatever kills the writer and whenever.
+
+Every writer in Crucible goes through ``atomic_file``: write a temporary file in the target's own directory (a
+rename is atomic only within one file system), fsync it, rename it over the target, then fsync the directory so the
+rename itself survives a power cut. A killed writer leaves only a ``.tmp-*`` file, which the next run removes.
+
+    with atomic_file(path) as tmp:          # for writers that want a path (Parquet, Arrow IPC, DuckDB COPY)
+        pq.write_table(table, tmp)
+    atomic_write_bytes(path, data)
+    atomic_write_json(path, value)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends cleanly it becomes ``path``, durably."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, value: Any, **dumps: Any) -> None:
+    options = {"indent": 1, "sort_keys": True, "default": str, **dumps}
+    atomic_write_text(path, json.dumps(value, **options) + "\n")
