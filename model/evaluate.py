@@ -12,7 +12,6 @@ and ``samples.json`` (greedy and sampled continuations of fixed prompts). The sc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -28,30 +27,34 @@ import torch.distributed as dist
 from model.core import centered, core_score, fewshot, generate, render, score, sequences
 from model.gpt import GPT, GPTConfig
 from model.train import Dist, token_bytes, validate
-from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
 from tasks.atomic import atomic_file
+from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+from tasks.codeversion import code_version
+from tasks.config import EvaluateConfig
 from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
-SAMPLE_PROMPTS = ["The history of the", "In the morning, the", "Python is a programming language that",
-                  "The most important thing about"]
+_EVAL = EvaluateConfig()
 
 
 @dataclass
 class EvalArgs:
+    """The [evaluate] section (tasks/config.py EvaluateConfig documents each setting) as the ranks read it, with the
+    checkpoint and directories resolved. Its defaults are that section's (a test holds them equal)."""
+
     checkpoint: str
     benchmarks_dir: str
     out_dir: str
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: shots, delimiter, max_items
-    max_items: int | None = None          # per task, after the seeded shuffle; None: every item
-    shuffle_seed: int = 1337
-    batch_rows: int = 32                  # sequences per forward pass
-    val: bool = True
-    val_batches: int | None = None
-    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
-    sample_tokens: int = 32
-    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.8])
-    device: str = "auto"
+    max_items: int | None = _EVAL.max_items
+    shuffle_seed: int = _EVAL.shuffle_seed
+    batch_rows: int = _EVAL.batch_rows
+    val: bool = _EVAL.val
+    val_batches: int | None = _EVAL.val_batches
+    sample_prompts: list[str] = field(default_factory=lambda: list(_EVAL.sample_prompts))
+    sample_tokens: int = _EVAL.sample_tokens
+    temperatures: list[float] = field(default_factory=lambda: list(_EVAL.temperatures))
+    device: str = _EVAL.device
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "EvalArgs":
@@ -59,13 +62,6 @@ class EvalArgs:
         if unknown:
             raise ValueError(f"unknown evaluation arguments: {', '.join(unknown)}")
         return cls(**value)
-
-
-def code_version() -> str:
-    digest = hashlib.sha256()
-    for name in ("core.py", "evaluate.py", "gpt.py"):
-        digest.update((Path(__file__).with_name(name)).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[GPT, dict[str, Any]]:
@@ -179,7 +175,7 @@ def run(args: EvalArgs) -> dict[str, Any]:
 
     summary = {"results": results, "core7": core, "core7_tasks": sorted(results), "val": val,
                "checkpoint": str(checkpoint.resolve()), "step": state["step"], "tokens": state["tokens"],
-               "tokenizer_sha256": manifest["tokenizer_sha256"], "code_version": code_version(),
+               "tokenizer_sha256": manifest["tokenizer_sha256"], "code_version": code_version(["model.evaluate"]),
                "config": asdict(args), "world_size": d.world, "seconds": time.time() - t0,
                "n-shot": {k: v["shots"] for k, v in results.items()}}
     if d.main:

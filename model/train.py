@@ -48,6 +48,7 @@ import torch.distributed as dist
 from model.data import IGNORE, TrainLoader, ValLoader
 from model.gpt import GPT, GPTConfig
 from tasks.atomic import atomic_write_text
+from tasks.config import TrainConfig
 from tasks.procs import die_with_parent
 from tasks.token_shards import read_token_manifest
 
@@ -56,36 +57,42 @@ PEAK_FLOPS = {"H200": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H100": 9
 CHINCHILLA_TOKENS_PER_PARAM = 20
 
 
+_TRAIN = TrainConfig()
+
+
 @dataclass
 class TrainArgs:
+    """The [train] section (tasks/config.py TrainConfig, which documents each setting) as the ranks read it, plus
+    where to read and write. Its defaults ARE that section's: one definition per setting (a test holds them equal)."""
+
     data_dir: str
     out_dir: str
     model: dict[str, Any] = field(default_factory=dict)  # GPTConfig fields; vocab_size comes from the data
-    seed: int = 0
-    device: str = "auto"                   # auto: cuda when available, else cpu
-    batch_size: int = 8                    # rows per rank per micro-step
-    seq_len: int = 256
-    total_batch_tokens: int | None = None  # default: one micro-step on every rank
-    max_steps: int = 100
-    max_seconds: float | None = None       # stop (with a final checkpoint) after this long
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    decay_fraction: float = 0.2            # wsd: the share of steps spent decaying
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_batches: int | None = None        # None: the whole val split
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2              # periodic ones; best and final are kept too
-    compile: bool = False
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    fsdp: bool = False                     # FSDP2 (fully_shard) instead of DDP, for models that do not fit a GPU
-    buffer_docs: int = 256
+    seed: int = _TRAIN.seed
+    device: str = _TRAIN.device
+    batch_size: int = _TRAIN.batch_size
+    seq_len: int = _TRAIN.seq_len
+    total_batch_tokens: int | None = _TRAIN.total_batch_tokens
+    max_steps: int = _TRAIN.max_steps
+    max_seconds: float | None = _TRAIN.max_seconds
+    lr: float = _TRAIN.lr
+    min_lr_ratio: float = _TRAIN.min_lr_ratio
+    warmup_steps: int = _TRAIN.warmup_steps
+    schedule: Literal["cosine", "wsd"] = _TRAIN.schedule
+    decay_fraction: float = _TRAIN.decay_fraction
+    weight_decay: float = _TRAIN.weight_decay
+    beta1: float = _TRAIN.beta1
+    beta2: float = _TRAIN.beta2
+    eps: float = _TRAIN.eps
+    grad_clip: float = _TRAIN.grad_clip
+    eval_every: int = _TRAIN.eval_every
+    eval_batches: int | None = _TRAIN.eval_batches
+    checkpoint_every: int = _TRAIN.checkpoint_every
+    keep_checkpoints: int = _TRAIN.keep_checkpoints
+    compile: bool = _TRAIN.compile
+    dtype: Literal["auto", "bf16", "fp32"] = _TRAIN.dtype
+    fsdp: bool = _TRAIN.fsdp
+    buffer_docs: int = _TRAIN.buffer_docs
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "TrainArgs":

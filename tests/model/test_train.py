@@ -244,3 +244,27 @@ def test_evaluation_split_over_two_ranks_gives_what_one_process_gives(tmp_path, 
         assert all(math.isclose(p, q, rel_tol=1e-5, abs_tol=1e-6) for p, q in zip(x["losses"], y["losses"]))
     samples = json.loads((tmp_path / "one" / "samples.json").read_text())
     assert {s["temperature"] for s in samples} == {0.0, 0.8} and len(samples) == 8
+
+
+def test_the_torch_side_takes_its_defaults_from_the_config_sections():
+    """One definition per setting: TrainArgs, EvalArgs and GPTConfig default to what [train], [evaluate] and
+    [train.model] say, and name the same settings."""
+    import dataclasses
+
+    from model.evaluate import EvalArgs
+    from tasks.config import EvaluateConfig, ModelConfig, TrainConfig
+
+    def defaults(cls) -> dict:
+        return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+    train = defaults(TrainArgs)
+    section = TrainConfig().model_dump(exclude={"nproc_per_node", "model"})
+    assert {k: train[k] for k in section} == section and set(train) == set(section) | {"model"}
+    evaluate = defaults(EvalArgs)
+    section = EvaluateConfig().model_dump(exclude={"nproc_per_node", "benchmarks_dir"})
+    assert {k: evaluate[k] for k in section} == section and set(evaluate) == set(section)
+    model = defaults(GPTConfig)
+    model.pop("seq_len")  # set from [train] seq_len
+    assert model == ModelConfig().model_dump()
