@@ -25,14 +25,13 @@ from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow as pa
-from warcio.archiveiterator import ArchiveIterator
-from warcio.bufferedreaders import ChunkedDataReader
-from warcio.recordloader import ArcWarcRecordLoader
 
 from tasks.config import IngestConfig, stable_hash
-from tasks.encodings import EncodingRefused, decode_all
+from tasks.encodings import EncodingRefused
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Source, Stage, Unit, UnitFailed
+from tasks.warc import (EMBEDDED_RECORD, GZIP_MAGIC, MAX_MEMBER_BYTES, MAX_RESYNCS, Overrun, SingleStream,
+                        TolerantIterator, Unseekable, gzip_members, is_archive, next_header_offset, read_payload)
 
 # The source columns every later stage carries along: they tie each document to its WARC record.
 SOURCE_FIELDS = [
@@ -47,15 +46,7 @@ SOURCE_FIELDS = [
 ]
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("charset", pa.string()), pa.field("html", pa.large_string())])
 
-MAX_RESYNCS = 10_000  # per file; past this the rest of a hopeless file is one counted skip
-MAX_MEMBER_BYTES = 64 * 2**20  # a larger gzip member means the file is one gzip stream (or a bomb): streamed
-_GZIP_MAGIC = b"\x1f\x8b\x08"
-_PIECE = 64 * 1024  # compressed bytes fed to the inflater at a time: most records fit in one piece
-_ARC_HEADER = re.compile(rb"^\S+://\S* \S+ \d{14} \S+ \d+")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
-# A whole WARC record header inside a payload: the record's Content-Length ran over the records that follow it.
-_EMBEDDED_RECORD = re.compile(rb"\r?\n\r?\nWARC/1\.[01]\r\n(?:[A-Za-z-]+: [^\r\n]*\r\n){1,30}?Content-Length: \d+\r\n")
-_RECORD_START = re.compile(rb"(?m)^(WARC/[0-9.]+\r?\n|\S+://\S* \S+ \d{14} \S+ \d+\r?\n)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -85,100 +76,6 @@ def expand_inputs(patterns: list[str]) -> list[InputFile]:
     return [files[k] for k in sorted(files)]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# A tolerant reader
-
-
-class _SpecLoader(ArcWarcRecordLoader):
-    """Parses an HTTP header block only where the WARC Content-Type says there is one (application/http).
-
-    A response record of another type (Wayback exports label them text/html) carries the bare document; the stock
-    loader would eat its first lines as HTTP headers.
-    """
-
-    _content_type = ""
-
-    def _ensure_target_uri_format(self, rec_headers):
-        self._content_type = (rec_headers.get_header("Content-Type") or "").lower()
-        return super()._ensure_target_uri_format(rec_headers)
-
-    def load_http_headers(self, rec_type, uri, stream, length):
-        if rec_type == "response" and self._content_type and not self._content_type.startswith("application/http"):
-            return None
-        return super().load_http_headers(rec_type, uri, stream, length)
-
-
-class _Overrun(Exception):
-    """Raised for a record whose declared length swallowed the records after it (already counted as a drop)."""
-
-
-class _TolerantIterator(ArchiveIterator):
-    """warcio's iterator, except that a record header met where a blank line was due is kept, not discarded.
-
-    Common Crawl's 2008 ARC files declare a header length that swallows the separator line, so the stock
-    iterator throws away the next record's header line and then fails on the HTTP status line after it.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.notes: dict[str, int] = {}
-        super().__init__(*args, **kwargs)
-        self.loader = _SpecLoader(verify_http=False, arc2warc=True)
-
-    def _note(self, kind: str) -> None:
-        self.notes[kind] = self.notes.get(kind, 0) + 1
-
-    def _consume_blanklines(self):
-        empty_size = 0
-        while True:
-            line = self.reader.readline()
-            if not line:
-                return None, empty_size
-            if line.strip():
-                if not (line.startswith(b"WARC/") or _ARC_HEADER.match(line)):
-                    self._note("malformed_record_boundary")
-                    empty_size += len(line)
-                    continue
-                return line, empty_size
-            empty_size += len(line)
-
-    def _raise_invalid_gzip_err(self):
-        # Several records in one gzip member cannot be replayed by offset, but they read fine.
-        self._note("multi_record_gzip_member")
-
-
-class _Unseekable(io.RawIOBase):
-    """A forward-only view of a stream, so the reader does not try to seek a gzip stream."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def readinto(self, b) -> int:
-        data = self._stream.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if offset == 0 and whence == 0:
-            return 0
-        raise io.UnsupportedOperation("forward-only stream")
-
-
-def _sniff(fh: IO[bytes]) -> bytes:
-    head = fh.read(4096)
-    fh.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
-        except zlib.error:
-            return b""
-    return head.lstrip(b"\r\n")
-
 
 _HTML_FILE = re.compile(r"\.(html?|xhtml)(\.gz)?$", re.I)
 
@@ -191,136 +88,6 @@ def is_html_file(uri: str) -> bool:
 def _file_url(uri: str) -> str:
     return uri if "://" in uri else Path(uri).resolve().as_uri()
 
-
-def is_archive(fh: IO[bytes]) -> bool:
-    head = _sniff(fh)
-    return head.startswith(b"WARC/") or bool(_ARC_HEADER.match(head))
-
-
-def _next_header_offset(fh: IO[bytes], after: int) -> int | None:
-    """In an uncompressed stream, the offset of the next line that starts a WARC or ARC record."""
-    fh.seek(after + 1)
-    pos, carry = after + 1, b""
-    while True:
-        block = fh.read(1 << 20)
-        if not block:
-            return None
-        data = carry + block
-        m = _RECORD_START.search(data, 1 if pos - len(carry) == after + 1 else 0)
-        if m:
-            return pos - len(carry) + m.start()
-        carry = data[-256:]
-        pos += len(block)
-
-
-@dataclass
-class Member:
-    """One gzip member of a record-per-member archive, or a damaged region between members."""
-
-    offset: int
-    data: bytes = b""
-    damage: str | None = None  # 'garbage' | 'corrupt' | 'truncated'
-    end: int = 0
-
-
-def gzip_members(fh: IO[bytes], block: int = 1 << 20, max_member: int = MAX_MEMBER_BYTES) -> Iterator[Member]:
-    """Split a .gz archive into its members, streaming; damaged regions come out as Members with ``damage`` set.
-
-    WARC and ARC files compress each record as its own gzip member, so a corrupt or truncated member costs one
-    record, and garbage between members is skipped by finding the next member header. A member that inflates past
-    ``max_member`` raises ``_SingleStream``: the whole file is one gzip stream and must be read as a stream.
-    """
-    buf = bytearray()
-    pos = 0  # index in buf of the next unread byte
-    base = 0  # file offset of buf[0]
-    at_eof = False
-    corrupt_at: int | None = None  # file offset of a member that failed to inflate, while we look past it
-
-    def fill(n: int) -> None:
-        """Make at least n unread bytes available (fewer at end of file); compact the buffer when that is cheap."""
-        nonlocal at_eof, pos, base
-        if len(buf) - pos >= n or at_eof:
-            return
-        if pos:
-            del buf[:pos]
-            base += pos
-            pos = 0
-        while len(buf) < n and not at_eof:
-            chunk = fh.read(max(block, n - len(buf)))
-            if not chunk:
-                at_eof = True
-            buf.extend(chunk)
-
-    while True:
-        fill(_PIECE)
-        if pos >= len(buf):
-            return
-        if buf[pos:pos + 3] != _GZIP_MAGIC or corrupt_at is not None:
-            start = base + pos if corrupt_at is None else corrupt_at
-            while True:  # skip to the next real member header
-                idx = buf.find(_GZIP_MAGIC, pos + 1)
-                if idx != -1:
-                    pos = idx
-                    fill(_PIECE)
-                    if _inflates(bytes(buf[pos:pos + 512])):
-                        break
-                    continue
-                pos = max(len(buf) - 2, pos + 1)
-                if at_eof:
-                    pos = len(buf)
-                    break
-                fill(_PIECE)
-            yield Member(start, damage="garbage" if corrupt_at is None else "corrupt", end=base + pos)
-            corrupt_at = None
-            continue
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out: list[bytes] = []
-        size, used = 0, pos
-        damage = None
-        while not inflater.eof:
-            if used >= len(buf):
-                if at_eof:
-                    damage = "truncated"
-                    break
-                offset = used - pos
-                fill(offset + block)
-                used = pos + offset
-                continue
-            view = memoryview(buf)[used:used + _PIECE]
-            used += len(view)
-            try:  # bounded output: one piece of a bomb could otherwise inflate to 1000x its size
-                data = inflater.decompress(view, max_member - size + 1)
-            except zlib.error:
-                damage = "corrupt"
-                break
-            finally:
-                view.release()
-            out.append(data)
-            size += len(data)
-            if size > max_member:
-                raise _SingleStream(base + pos)
-            used -= len(inflater.unconsumed_tail)  # none is left unless the output filled max_length
-        if damage == "truncated":
-            yield Member(base + pos, damage=damage, end=base + used)
-            return
-        if damage == "corrupt":  # look for the next member header past this one; report the region once
-            corrupt_at = base + pos
-            continue
-        used -= len(inflater.unused_data)
-        yield Member(base + pos, b"".join(out), end=base + used)
-        pos = used
-
-
-class _SingleStream(Exception):
-    """The archive is one gzip stream, not a member per record."""
-
-
-def _inflates(head: bytes) -> bool:
-    try:
-        zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
-        return True
-    except zlib.error:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -478,7 +245,7 @@ class IngestStage(Stage):
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""
-        if fh.read(3) != _GZIP_MAGIC:
+        if fh.read(3) != GZIP_MAGIC:
             fh.seek(0)
             yield from self._plain_records(fh, uri, 0, drops, result)
             return
@@ -492,11 +259,11 @@ class IngestStage(Stage):
                 else:
                     yield from self._plain_records(io.BytesIO(member.data), uri, member.offset, drops, result,
                                                    exact_offsets=False)
-        except _SingleStream as single:
+        except SingleStream as single:
             result.notes["single_gzip_stream"] = result.notes.get("single_gzip_stream", 0) + 1
             fh.seek(single.args[0])
             with gzip.GzipFile(fileobj=fh) as stream:
-                yield from self._plain_records(_Unseekable(stream), uri, single.args[0], drops, result,
+                yield from self._plain_records(Unseekable(stream), uri, single.args[0], drops, result,
                                                exact_offsets=False)
 
     def _plain_records(self, fh: IO[bytes], uri: str, base: int, drops: DropLog, result: ShardResult,
@@ -511,7 +278,7 @@ class IngestStage(Stage):
         resyncs = 0
         while start is not None:
             fh.seek(start)
-            it = _TolerantIterator(fh, arc2warc=True)
+            it = TolerantIterator(fh, arc2warc=True)
             offset = start
             try:
                 start = None
@@ -521,8 +288,8 @@ class IngestStage(Stage):
                     result.docs_in += 1
                     try:
                         doc = self._record(rec, uri, where, drops, notes)
-                    except _Overrun:  # its Content-Length swallowed the records after it: read those again
-                        start = _next_header_offset(fh, offset) if fh.seekable() else None
+                    except Overrun:  # its Content-Length swallowed the records after it: read those again
+                        start = next_header_offset(fh, offset) if fh.seekable() else None
                         if start is not None:
                             break
                         continue
@@ -536,7 +303,7 @@ class IngestStage(Stage):
                 result.docs_in += 1
                 resyncs += 1
                 seekable = fh.seekable() if hasattr(fh, "seekable") else False
-                nxt = _next_header_offset(fh, max(offset, it.offset or 0)) if seekable and resyncs < MAX_RESYNCS \
+                nxt = next_header_offset(fh, max(offset, it.offset or 0)) if seekable and resyncs < MAX_RESYNCS \
                     else None
                 skipped = "the rest" if nxt is None else f"up to offset {base + nxt}"
                 drops.add("read_error", warc_file=uri, warc_offset=base + offset if exact_offsets else base,
@@ -587,12 +354,12 @@ class IngestStage(Stage):
         except Exception as err:  # a broken gzip/brotli/chunked body spoils this record only
             drops.add("content_decoding_error", detail=f"{type(err).__name__}: {err}", **where)
             return None
-        embedded = _EMBEDDED_RECORD.search(body) if b"WARC/1." in body else None
+        embedded = EMBEDDED_RECORD.search(body) if b"WARC/1." in body else None
         if embedded is not None:
             drops.add("content_length_overrun", nbytes=len(body), **where,
                       detail=f"a record header {embedded.start()} bytes into the payload: the declared length "
                              "ran over the records after it, which are read again")
-            raise _Overrun()
+            raise Overrun()
         if self._unusable(body, drops, where):
             return None
 
@@ -615,20 +382,6 @@ class IngestStage(Stage):
         }
 
 
-def read_payload(rec, limit: int) -> bytes:
-    """The payload with transfer and content encodings undone, at most ``limit`` DECODED bytes.
-
-    The record's raw bytes are de-chunked and decoded here (tasks/encodings.py), not by warcio, so a small
-    compressed body that inflates to gigabytes costs at most ``limit`` bytes of memory; stacked compressions raise
-    EncodingRefused.
-    """
-    http = rec.http_headers
-    raw = rec.raw_stream
-    if http is not None and (http.get_header("Transfer-Encoding") or "").strip().lower() == "chunked":
-        raw = ChunkedDataReader(raw, decomp_type=None)
-    header = http.get_header("Content-Encoding") if http is not None else None
-    body, _ = decode_all(header, iter(lambda: raw.read(_PIECE), b""), limit)
-    return body
 
 
 def _size_of(uri: str) -> int:

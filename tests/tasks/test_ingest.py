@@ -206,7 +206,7 @@ def test_whole_file_gzip_stream(tmp_path, monkeypatch):
 
 
 def test_a_corrupt_member_costs_one_record(tmp_path):
-    from tasks.ingest import gzip_members
+    from tasks.warc import gzip_members
 
     path = write_pages_warc(tmp_path / "p.warc.gz", 6)
     with open(path, "rb") as fh:
