@@ -11,7 +11,7 @@ Signatures, on passages of the Gutenberg books in ../shared/corpora/english (wor
 The stage should reach >= 0.9x of bare bulk.
 
 Clustering: synthetic signatures (random, with 10% planted near-copies), written as the scan writes them, are
-clustered by the reduce step (warehouse/cluster.py) in a child process with DuckDB's memory_limit; the wall time
+clustered by the reduce step (tasks/dedup_cluster.py) in a child process with DuckDB's memory_limit; the wall time
 and the child's peak RSS are printed.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def write_synthetic(directory: Path, docs: int, cfg: DedupConfig, unit_docs: int
 
 
 def cluster_child(directory: str) -> None:
-    from warehouse.cluster import cluster_documents
+    from tasks.dedup_cluster import cluster_documents
 
     cfg = DedupConfig()
     d = Path(directory)

@@ -33,7 +33,7 @@ from tasks.ngrams import ngram_hashes, normalized_words, word_hashes
 from tasks.quality import SCHEMA as QUALITY_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
 from tasks.stage import ReduceStage, Unit
-from warehouse.cluster import cluster_documents
+from tasks.dedup_cluster import cluster_documents
 
 SCHEMA = pa.schema([*QUALITY_SCHEMA, pa.field("exact_hash", pa.string()), pa.field("minhash_cluster_id", pa.string()),
                     pa.field("dedup_kept", pa.bool_())])

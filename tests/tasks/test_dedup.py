@@ -8,7 +8,7 @@ from tasks.config import DedupConfig
 from tasks.dedup import DedupStage, exact_hash, shingles, signatures
 from tasks.quality import SCHEMA as QUALITY_SCHEMA
 from tests.helpers import run_stage, write_dataset
-from warehouse.cluster import union_find
+from tasks.dedup_cluster import union_find
 
 VOCAB = [f"w{i}" for i in range(3000)]
 

@@ -1,4 +1,6 @@
-"""Out-of-core dedup clustering with DuckDB (an ephemeral database, not the lineage warehouse).
+"""Out-of-core dedup clustering with DuckDB (an ephemeral database of its own, not the lineage warehouse).
+
+This engine and warehouse/ are the only code that opens DuckDB; this one never opens the warehouse file.
 
 The dedup stage's scan writes, per unit, ``docs-*.parquet`` (doc_id, exact_hash, length, unit, sig) and
 ``bands-*.parquet`` (doc_id, band, band_hash). Here DuckDB, within ``memory_limit`` and spilling to disk beyond it:
