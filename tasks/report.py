@@ -281,12 +281,10 @@ def section_datasheet(doc: Doc, data: dict[str, Any]) -> None:
              f"{collection.get('last_fetch')}." if collection else "."))
     cfg = data.get("config", {})
     quality = cfg.get("quality", {})
-    doc.p("Filters, in order: WARC record selection (ingest), boilerplate removal with trafilatura (extract), "
-          f"language ID with langid keeping {cfg.get('language', {}).get('keep')} (language), C4/Gopher/FineWeb "
-          "quality and repetition rules, offensive-word and host blocklists, PII redaction (quality), exact and "
-          f"MinHash near-duplicate removal at Jaccard {cfg.get('dedup', {}).get('threshold')} (dedup), and "
-          "benchmark n-gram decontamination (decontaminate). Every drop is counted in the funnel above with its "
-          "reason; text is NFC-normalised, never lowercased.")
+    doc.p("Filters, in the order this run applied them, with the reasons they recorded: " + filters_applied(data)
+          + f". Language ID kept {cfg.get('language', {}).get('keep')}; near-duplicates were judged at Jaccard "
+          f"{cfg.get('dedup', {}).get('threshold')}. Every drop is counted in the funnel above with its reason; "
+          "text is NFC-normalised, never lowercased.")
     doc.p(f"PII: e-mail and IP addresses (and URLs when redact_urls is set) are replaced with <EMAIL>, <IP>, <URL> "
           f"(pii = {quality.get('pii')}, redact_urls = {quality.get('redact_urls')}); documents with replacements "
           "are counted as pii_redacted_docs. Names, postal addresses and phone numbers are not detected.")
@@ -297,13 +295,43 @@ def section_datasheet(doc: Doc, data: dict[str, Any]) -> None:
           "decontamination only finds n-gram overlaps of 8+ words.")
 
 
+def filters_applied(data: dict[str, Any]) -> str:
+    """The stages that dropped documents in this run, in pipeline order, each with the reasons it recorded."""
+    reasons: dict[str, list[str]] = {}
+    for f in data.get("funnel", []):
+        if f["dropped"]:
+            reasons.setdefault(f["stage"], []).append(f["reason"])
+    order = [s["stage"] for s in data.get("stages", [])]
+    named = [f"{stage} ({', '.join(sorted(reasons[stage]))})" for stage in order if stage in reasons]
+    return "; ".join(named) or "none dropped anything"
+
+
+def model_description(model: dict[str, Any]) -> str:
+    """The architecture as configured (not as usually configured), and whether it exports to Llama."""
+    from model.gpt import GPTConfig
+
+    cfg = GPTConfig(vocab_size=1, **{k: v for k, v in model.items() if v is not None})
+    parts = ["pre-norm RMSNorm" + ("" if cfg.norm_weight else " without learned weights"), "rotary embeddings",
+             "causal attention" + (f" with {cfg.n_kv_heads} key/value heads for {cfg.n_heads} query heads"
+                                   if cfg.n_kv_heads != cfg.n_heads else f" ({cfg.n_heads} heads)")]
+    if cfg.qk_norm:
+        parts.append("RMSNorm on queries and keys")
+    parts.append("ReLU² MLP" if cfg.activation == "relu2" else "gated-SiLU (SwiGLU) MLP")
+    if cfg.logit_softcap:
+        parts.append(f"logits soft-capped at {cfg.logit_softcap:g}")
+    parts.append("tied input and output embeddings" if cfg.tie_embeddings else "untied embeddings")
+    problems = cfg.export_problems()
+    export = ("exportable to Hugging Face Llama with `crucible export`" if not problems
+              else "not exportable to Hugging Face Llama (" + "; ".join(problems) + ")")
+    return f"d_model {cfg.d_model}, " + ", ".join(parts) + "; " + export
+
+
 def section_model_card(doc: Doc, data: dict[str, Any]) -> None:
     doc.h(2, "Model card")
     model = data.get("config", {}).get("train", {}).get("model", {})
     facts = data.get("facts", {})
     doc.p(f"Model: a decoder-only GPT (depth {model.get('depth')}, {facts.get('train.params', 0):,.0f} parameters), "
-          "pre-norm RMSNorm, rotary embeddings, causal attention, gated-SiLU MLP; exportable to Hugging Face Llama "
-          "with `crucible export`.")
+          f"{model_description(model)}.")
     doc.p(f"Intended use: studying the data and training pipeline; not for production or any user-facing use. "
           f"Training data: the documents kept by the funnel above ({facts.get('tokenize.train_tokens', 0):,.0f} "
           "training tokens).")
