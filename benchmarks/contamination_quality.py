@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.benchmarks import TASKS, contamination_text, read_items  # noqa: E402
+from tasks.evalsets import TASKS, contamination_text, read_items  # noqa: E402
 from tasks.config import DecontaminateConfig  # noqa: E402
 from tasks.decontaminate import DecontaminateStage  # noqa: E402
 from tasks.dedup import SCHEMA  # noqa: E402

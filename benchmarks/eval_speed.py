@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.core import fewshot, render, score, sequences  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
-from tasks.benchmarks import TASKS, contamination_text, ensure_smoke, item_kind, read_items  # noqa: E402
+from tasks.evalsets import TASKS, contamination_text, ensure_smoke, item_kind, read_items  # noqa: E402
 from tasks.tokenizer import TiktokenEncoder, train_bpe  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"

@@ -489,7 +489,7 @@ def benchmarks_fetch(url: str, dest: str, tasks: tuple[str, ...]) -> None:
         crucible benchmarks fetch --url http://mirror.local/core --dest data/benchmarks
         crucible benchmarks fetch --url http://mirror.local/core --dest data/benchmarks --task copa --task piqa
     """
-    from tasks.benchmarks import fetch
+    from tasks.evalsets import fetch
 
     for path in fetch(url, Path(dest), list(tasks) or None):
         console.print(f"{path}", highlight=False)
@@ -505,7 +505,7 @@ def benchmarks_smoke(dest: str) -> None:
     Example:
         crucible benchmarks smoke work/benchmarks/smoke
     """
-    from tasks.benchmarks import write_smoke
+    from tasks.evalsets import write_smoke
 
     console.print(f"wrote {write_smoke(Path(dest))}", highlight=False)
 
@@ -520,7 +520,7 @@ def benchmarks_check(directory: str) -> None:
     Example:
         crucible benchmarks check ../shared/benchmarks
     """
-    from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+    from tasks.evalsets import TASKS, benchmark_files, item_kind, read_items
 
     rows = []
     for f in benchmark_files(Path(directory)):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.benchmarks import benchmark_files
+from tasks.evalsets import benchmark_files
 from tasks.config import Config, stable_hash
 from tasks.evaluate import EvaluateStage
 from warehouse.lineage import Warehouse

@@ -25,7 +25,7 @@ from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flows.runners import task_runner
-from tasks.benchmarks import ensure_smoke, smoke_dir
+from tasks.evalsets import ensure_smoke, smoke_dir
 from tasks.config import Config, stable_hash
 from tasks.crawl import VISITED, CrawlStage, SeenPage, job_files, recover
 from tasks.evaluate import EvaluateStage

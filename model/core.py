@@ -1,6 +1,6 @@
 """CORE-style benchmark scoring (the DCLM / nanochat protocol) in plain torch, tokenizer-agnostic.
 
-Items come in three kinds (``tasks.benchmarks``): multiple choice, schema and language modelling. For each item:
+Items come in three kinds (``tasks.evalsets``): multiple choice, schema and language modelling. For each item:
 
 - **Few-shot examples** are ``shots`` other items drawn with ``random.Random(1234 + i)`` (i: the item's position
   after the task's seeded shuffle), each rendered solved and followed by a blank line.

@@ -28,7 +28,7 @@ from model.core import centered, core_score, fewshot, generate, render, score, s
 from model.gpt import GPT, GPTConfig
 from model.train import Dist, token_bytes, validate
 from tasks.atomic import atomic_file
-from tasks.benchmarks import TASKS, benchmark_files, item_kind, read_items
+from tasks.evalsets import TASKS, benchmark_files, item_kind, read_items
 from tasks.codeversion import code_version
 from tasks.config import EvaluateConfig
 from tasks.procs import die_with_parent

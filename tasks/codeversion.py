@@ -1,7 +1,7 @@
 """A stage's code version: a hash of every project module it runs, found by following its imports.
 
 A cache key must change when the code that made a dataset changes. Listing the files by hand missed some (the
-evaluate stage imports tasks/benchmarks.py, model/train.py and the tokenizer loader), so the list is derived: from
+evaluate stage imports tasks/evalsets.py, model/train.py and the tokenizer loader), so the list is derived: from
 the stage's module (and, for a torchrun stage, the model/ entry point) every ``import`` of a project module is
 followed, statically with ``ast`` (function-local imports included), through tasks/, model/ and warehouse/.
 

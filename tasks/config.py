@@ -340,7 +340,7 @@ class TrainConfig(Section):
 
 
 class TaskEvalConfig(Section):
-    """Overrides for one benchmark task; unset keys keep the CORE defaults (tasks/benchmarks.py TASKS)."""
+    """Overrides for one benchmark task; unset keys keep the CORE defaults (tasks/evalsets.py TASKS)."""
 
     shots: int | None = Field(None, ge=0)
     delimiter: str | None = None

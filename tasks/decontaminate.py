@@ -1,6 +1,6 @@
 """Benchmark contamination: find training documents that contain evaluation items, and drop or cut them.
 
-Each item's text is its question with its gold answer (``tasks.benchmarks.contamination_text``), normalized to
+Each item's text is its question with its gold answer (``tasks.evalsets.contamination_text``), normalized to
 words (casefold, punctuation stripped). Its n-grams are indexed with n = ``ngram`` (13), or the item's length for
 shorter items down to ``min_ngram`` (8), as GPT-3 did; shorter items are counted, not checked. A document that
 shares an n-gram with an item is contaminated, unless that n-gram occurs in more than ``max_ngram_docs``
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.benchmarks import benchmark_files, contamination_text, fingerprint, read_items
+from tasks.evalsets import benchmark_files, contamination_text, fingerprint, read_items
 from tasks.config import DecontaminateConfig, stable_hash
 from tasks.dedup import SCHEMA as DEDUP_SCHEMA
 from tasks.ngrams import ngram_hashes, word_hashes, word_spans

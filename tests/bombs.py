@@ -135,7 +135,7 @@ def _crawl(urls: list[str]) -> dict:
 
 def _benchmarks(directory: str) -> dict:
     """Build the decontaminate index over a benchmark directory, as the stage does."""
-    from tasks.benchmarks import BenchmarkError, benchmark_files
+    from tasks.evalsets import BenchmarkError, benchmark_files
     from tasks.decontaminate import ItemIndex
 
     try:

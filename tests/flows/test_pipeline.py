@@ -210,7 +210,7 @@ def test_dask_runner_on_an_existing_cluster_address(tmp_path, inputs):
 def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     from warcio.warcwriter import WARCWriter
 
-    from tasks.benchmarks import _SMOKE, contamination_text
+    from tasks.evalsets import _SMOKE, contamination_text
     from tests.helpers import response
 
     texts = {f"p{i}": prose(i) for i in range(6)}
@@ -240,7 +240,7 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     assert evaluated["status"] == "completed"
     assert [r["parent_id"] for r in wh.query("SELECT parent_id FROM dataset_edges WHERE child_id = ?",
                                              [evaluated["output_dataset_id"]])] == [trained["output_dataset_id"]]
-    from tasks.benchmarks import _SMOKE
+    from tasks.evalsets import _SMOKE
     per_task = {r["task"]: r["n"] for r in wh.query("SELECT task, count(*) AS n FROM eval_items GROUP BY task")}
     assert per_task == {task: len(items) for task, items in _SMOKE.items()}  # every item of the smoke set
     figures = {f["name"]: f["value"] for f in wh.stage_facts(run_id) if f["stage"] == "evaluate"}

@@ -206,7 +206,7 @@ def test_fsdp2_on_two_gloo_ranks_matches_ddp_and_resumes(tmp_path, data):
 
 
 def evaluate(tmp_path, checkpoint, name, nproc=1, **kw):
-    from tasks.benchmarks import ensure_smoke
+    from tasks.evalsets import ensure_smoke
 
     bench = tmp_path / "smoke"
     ensure_smoke(bench)

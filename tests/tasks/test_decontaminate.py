@@ -6,7 +6,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.benchmarks import (TASKS, BenchmarkError, contamination_text, fetch, item_kind, read_items, write_smoke)
+from tasks.evalsets import (TASKS, BenchmarkError, contamination_text, fetch, item_kind, read_items, write_smoke)
 from tasks.config import DecontaminateConfig
 from tasks.decontaminate import DecontaminateStage, ItemIndex, cut_matches
 from tasks.dedup import SCHEMA as DEDUP_SCHEMA

@@ -1,4 +1,5 @@
-"""Benchmark sets in the DCLM/nanochat CORE formats: reading, validating, the smoke set, and fetching.
+"""Evaluation sets (the benchmark items) in the DCLM/nanochat CORE formats: reading, validating, the smoke set,
+and fetching. (benchmarks/ at the top of the repository is something else: the speed and quality scripts.)
 
 A benchmark directory holds one ``<task>.jsonl`` per task. Each line is one item in one of three formats:
 
