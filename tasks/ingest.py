@@ -30,8 +30,9 @@ from tasks.config import IngestConfig, stable_hash
 from tasks.encodings import EncodingRefused
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.stage import Source, Stage, Unit, UnitFailed
-from tasks.warc import (EMBEDDED_RECORD, GZIP_MAGIC, MAX_MEMBER_BYTES, MAX_RESYNCS, Overrun, SingleStream,
-                        TolerantIterator, Unseekable, gzip_members, is_archive, next_header_offset, read_payload)
+from tasks.warc import (ARC_HEADER, EMBEDDED_RECORD, GZIP_MAGIC, MAX_MEMBER_BYTES, MAX_RESYNCS, Overrun, SingleStream,
+                        TolerantIterator, Unseekable, gzip_members, is_archive, next_header_offset, read_payload,
+                        sniff)
 
 # The source columns every later stage carries along: they tie each document to its WARC record.
 SOURCE_FIELDS = [
@@ -245,9 +246,11 @@ class IngestStage(Stage):
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""
+        # An ARC record read as WARC gets a random WARC-Record-ID from warcio: never an identity to key on.
+        arc = bool(ARC_HEADER.match(sniff(fh)))
         if fh.read(3) != GZIP_MAGIC:
             fh.seek(0)
-            yield from self._plain_records(fh, uri, 0, drops, result)
+            yield from self._plain_records(fh, uri, 0, drops, result, arc=arc)
             return
         fh.seek(0)
         try:
@@ -258,16 +261,16 @@ class IngestStage(Stage):
                               detail=f"{member.damage} gzip data, bytes {member.offset}..{member.end} skipped")
                 else:
                     yield from self._plain_records(io.BytesIO(member.data), uri, member.offset, drops, result,
-                                                   exact_offsets=False)
+                                                   exact_offsets=False, arc=arc)
         except SingleStream as single:
             result.notes["single_gzip_stream"] = result.notes.get("single_gzip_stream", 0) + 1
             fh.seek(single.args[0])
             with gzip.GzipFile(fileobj=fh) as stream:
                 yield from self._plain_records(Unseekable(stream), uri, single.args[0], drops, result,
-                                               exact_offsets=False)
+                                               exact_offsets=False, arc=arc)
 
     def _plain_records(self, fh: IO[bytes], uri: str, base: int, drops: DropLog, result: ShardResult,
-                       exact_offsets: bool = True) -> Iterator[dict[str, Any]]:
+                       exact_offsets: bool = True, arc: bool = False) -> Iterator[dict[str, Any]]:
         """Records of an uncompressed archive stream; after a parse error, resume at the next record header.
 
         ``base`` is the stream's offset in the file. Inside a gzip member every record gets the member's offset,
@@ -287,7 +290,7 @@ class IngestStage(Stage):
                     where = base + offset if exact_offsets else base
                     result.docs_in += 1
                     try:
-                        doc = self._record(rec, uri, where, drops, notes)
+                        doc = self._record(rec, uri, where, drops, notes, arc)
                     except Overrun:  # its Content-Length swallowed the records after it: read those again
                         start = next_header_offset(fh, offset) if fh.seekable() else None
                         if start is not None:
@@ -312,7 +315,8 @@ class IngestStage(Stage):
             for note, count in it.notes.items():
                 notes[note] = notes.get(note, 0) + count
 
-    def _record(self, rec, uri: str, offset: int, drops: DropLog, notes: dict[str, int]) -> dict[str, Any] | None:
+    def _record(self, rec, uri: str, offset: int, drops: DropLog, notes: dict[str, int],
+                arc: bool = False) -> dict[str, Any] | None:
         cfg = self.config
         rec_type = rec.rec_type
         url = rec.rec_headers.get_header("WARC-Target-URI")
@@ -364,7 +368,7 @@ class IngestStage(Stage):
             return None
 
         record_id = rec.rec_headers.get_header("WARC-Record-ID")
-        if rec.format == "warc" and record_id:
+        if not arc and rec.format == "warc" and record_id:
             doc_id = make_doc_id(record_id)
         else:  # ARC records have no stable id (warcio invents a random one): use the URL and the payload digest
             doc_id = make_doc_id(f"{url} {hashlib.sha1(body).hexdigest()}")

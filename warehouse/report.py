@@ -13,14 +13,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from warehouse.lineage import Warehouse, _q
+from warehouse.lineage import Warehouse
+from warehouse.sql import literal_list
 
 LIBRARIES = ("prefect", "duckdb", "pyarrow", "trafilatura", "langid", "datasketch", "tokenizers", "tiktoken",
              "torch", "numpy")
-
-
-def _sql_files(paths: list[str]) -> str:
-    return "[" + ", ".join(f"'{_q(p)}'" for p in paths) + "]"
 
 
 def _origin(wh: Warehouse, stage_run: dict[str, Any]) -> dict[str, Any]:
@@ -74,13 +71,13 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
         lang_files = files("language")
         if lang_files:
             data["languages"] = [dict(zip(("lang", "docs"), r)) for r in con.execute(
-                f"SELECT lang, count(*) FROM read_parquet({_sql_files(lang_files)}) GROUP BY 1 ORDER BY 2 DESC"
+                f"SELECT lang, count(*) FROM read_parquet({literal_list(lang_files)}) GROUP BY 1 ORDER BY 2 DESC"
             ).fetchall()]
         ingest_files = files("ingest")
         if ingest_files:
             lo, hi, hosts = con.execute(
                 f"SELECT min(fetch_time), max(fetch_time), count(DISTINCT regexp_extract(url, '://([^/]+)', 1)) "
-                f"FROM read_parquet({_sql_files(ingest_files)})").fetchone()
+                f"FROM read_parquet({literal_list(ingest_files)})").fetchone()
             data["collection"] = {"first_fetch": str(lo), "last_fetch": str(hi), "hosts": hosts}
         dedup = by_stage.get("dedup")
         if dedup and dedup.get("output_dataset_id"):
@@ -92,7 +89,7 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
             if drops:
                 data["dedup_clusters"] = [dict(zip(("size", "clusters"), r)) for r in con.execute(
                     f"SELECT size, count(*) FROM (SELECT detail, count(*) + 1 AS size FROM "
-                    f"read_parquet({_sql_files(drops)}) WHERE reason LIKE '%duplicate%' GROUP BY detail) "
+                    f"read_parquet({literal_list(drops)}) WHERE reason LIKE '%duplicate%' GROUP BY detail) "
                     f"GROUP BY 1 ORDER BY 1").fetchall()]
         train = by_stage.get("train")
         if train:

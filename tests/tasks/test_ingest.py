@@ -245,3 +245,16 @@ def test_saved_html_pages_are_one_document_each(tmp_path):
     first = next(r for r in rows if r["warc_file"].endswith("a.html"))
     assert first["url"] == (tmp_path / "a.html").as_uri() and "Plain page" in first["html"]
     assert first["fetch_time"] is not None and first["warc_offset"] == 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_arc_records_get_the_same_doc_ids_on_every_run(tmp_path, shared):
+    """warcio gives an ARC record read as WARC a random WARC-Record-ID; keyed on it, a rerun would make new ids,
+    new fingerprints and cache misses. ARC documents are keyed on URL and payload digest instead."""
+    if shared:
+        path = shared_path("corpora", "warc", "commoncrawl_2008_arc", "small-sample-1262850551027_8.arc")
+    else:
+        path = write_cc2008_arc(tmp_path / "x.arc", [page(f"Page {i}").encode() for i in range(4)])
+    first, _ = ingest(tmp_path / "a", path)
+    second, _ = ingest(tmp_path / "b", path)
+    assert len(first) > 0 and [r["doc_id"] for r in first] == [r["doc_id"] for r in second]
