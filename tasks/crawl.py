@@ -666,7 +666,7 @@ class CrawlStage:
     """
 
     name = "crawl"
-    upstream = None
+    upstream: str | None = None  # set by tasks/registry.py from the pipeline order
 
     def __init__(self, config: CrawlConfig) -> None:
         self.config = config

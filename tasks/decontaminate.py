@@ -124,7 +124,6 @@ def cut_matches(text: str, spans: list[tuple[int, int]], hits: list[tuple[int, i
 
 class DecontaminateStage(ReduceStage):
     name = "decontaminate"
-    upstream = "dedup"
     schema = SCHEMA
     size_column = "text"
 

@@ -96,7 +96,6 @@ def signature_params(cfg: DedupConfig) -> str:
 
 class DedupStage(ReduceStage):
     name = "dedup"
-    upstream = "quality"
     schema = SCHEMA
     size_column = "text"
 

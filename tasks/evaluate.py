@@ -16,7 +16,6 @@ from tasks.train import TorchrunStage
 
 class EvaluateStage(TorchrunStage):
     name: ClassVar[str] = "evaluate"
-    upstream: ClassVar[str] = "train"
     entry: ClassVar[str] = "model.evaluate"
 
     config: EvaluateConfig

@@ -185,7 +185,6 @@ def nesting_depth(html: str) -> int:
 
 class ExtractStage(Stage):
     name = "extract"
-    upstream = "ingest"
     schema = SCHEMA
     size_column = "text"
 

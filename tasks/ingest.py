@@ -155,7 +155,6 @@ def make_doc_id(key: str) -> str:
 
 class IngestStage(Stage):
     name = "ingest"
-    upstream = "crawl"  # optional: without a crawl, ingest reads only its configured inputs
     schema = SCHEMA
     size_column = "html"
 

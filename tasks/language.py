@@ -48,7 +48,6 @@ def classify(text: str, max_chars: int = 20_000) -> tuple[str, float]:
 
 class LanguageStage(Stage):
     name = "language"
-    upstream = "extract"
     schema = SCHEMA
     size_column = "text"
 

@@ -325,7 +325,6 @@ class QualityFilter:
 
 class QualityStage(Stage):
     name = "quality"
-    upstream = "language"
     schema = SCHEMA
     size_column = "text"
 

@@ -1,4 +1,9 @@
-"""The stages in pipeline order. A new stage is a class in tasks/<stage>.py, added here and to the config tree."""
+"""The stages in pipeline order: the one place that says which stage reads which.
+
+Each stage reads the output of the one before it (``upstream``, set here on every class; crawl reads the web, and
+ingest reads a crawl's WARC files when crawl.seeds are set, else only ``ingest.inputs``). A new stage is a class in
+tasks/<stage>.py, added to ``PIPELINE`` here and to the config tree.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -10,15 +15,17 @@ from tasks.extract import ExtractStage
 from tasks.ingest import IngestStage
 from tasks.language import LanguageStage
 from tasks.quality import QualityStage
+from tasks.evaluate import EvaluateStage
 from tasks.report import ReportStage
 from tasks.tokenize import TokenizeStage
-from tasks.evaluate import EvaluateStage
 from tasks.train import TrainStage
 
-STAGES: dict[str, type[Any]] = {cls.name: cls for cls in (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage,
-                                                              DedupStage, DecontaminateStage, TokenizeStage,
-                                                              TrainStage, EvaluateStage, ReportStage)}
+PIPELINE: tuple[type[Any], ...] = (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage, DedupStage,
+                                   DecontaminateStage, TokenizeStage, TrainStage, EvaluateStage, ReportStage)
+STAGES: dict[str, type[Any]] = {cls.name: cls for cls in PIPELINE}
 ORDER: list[str] = list(STAGES)
+for _before, _cls in zip((None, *PIPELINE), PIPELINE):
+    _cls.upstream = _before.name if _before is not None else None
 
 
 def stage_class(name: str) -> type[Any]:

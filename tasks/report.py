@@ -371,7 +371,7 @@ class ReportStage:
     """The last stage: a report of the run it belongs to (always regenerated; it is cheap)."""
 
     name = "report"
-    upstream = "evaluate"
+    upstream: str | None = None  # set by tasks/registry.py from the pipeline order
 
     def __init__(self, config: Any = None) -> None:
         self.config = config

@@ -72,7 +72,7 @@ class Stage(ABC):
     """Base of every stage. Subclasses set the class attributes and implement ``process``."""
 
     name: ClassVar[str]
-    upstream: ClassVar[str | None]
+    upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
     schema: ClassVar[pa.Schema]
     size_column: ClassVar[str | None] = None  # the column whose length bounds a shard's bytes
 

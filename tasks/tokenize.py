@@ -62,7 +62,6 @@ def load_encoder(path: Path, encoder: str, built: tuple[Any, Any] | None = None)
 
 class TokenizeStage(ReduceStage):
     name = "tokenize"
-    upstream = "decontaminate"
     schema = pa.schema([])  # the output is Arrow IPC token shards, written by process itself
     dataset_format = "arrow"
 

@@ -26,7 +26,7 @@ class TorchrunStage:
     """A stage that runs one model/ entry point under torchrun (train, evaluate) and reads back its files."""
 
     name: ClassVar[str]
-    upstream: ClassVar[str]
+    upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
     entry: ClassVar[str]              # the model/ module torchrun runs
 
     def __init__(self, config: Any) -> None:
@@ -64,7 +64,6 @@ class TorchrunStage:
 
 class TrainStage(TorchrunStage):
     name: ClassVar[str] = "train"
-    upstream: ClassVar[str] = "tokenize"
     entry: ClassVar[str] = "model.train"
 
     config: TrainConfig
