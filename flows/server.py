@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ def prefect_api(log_dir: Path, timeout_s: float = 120.0) -> Iterator[str]:
     env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(log_path, "ab") as log:
         proc = spawn([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                      "--no-ui", "--no-services"], env=env, stdout=log, stderr=log, stdin=None)
+                      "--no-ui", "--no-services"], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     # Stopped at exit, after Prefect's own exit handlers (registered later, so run earlier) have flushed the run's
     # logs and events to it; that is how Prefect stops its ephemeral server too.
     atexit.register(stop, proc, 10.0)
