@@ -20,9 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
-import ipaddress
-import os
 import re
 import socket
 import time
@@ -31,25 +28,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import brotli
 import httpx
-import lxml.html
 import pyarrow as pa
 import pyarrow.parquet as pq
 from protego import Protego
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
 
 from tasks.config import CrawlConfig, stable_hash
 from tasks.encodings import ContentDecoder, EncodingRefused
 from tasks.ingest import looks_binary
 from tasks.shards import file_sha256, write_parquet_atomic
+from tasks.urls import DEFAULT_PORTS, extract_links, is_ip, normalize_url, refused_address, registered_domain
+from tasks.warc import RotatingWarcWriter
 from tasks.stage import code_version_of
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
 LOG_SCHEMA = pa.schema([
     ("url", pa.string()), ("depth", pa.int32()), ("status", pa.int32()), ("outcome", pa.string()),
     ("detail", pa.string()), ("bytes", pa.int64()), ("content_type", pa.string()), ("warc_file", pa.string()),
@@ -61,140 +56,6 @@ LOG_SCHEMA = pa.schema([
 VISITED = ("archived", "not_modified", "unchanged")
 ROBOTS_MAX_BYTES = 500 * 1024  # RFC 9309: parse at least 500 KiB; what follows may be ignored
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309: follow at least five consecutive redirects
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# URLs
-
-
-def normalize_url(url: str, base: str | None = None, sort_query: bool = False) -> str | None:
-    """Absolute, canonical form: lower-case scheme and host, no default port, no fragment, '/' for an empty path.
-
-    Returns None for what cannot be a URL at all (bad port, no host).
-    """
-    try:
-        parts = urlsplit(urljoin(base, url.strip()) if base else url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host:
-        return None if scheme in DEFAULT_PORTS else url.strip()
-    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
-    if ":" in host:  # IPv6 literal
-        netloc = f"[{host}]" if port in (None, DEFAULT_PORTS.get(scheme)) else f"[{host}]:{port}"
-    path = urlsplit(urljoin("http://h/", parts.path)).path if "." in parts.path else parts.path  # drop ./ and ../
-    path = quote(unquote(path), safe="/:@!$&'()*+,;=-._~") or "/"
-    query = parts.query
-    if sort_query and query:
-        query = urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
-    return urlunsplit((scheme, netloc, path, query, ""))
-
-
-def registered_domain(host: str) -> str:
-    """The last two labels of a host name (example.co.uk counts as co.uk: no public-suffix list offline)."""
-    if _is_ip(host):
-        return host
-    labels = host.split(".")
-    return ".".join(labels[-2:]) if len(labels) >= 2 else host
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address inside an IPv6 form that carries one: mapped, compatible, NAT64 or 6to4."""
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr in NAT64 or (addr in IPV4_COMPATIBLE and int(addr) > 1):  # ::a.b.c.d (not :: and ::1)
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    return None
-
-
-def _refused_address(ip: str) -> bool:
-    """Anything but a public unicast address: private, loopback, link-local, shared (CGNAT), reserved, multicast,
-    also when an IPv6 address embeds such an IPv4 address (::ffff:10.0.0.1, ::127.0.0.1, 64:ff9b::a9fe:a9fe,
-    2002:c0a8:101::1)."""
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    if not addr.is_global or addr.is_multicast:
-        return True
-    inner = embedded_ipv4(addr) if addr.version == 6 else None
-    return inner is not None and (not inner.is_global or inner.is_multicast)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Output
-
-
-class RotatingWarcWriter:
-    """WARC 1.1 files of about ``max_bytes`` each, written under a temporary name and renamed when closed.
-
-    A file is rotated before the next record is written, not after the last one, so that everything the caller
-    logs about a record happens before the file closes; ``on_close(path)`` runs after the file is synced and before
-    it is renamed to ``path`` (the crawler writes that file's log part there).
-    """
-
-    def __init__(self, out_dir: Path, prefix: str, max_bytes: int,
-                 on_close: Callable[[Path], None] | None = None) -> None:
-        self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
-        self.on_close = on_close
-        self.finished: list[Path] = []
-        self._fh: Any = None
-        self._writer: WARCWriter | None = None
-        self._path: Path | None = None
-
-    def _open(self) -> None:
-        self._path = self.out_dir / f"{self.prefix}-{len(self.finished):05d}.warc.gz"
-        self._fh = open(self.out_dir / f".tmp-{self._path.name}", "wb")
-        self._writer = WARCWriter(self._fh, gzip=True, warc_version="WARC/1.1")
-
-    def write(self, url: str, request_headers: list[tuple[str, str]], status_line: str,
-              response_headers: list[tuple[str, str]], body: bytes, when: datetime) -> tuple[str, int]:
-        """Archive one request/response pair; returns (final file name, response record offset)."""
-        if self._fh is not None and self._fh.tell() >= self.max_bytes:
-            self._close_current()
-        if self._writer is None:
-            self._open()
-        w = self._writer
-        date = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-        target = urlsplit(url)
-        path = target.path + (f"?{target.query}" if target.query else "")
-        request = StatusAndHeaders(f"GET {path} HTTP/1.1", request_headers, is_http_request=True)
-        w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=request,
-                                            warc_headers_dict={"WARC-Date": date}))
-        offset = self._fh.tell()
-        response = StatusAndHeaders(status_line, response_headers, protocol="HTTP/1.1")
-        w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=response,
-                                            warc_headers_dict={"WARC-Date": date}))
-        return self._path.name, offset
-
-    def _close_current(self) -> None:
-        if self._fh is None:
-            return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        if self.on_close is not None:
-            self.on_close(self._path)
-        (self.out_dir / f".tmp-{self._path.name}").replace(self._path)
-        self.finished.append(self._path)
-        self._fh = self._writer = self._path = None
-
-    def close(self) -> list[Path]:
-        self._close_current()
-        return self.finished
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,7 +190,7 @@ class Crawler:
         parts = urlsplit(url)
         host, netloc = parts.hostname or "", parts.netloc
         if host not in self.addresses:
-            if _is_ip(host):
+            if is_ip(host):
                 self.addresses[host] = [host]
             else:
                 try:
@@ -341,7 +202,7 @@ class Crawler:
                 if not self.addresses[host]:
                     raise _Refused(f"dns_error: no address for {host}")
         exempt = self.cfg.allow_private or host in self.cfg.private_hosts or netloc in self.cfg.private_hosts
-        bad = [a for a in self.addresses[host] if _refused_address(a)]
+        bad = [a for a in self.addresses[host] if refused_address(a)]
         if bad and not exempt:
             raise _Refused(f"private_address: {host} -> {', '.join(bad)}")
         return self.addresses[host][0]
@@ -637,21 +498,6 @@ class Crawler:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await asyncio.gather(*(c.aclose() for c in self.clients.values()), return_exceptions=True)
-
-
-def extract_links(body: bytes, base_url: str) -> list[str]:
-    """Absolute link targets of <a href> (and <area>, <frame>, <iframe>) in document order, honouring <base>."""
-    try:
-        doc = lxml.html.fromstring(body)
-    except (ValueError, lxml.etree.ParserError):
-        return []
-    base = doc.xpath("string(//base/@href)") or base_url
-    links = []
-    for href in doc.xpath("//a/@href | //area/@href | //frame/@src | //iframe/@src"):
-        href = str(href).strip()
-        if href and not href.lower().startswith(("javascript:", "mailto:", "tel:", "data:", "#")):
-            links.append(urljoin(urljoin(base_url, base), href))
-    return links
 
 
 # ---------------------------------------------------------------------------------------------------------------

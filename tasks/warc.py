@@ -1,4 +1,5 @@
-"""A tolerant WARC/ARC reader: gzip archives member by member, plain ones record by record, past damage.
+"""WARC files: a tolerant WARC/ARC reader (gzip archives member by member, plain ones record by record, past
+damage), and the crawler's rotating WARC 1.1 writer.
 
 Common Crawl and other crawlers write one gzip member per record, so a corrupt or truncated member costs one
 record: ``gzip_members`` splits a file into members (and damaged regions) as it streams, inflating each at most
@@ -10,14 +11,20 @@ undoes transfer and content encodings with a cap on the decoded bytes (tasks/enc
 from __future__ import annotations
 
 import io
+import os
 import re
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.bufferedreaders import ChunkedDataReader
 from warcio.recordloader import ArcWarcRecordLoader
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
 from tasks.encodings import decode_all
 
@@ -269,3 +276,62 @@ def read_payload(rec, limit: int) -> bytes:
     header = http.get_header("Content-Encoding") if http is not None else None
     body, _ = decode_all(header, iter(lambda: raw.read(PIECE), b""), limit)
     return body
+
+
+class RotatingWarcWriter:
+    """WARC 1.1 files of about ``max_bytes`` each, written under a temporary name and renamed when closed.
+
+    A file is rotated before the next record is written, not after the last one, so that everything the caller
+    logs about a record happens before the file closes; ``on_close(path)`` runs after the file is synced and before
+    it is renamed to ``path`` (the crawler writes that file's log part there).
+    """
+
+    def __init__(self, out_dir: Path, prefix: str, max_bytes: int,
+                 on_close: Callable[[Path], None] | None = None) -> None:
+        self.out_dir, self.prefix, self.max_bytes = out_dir, prefix, max_bytes
+        self.on_close = on_close
+        self.finished: list[Path] = []
+        self._fh: Any = None
+        self._writer: WARCWriter | None = None
+        self._path: Path | None = None
+
+    def _open(self) -> None:
+        self._path = self.out_dir / f"{self.prefix}-{len(self.finished):05d}.warc.gz"
+        self._fh = open(self.out_dir / f".tmp-{self._path.name}", "wb")
+        self._writer = WARCWriter(self._fh, gzip=True, warc_version="WARC/1.1")
+
+    def write(self, url: str, request_headers: list[tuple[str, str]], status_line: str,
+              response_headers: list[tuple[str, str]], body: bytes, when: datetime) -> tuple[str, int]:
+        """Archive one request/response pair; returns (final file name, response record offset)."""
+        if self._fh is not None and self._fh.tell() >= self.max_bytes:
+            self._close_current()
+        if self._writer is None:
+            self._open()
+        w = self._writer
+        date = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        target = urlsplit(url)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        request = StatusAndHeaders(f"GET {path} HTTP/1.1", request_headers, is_http_request=True)
+        w.write_record(w.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=request,
+                                            warc_headers_dict={"WARC-Date": date}))
+        offset = self._fh.tell()
+        response = StatusAndHeaders(status_line, response_headers, protocol="HTTP/1.1")
+        w.write_record(w.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=response,
+                                            warc_headers_dict={"WARC-Date": date}))
+        return self._path.name, offset
+
+    def _close_current(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self.on_close is not None:
+            self.on_close(self._path)
+        (self.out_dir / f".tmp-{self._path.name}").replace(self._path)
+        self.finished.append(self._path)
+        self._fh = self._writer = self._path = None
+
+    def close(self) -> list[Path]:
+        self._close_current()
+        return self.finished

@@ -2,7 +2,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import CrawlConfig, IngestConfig, parse_config
-from tasks.crawl import VISITED, CrawlStage, SeenPage, extract_links, normalize_url
+from tasks.crawl import VISITED, CrawlStage, SeenPage
+from tasks.urls import extract_links, normalize_url
 from tasks.ingest import IngestStage
 from tasks.stage import run_unit
 from tests.sites import LocalSite
@@ -131,7 +132,7 @@ def test_warc_files_rotate_at_the_size_cap(tmp_path):
 
     from warcio.archiveiterator import ArchiveIterator
 
-    from tasks.crawl import RotatingWarcWriter
+    from tasks.warc import RotatingWarcWriter
 
     writer = RotatingWarcWriter(tmp_path, "crawl-x", max_bytes=3000)
     when = datetime.now(timezone.utc)

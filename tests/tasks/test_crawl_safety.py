@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tasks.crawl import CrawlStage, Crawler, _refused_address
+from tasks.crawl import CrawlStage, Crawler
+from tasks.urls import refused_address
 from tests.conftest import REPO
 from tests.sites import LocalSite
 from tests.tasks.test_crawl import crawl_config, outcomes
@@ -109,7 +110,7 @@ def test_the_connection_goes_to_the_address_that_was_checked(tmp_path, monkeypat
     ("::1", True), ("fe80::1", True), ("fc00::1", True),
 ])
 def test_ipv6_forms_that_embed_ipv4_are_checked_as_their_ipv4(address, refused):
-    assert _refused_address(address) is refused
+    assert refused_address(address) is refused
 
 
 def test_the_page_budget_bounds_robots_txt_fetches(tmp_path, monkeypatch):
