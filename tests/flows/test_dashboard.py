@@ -170,16 +170,18 @@ def test_dashboard_in_a_real_browser(tmp_path):
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
-            # a second run starts training: its curve grows in the open page without a reload
+            # a second run starts training: its curve grows in the open page without a reload (the run holds
+            # the pipeline lock, as a live one does; without it readers would show it crashed)
             out_dir = tmp_path / "live-train"
-            live = _training_run(wh, out_dir)
-            _log_steps(out_dir, range(1, 4))
-            page.goto(f"{url}/#{live}")
-            chart = page.locator("#curves .chart[data-curve=loss]")
-            expect(chart).to_have_attribute("data-points", "3")
-            _log_steps(out_dir, range(4, 9))
-            expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
-            expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
+            with wh.pipeline_lock():
+                live = _training_run(wh, out_dir)
+                _log_steps(out_dir, range(1, 4))
+                page.goto(f"{url}/#{live}")
+                chart = page.locator("#curves .chart[data-curve=loss]")
+                expect(chart).to_have_attribute("data-points", "3")
+                _log_steps(out_dir, range(4, 9))
+                expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
+                expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
             browser.close()
         assert not errors, errors
     finally:
