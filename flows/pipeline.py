@@ -16,7 +16,6 @@ from prefect.runtime import flow_run
 
 from flows.stages import StageFailed, describe_ending, ending_status, say, stage_flow
 from tasks.config import Config
-from tasks.crawl import CrawlStage
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
 
@@ -58,9 +57,16 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
     return found
 
 
+def configured(cfg: Config, stage: str) -> Any:
+    """The stage object for ``stage`` with its config section."""
+    return stage_class(stage)(cfg.section(stage))
+
+
 def reads_upstream(cfg: Config, stage: str) -> bool:
-    """Whether ``stage`` run alone reads a dataset: crawl reads the web, and ingest without seeds its inputs."""
-    return not (stage == "crawl" or (stage == "ingest" and not CrawlStage(cfg.crawl).enabled))
+    """Whether ``stage`` run alone reads a dataset: not when it has no upstream stage (it reads the web) or when
+    that stage is switched off (ingest without crawl.seeds reads only its configured inputs)."""
+    upstream = stage_class(stage).upstream
+    return upstream is not None and configured(cfg, upstream).enabled
 
 
 def stage_input(cfg: Config, stage: str, ref: str = "latest") -> dict[str, Any] | None:
@@ -86,8 +92,9 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
         say(f"pipeline run {run_id}: {' -> '.join(stages)}")
         try:
             for name in stages:
-                if name == "crawl" and not CrawlStage(cfg.crawl).enabled:
-                    say("crawl: no seeds configured, skipped (ingest reads ingest.inputs)")
+                stage = configured(cfg, name)
+                if not stage.enabled:
+                    say(f"{name}: skipped ({stage.disabled_because})")
                     continue
                 upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
         except BaseException as err:

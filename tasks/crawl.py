@@ -539,6 +539,8 @@ class CrawlStage:
     def enabled(self) -> bool:
         return bool(self.config.seeds or self.config.seeds_file)
 
+    disabled_because = "no crawl.seeds configured; ingest reads ingest.inputs"
+
     def job_id(self) -> str:
         c = self.config
         return stable_hash({"seeds": sorted(self.seeds()), "scope": c.scope, "allow": c.allow, "deny": c.deny})[:16]

@@ -372,6 +372,7 @@ class ReportStage:
 
     name = "report"
     upstream: str | None = None  # set by tasks/registry.py from the pipeline order
+    enabled = True
 
     def __init__(self, config: Any = None) -> None:
         self.config = config

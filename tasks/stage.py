@@ -73,6 +73,7 @@ class Stage(ABC):
 
     name: ClassVar[str]
     upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
+    enabled: ClassVar[bool] = True  # a stage that is switched off by its config is skipped, and says why
     schema: ClassVar[pa.Schema]
     size_column: ClassVar[str | None] = None  # the column whose length bounds a shard's bytes
 

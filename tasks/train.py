@@ -27,6 +27,7 @@ class TorchrunStage:
 
     name: ClassVar[str]
     upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
+    enabled: ClassVar[bool] = True
     entry: ClassVar[str]              # the model/ module torchrun runs
 
     def __init__(self, config: Any) -> None:
