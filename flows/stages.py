@@ -34,14 +34,14 @@ from tasks.procs import STOP, Interrupted
 from tasks.registry import stage_class
 from tasks.report import ReportStage
 from tasks.shards import ShardResult, read_dataset_manifest, write_dataset_manifest
-from tasks.stage import (ReduceStage, Stage, Unit, UnitFailed, UnitIndex, prepare_output, run_reduce, run_scan,
+from tasks.stage import (FULL_DISK, ReduceStage, Stage, Unit, UnitFailed, UnitIndex, prepare_output, run_reduce, run_scan,
                          run_unit)
 from tasks.train import TrainStage
 from warehouse.lineage import Warehouse
 
 
 terminal = logging.getLogger("crucible")
-PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+PERMANENT_ERRNOS = FULL_DISK | {errno.EROFS, errno.EFBIG}  # a retry cannot get past these
 
 
 def say(message: str) -> None:

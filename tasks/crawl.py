@@ -98,6 +98,7 @@ class Robots:
 
     rules: Protego | None = None
     disallow_all: bool = False
+    why: str | None = None  # why everything is disallowed (the crawl log's detail)
 
     def can_fetch(self, url: str, user_agent: str) -> bool:
         if self.disallow_all:
@@ -257,7 +258,7 @@ class Crawler:
             return host.robots
         host.robots_loading = True
         self.robots_fetches += 1
-        parser = Robots(disallow_all=True)
+        parser = Robots(disallow_all=True, why=f"robots.txt: more than {ROBOTS_MAX_REDIRECTS} redirects")
         target = f"{parts.scheme}://{parts.netloc}/robots.txt"
         try:
             async with host.sem:
@@ -268,11 +269,13 @@ class Crawler:
                         if status in (301, 302, 303, 307, 308) and location:
                             target = normalize_url(location, target)
                             if target is None or urlsplit(target).scheme not in DEFAULT_PORTS:
+                                parser.why = f"robots.txt: redirect to {location!r}"
                                 break
                             continue
                         if status >= 500 or 300 <= status < 400:
+                            parser.why = f"robots.txt: HTTP {status}"
                             break
-                        parser.disallow_all = False
+                        parser.disallow_all, parser.why = False, None
                         if status < 300:
                             parser.rules = Protego.parse(body.decode("utf-8", "replace"))
                             delay = parser.rules.crawl_delay(self.cfg.user_agent)
@@ -281,10 +284,11 @@ class Crawler:
                                 # robots.txt was a request too
                                 host.next_time = max(host.next_time, time.monotonic() + host.delay)
                         break
-        except (httpx.HTTPError, TimeoutError, _Refused, EncodingRefused, zlib.error, brotli.error):
-            parser.disallow_all = True  # RFC 9309: an unreachable robots.txt means everything is disallowed
-        host.robots = parser
-        host.robots_ready.set()
+        except Exception as err:  # RFC 9309: an unreachable robots.txt means everything is disallowed
+            parser = Robots(disallow_all=True, why=f"robots.txt: {type(err).__name__}: {err}"[:300])
+        finally:  # whatever happened, the fetches waiting on this host go on (else the crawl would hang)
+            host.robots = parser
+            host.robots_ready.set()
         return parser
 
     async def _robots_get(self, url: str) -> tuple[int, str | None, bytes]:
@@ -334,7 +338,7 @@ class Crawler:
             robots = await self.robots(item.url)
             if not robots.can_fetch(item.url, cfg.user_agent):
                 self.pages -= 1
-                self.record(item, "robots_disallowed")
+                self.record(item, "robots_disallowed", detail=robots.why)
                 return
 
         previous = self.seen.get(item.url)

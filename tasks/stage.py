@@ -163,9 +163,12 @@ def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
         raise UnitFailed(f"{stage.name} {unit.describe()}: {type(err).__name__}: {err}") from err
 
 
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def describe_os_error(err: OSError, out_dir: Path) -> str:
     """An OSError in words a user can act on; a full disk is said plainly (it is not retried)."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if err.errno in FULL_DISK:
         free = shutil.disk_usage(out_dir).free if out_dir.exists() else 0
         return (f"the disk is full writing {err.filename or out_dir} ({free / 2**20:,.0f} MiB free): free some "
                 "space and rerun; finished units are kept")

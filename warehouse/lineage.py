@@ -99,6 +99,8 @@ def pipeline_alive(warehouse: Path) -> bool:
         fh = open(lock, "r")
     except FileNotFoundError:
         return False
+    except OSError:  # cannot look (permissions): do not call anyone's run crashed
+        return True
     with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -239,7 +241,7 @@ class Warehouse:
                 raise WarehouseError(f"no warehouse at {self.path}: run `crucible run CONFIG` first")
             self._retry_locked(lambda: mem.execute(f"ATTACH {literal(self.path)} AS wh (READ_ONLY)"))
             try:
-                self._copy_into_memory(mem)
+                left_out = self._copy_into_memory(mem)
                 dirs = {str(Path(r[0]).resolve()) for r in mem.execute(
                     "SELECT DISTINCT uri FROM datasets WHERE format = 'parquet'").fetchall()}
             finally:
@@ -251,13 +253,15 @@ class Warehouse:
             try:
                 return self._rows(mem.execute(sql))
             except duckdb.Error as err:
-                raise WarehouseError(f"query failed: {err}") from None
+                gone = f" (views left out, their files are gone: {', '.join(left_out)})" if left_out else ""
+                raise WarehouseError(f"query failed: {err}{gone}") from None
         finally:
             mem.close()
 
     @staticmethod
-    def _copy_into_memory(mem: duckdb.DuckDBPyConnection) -> None:
-        """Tables of the attached ``wh`` into ``mem``, then its views (a view whose files are gone is left out)."""
+    def _copy_into_memory(mem: duckdb.DuckDBPyConnection) -> list[str]:
+        """Tables of the attached ``wh`` into ``mem``, then its views; returns the views left out (their files are
+        gone)."""
         for (table,) in mem.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = 'wh' "
                                     "AND schema_name = 'main'").fetchall():
             mem.execute(f'CREATE TABLE "{table}" AS FROM wh.main."{table}"')
@@ -273,6 +277,7 @@ class Warehouse:
             if len(left) == len(views):
                 break
             views = left
+        return sorted(name for name, _ in views)
 
     def _retry_locked(self, open_it: Callable[[], Any]) -> Any:
         """Call ``open_it`` until the file's lock lets it through (lock_timeout seconds at most)."""

@@ -73,6 +73,7 @@ def test_a_robots_txt_redirect_loop_disallows_everything(tmp_path):
         result = CrawlStage(crawl_config(site)).run(tmp_path, {})
         robots_requests = [p for p in site.paths() if p.startswith("/robots.txt")]
     assert outcomes(result) == {site.base + "/": "robots_disallowed"}
+    assert result.log_rows()[0]["detail"] == "robots.txt: more than 5 redirects"  # the log says why
     assert len(robots_requests) == 6  # the first request and five redirects (RFC 9309)
 
 
