@@ -34,7 +34,7 @@ from tasks.ingest import IngestStage  # noqa: E402
 from tasks.language import LanguageStage, classify  # noqa: E402
 from tasks.quality import QualityFilter, QualityStage  # noqa: E402
 from tasks.shards import ShardFile, ShardResult, read_dataset_manifest, write_dataset_manifest  # noqa: E402
-from tasks.stage import run_unit  # noqa: E402
+from tasks.sharded import run_unit  # noqa: E402
 
 WARC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "warc"
 

@@ -29,7 +29,7 @@ from tasks.config import DedupConfig  # noqa: E402
 from tasks.dedup import DedupStage, shingles  # noqa: E402
 from tasks.quality import SCHEMA  # noqa: E402
 from tasks.shards import write_dataset_manifest  # noqa: E402
-from tasks.stage import run_reduce, run_scan, run_unit  # noqa: E402
+from tasks.sharded import run_reduce, run_scan, run_unit  # noqa: E402
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 BUCKETS = [(0.5, 0.6), (0.6, 0.7), (0.7, 0.8), (0.8, 0.9), (0.9, 1.0), (1.0, 1.01)]

@@ -35,7 +35,7 @@ from tasks.config import DedupConfig  # noqa: E402
 from tasks.dedup import DedupStage, band_hashes  # noqa: E402
 from tasks.ngrams import normalized_words  # noqa: E402
 from tasks.quality import SCHEMA  # noqa: E402
-from tasks.stage import run_scan  # noqa: E402
+from tasks.sharded import run_scan  # noqa: E402
 
 BOOKS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "english" / "gutenberg" / "train"
 

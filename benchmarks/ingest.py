@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import IngestConfig  # noqa: E402
 from tasks.ingest import IngestStage  # noqa: E402
-from tasks.stage import run_unit  # noqa: E402
+from tasks.sharded import run_unit  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "warc"
 

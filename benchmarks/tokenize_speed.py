@@ -31,7 +31,7 @@ from model.data import TrainLoader, ValLoader  # noqa: E402
 from tasks.config import TokenizeConfig  # noqa: E402
 from tasks.decontaminate import SCHEMA  # noqa: E402
 from tasks.shards import write_dataset_manifest  # noqa: E402
-from tasks.stage import run_reduce, run_scan, run_unit  # noqa: E402
+from tasks.sharded import run_reduce, run_scan, run_unit  # noqa: E402
 from tasks.token_shards import read_token_shard  # noqa: E402
 from tasks.tokenize import TokenizeStage  # noqa: E402
 from tasks.tokenizer import TiktokenEncoder, TokenizersEncoder, train_bpe  # noqa: E402

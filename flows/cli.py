@@ -625,7 +625,7 @@ def report_cmd(run_ref: str, compare: tuple[str, str] | None, out_dir: str | Non
         crucible report run-20261124-040032 --out /tmp/report
         crucible report --compare run-20261124-040032 latest
     """
-    from flows.report import write_run_report
+    from tasks.report import write_run_report
     from tasks.report import write_comparison
     from warehouse.report import report_data
 

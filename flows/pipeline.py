@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.stages import StageFailed, describe_ending, ending_status, say, stage_flow
+from flows.stages import StageFailed, configured, describe_ending, ending_status, say, stage_flow
 from tasks.config import Config
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
@@ -55,11 +55,6 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
     if found is None:
         raise WarehouseError(f"run {run['run_id']} produced no {upstream} dataset")
     return found
-
-
-def configured(cfg: Config, stage: str) -> Any:
-    """The stage object for ``stage`` with its config section."""
-    return stage_class(stage)(cfg.section(stage))
 
 
 def reads_upstream(cfg: Config, stage: str) -> bool:

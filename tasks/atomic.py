@@ -11,6 +11,7 @@ rename itself survives a power cut. A killed writer leaves only a ``.tmp-*`` fil
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -66,3 +67,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, value: Any, **dumps: Any) -> None:
     options = {"indent": 1, "sort_keys": True, "default": str, **dumps}
     atomic_write_text(path, json.dumps(value, **options) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

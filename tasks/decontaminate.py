@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.evalsets import benchmark_files, contamination_text, fingerprint, read_items
+from tasks.evalsets import benchmark_files, contamination_text, ensure_smoke, fingerprint, read_items, smoke_dir
 from tasks.config import DecontaminateConfig, stable_hash
 from tasks.dedup import SCHEMA as DEDUP_SCHEMA
 from tasks.ngrams import ngram_hashes, word_hashes, word_spans
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
-from tasks.stage import ReduceStage, Unit
+from tasks.sharded import ReduceStage, Unit
+from tasks.stage import StageContext
 
 SCHEMA = pa.schema([*DEDUP_SCHEMA, pa.field("contaminated", pa.bool_())])
 HITS_SCHEMA = pa.schema([("doc_id", pa.string()), ("unit", pa.string()), ("task", pa.string()),
@@ -129,6 +130,10 @@ class DecontaminateStage(ReduceStage):
 
     config: DecontaminateConfig
 
+    def prepare(self, ctx: StageContext) -> None:
+        if Path(self.config.benchmarks_dir) == smoke_dir(ctx.work_dir):
+            ensure_smoke(self.config.benchmarks_dir)  # the default: our own small set, written on first use
+
     def key(self, input_fingerprint: str) -> str:
         """Changing a benchmark file changes the result, so its content is part of the key."""
         files = benchmark_files(self.config.benchmarks_dir, self.config.tasks)
@@ -174,7 +179,7 @@ class DecontaminateStage(ReduceStage):
         for f in scratch.glob("hits-part-*.parquet"):
             f.unlink(missing_ok=True)
 
-    def records(self, out_dir: Path) -> dict[str, Path]:
+    def record_files(self, out_dir: Path) -> dict[str, Path]:
         """Files for the warehouse to load once the stage has finished: table name -> Parquet file."""
         return {"contamination_hits": self.scratch_dir(out_dir) / "hits.parquet"}
 

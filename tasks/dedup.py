@@ -32,7 +32,7 @@ from tasks.config import DedupConfig, stable_hash
 from tasks.ngrams import ngram_hashes, normalized_words, word_hashes
 from tasks.quality import SCHEMA as QUALITY_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
-from tasks.stage import ReduceStage, Unit
+from tasks.sharded import ReduceStage, Unit
 from tasks.dedup_cluster import cluster_documents
 
 SCHEMA = pa.schema([*QUALITY_SCHEMA, pa.field("exact_hash", pa.string()), pa.field("minhash_cluster_id", pa.string()),

@@ -26,7 +26,7 @@ from tasks.config import ExtractConfig
 from tasks.ingest import SOURCE_FIELDS
 from tasks.procs import STOP, Interrupted, die_with_parent, died_of_stop_signal
 from tasks.shards import DropLog, ShardResult, ShardWriter
-from tasks.stage import Stage, Unit
+from tasks.sharded import ShardedStage, Unit
 
 SOURCE_COLUMNS = [f.name for f in SOURCE_FIELDS]
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("title", pa.string()), pa.field("text", pa.large_string())])
@@ -183,7 +183,7 @@ def nesting_depth(html: str) -> int:
     return deepest
 
 
-class ExtractStage(Stage):
+class ExtractStage(ShardedStage):
     name = "extract"
     schema = SCHEMA
     size_column = "text"

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import io
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,7 +30,8 @@ import pyarrow as pa
 from tasks.config import IngestConfig, stable_hash
 from tasks.encodings import EncodingRefused
 from tasks.shards import DropLog, ShardResult, ShardWriter
-from tasks.stage import Source, Stage, Unit, UnitFailed
+from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
+from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
 from tasks.warc import (ARC_HEADER, EMBEDDED_RECORD, GZIP_MAGIC, MAX_MEMBER_BYTES, MAX_RESYNCS, Overrun, SingleStream,
                         TolerantIterator, Unseekable, gzip_members, is_archive, next_header_offset, read_payload,
                         sniff)
@@ -153,7 +155,7 @@ def make_doc_id(key: str) -> str:
 # The stage
 
 
-class IngestStage(Stage):
+class IngestStage(ShardedStage):
     name = "ingest"
     schema = SCHEMA
     size_column = "html"
@@ -172,12 +174,45 @@ class IngestStage(Stage):
     def sources_fingerprint(files: list[InputFile]) -> str:
         return stable_hash([[f.uri, f.size, f.version] for f in files])
 
+    def read_input(self, ctx: StageContext, upstream: dict[str, Any] | None) -> Input:
+        """The input files (and a crawl's WARC files, when there is a crawl upstream); the raw files are a dataset
+        of their own, ``source-<fingerprint>``, so lineage ends at the WARC files themselves."""
+        crawled = []
+        if upstream is not None:
+            super().read_input(ctx, upstream)  # it must be a crawl's
+            crawled = [InputFile(f["path"], f["bytes"], f["content_hash"])
+                       for f in ctx.warehouse.dataset_files(upstream["dataset_id"])]
+        files = self.sources(crawled)
+        fp = self.sources_fingerprint(files)
+        return Input(fp, [f"source-{fp[:12]}"], upstream, files, sum(f.size for f in files))
+
+    def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
+        t0 = time.perf_counter()
+        sources = Dataset(inp.dataset_ids[0], "source", None, ";".join(self.config.inputs) or "crawl", "warc",
+                          inp.fingerprint, [(f.uri, None, f.size, f.version) for f in inp.files],
+                          [inp.dataset["dataset_id"]] if inp.dataset else [])
+        units = self.plan(inp.files)
+        prepare_output(out_dir)
+        # A recrawl adds WARC files: read only those, and take over the units an earlier dataset read.
+        by_uri = {f.uri: f for f in inp.files}
+        unit_keys = {u.name: self.unit_key(by_uri[u.sources[0].uri]) for u in units}
+        index = UnitIndex(ctx.work_dir / "datasets" / self.name / "_units")
+        reused = sum(index.adopt(unit_keys[u.name], out_dir, u) is not None for u in units)
+        if reused:
+            ctx.say(f"{self.name}: {reused} of {len(units)} input files were read by an earlier run; reusing those")
+        results = self.run_units(ctx, units, out_dir)
+        for r in results:
+            index.record(unit_keys[r.unit], out_dir, r.unit)
+        result = self.seal(ctx, inp, units, results, out_dir, key, t0)
+        result.datasets.append(sources)
+        return result
+
     def plan(self, files: list[InputFile]) -> list[Unit]:  # type: ignore[override]
         return [Unit(i, (Source(f.uri),)) for i, f in enumerate(files)]
 
     def unit_key(self, file: InputFile) -> str:
         """What reading one input file depends on: the settings, the code, and that exact version of the file.
-        A later run over more files reuses every unit with a key it has seen (``tasks.stage.UnitIndex``)."""
+        A later run over more files reuses every unit with a key it has seen (``tasks.sharded.UnitIndex``)."""
         return stable_hash({"stage": self.name, "config": self.config.model_dump(mode="json"),
                             "code": self.code_version(), "file": [file.uri, file.size, file.version]})
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 from tasks.config import LanguageConfig
 from tasks.extract import SCHEMA as EXTRACT_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
-from tasks.stage import Stage, Unit
+from tasks.sharded import ShardedStage, Unit
 
 SCHEMA = pa.schema([*EXTRACT_SCHEMA, pa.field("lang", pa.string()), pa.field("lang_score", pa.float64())])
 
@@ -46,7 +46,7 @@ def classify(text: str, max_chars: int = 20_000) -> tuple[str, float]:
     return lang, float(score)
 
 
-class LanguageStage(Stage):
+class LanguageStage(ShardedStage):
     name = "language"
     schema = SCHEMA
     size_column = "text"

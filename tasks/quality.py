@@ -29,7 +29,7 @@ import pyarrow as pa
 from tasks.config import QualityConfig
 from tasks.language import SCHEMA as LANGUAGE_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
-from tasks.stage import Stage, Unit
+from tasks.sharded import ShardedStage, Unit
 
 SCHEMA = pa.schema([*LANGUAGE_SCHEMA, pa.field("pii_redactions", pa.int32())])
 
@@ -323,7 +323,7 @@ class QualityFilter:
         return True, text, None, redactions
 
 
-class QualityStage(Stage):
+class QualityStage(ShardedStage):
     name = "quality"
     schema = SCHEMA
     size_column = "text"

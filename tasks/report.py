@@ -6,137 +6,20 @@ evaluation, samples, datasheet, model card, lineage. Plots are drawn with matplo
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
 from typing import Any
 
-from tasks.atomic import atomic_write_bytes
-from tasks.codeversion import code_version
+from tasks.atomic import atomic_write_bytes, file_sha256
+from tasks.config import stable_hash
+from tasks.report_doc import Doc, _bars, _plot
+from tasks.stage import Artifact, Dataset, Input, Stage, StageContext, StageResult
+from warehouse.report import report_data
 
 # Published small-model CORE-style figures are not shipped: their protocols differ from CORE-7's (shots, item caps,
 # tasks), and mixing them in would invite a wrong comparison. The reference row is the random baseline.
 NOTE_REFERENCES = ("Reference rows: the random baseline per task (centered 0). No published figures are listed: "
                    "CORE-7 is 7 of the 22 DCLM CORE tasks, so the 22-task CORE scores of published models are "
                    "not comparable.")
-
-
-class Doc:
-    """Blocks rendered twice: Markdown (images as files) and HTML (images inline)."""
-
-    def __init__(self) -> None:
-        self.blocks: list[tuple[str, Any]] = []
-
-    def h(self, level: int, text: str) -> None:
-        self.blocks.append(("h", (level, text)))
-
-    def p(self, text: str) -> None:
-        self.blocks.append(("p", text))
-
-    def table(self, columns: list[str], rows: list[list[Any]]) -> None:
-        self.blocks.append(("table", (columns, rows)))
-
-    def image(self, name: str, png: bytes, alt: str) -> None:
-        self.blocks.append(("img", (name, png, alt)))
-
-    def pre(self, text: str) -> None:
-        self.blocks.append(("pre", text))
-
-    def markdown(self) -> str:
-        return "\n".join(_MARKDOWN[kind](value) for kind, value in self.blocks)
-
-    def html(self, title: str) -> str:
-        body = "".join(_HTML[kind](value) for kind, value in self.blocks)
-        style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-                 "padding:3px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
-                 "pre{background:#f6f6f6;padding:1em;overflow-x:auto;white-space:pre-wrap}")
-        return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-                f"<style>{style}</style></head><body>{body}</body></html>\n")
-
-
-def _md_table(value: tuple[list[str], list[list[Any]]]) -> str:
-    columns, rows = value
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _html_table(value: tuple[list[str], list[list[Any]]]) -> str:
-    columns, rows = value
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>"
-
-
-def _html_image(value: tuple[str, bytes, str]) -> str:
-    data = base64.b64encode(value[1]).decode()
-    return (f'<figure><img alt="{html.escape(value[2])}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(value[2])}</figcaption></figure>")
-
-
-_MARKDOWN = {"h": lambda v: f"{'#' * v[0]} {v[1]}\n", "p": lambda v: f"{v}\n", "pre": lambda v: f"```\n{v}\n```\n",
-             "table": _md_table, "img": lambda v: f"![{v[2]}](images/{v[0]}.png)\n"}
-_HTML = {"h": lambda v: f"<h{v[0]}>{html.escape(v[1])}</h{v[0]}>", "p": lambda v: f"<p>{html.escape(v)}</p>",
-         "pre": lambda v: f"<pre>{html.escape(v)}</pre>", "table": _html_table, "img": _html_image}
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.3e}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _plot(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, logy: bool = False) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    for label, points in series.items():
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, markersize=3, label=label)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _bars(labels: list[str], values: list[float], title: str, ylabel: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    ax.bar(labels, values, color="#4a7ab5")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    ax.tick_params(axis="x", rotation=30)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def build(data: dict[str, Any]) -> Doc:
@@ -367,23 +250,39 @@ def _write(doc: Doc, out_dir: Path, stem: str, title: str) -> tuple[Path, Path]:
     return md, page
 
 
-class ReportStage:
+def write_run_report(wh: Any, run_id: str, out_dir: Path) -> tuple[Path, Path]:
+    """Regenerate the report of any run from the warehouse (the report stage, and `crucible report`)."""
+    return write_report(report_data(wh, run_id), out_dir)
+
+
+class ReportStage(Stage):
     """The last stage: a report of the run it belongs to (always regenerated; it is cheap)."""
 
     name = "report"
-    upstream: str | None = None  # set by tasks/registry.py from the pipeline order
-    enabled = True
-
-    def __init__(self, config: Any = None) -> None:
-        self.config = config
 
     @classmethod
     def code_roots(cls) -> list[str]:
         return [__name__, "warehouse.report"]
 
-    @classmethod
-    def code_version(cls) -> str:
-        return code_version(cls.code_roots())
+    def read_input(self, ctx: StageContext, upstream: dict[str, Any] | None) -> Input:
+        """The run's last dataset, when there is one (the report reads the whole run from the warehouse)."""
+        return Input(upstream["fingerprint"], [upstream["dataset_id"]], upstream) if upstream else Input()
+
+    def stage_key(self, inp: Input, ctx: StageContext) -> str:
+        return stable_hash({"stage": self.name, "run": ctx.run_id, "code": self.code_version()})
+
+    def output_dir(self, ctx: StageContext, key: str) -> Path:
+        return Path(self.config.dir) / ctx.run_id
+
+    def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
+        md, page = write_run_report(ctx.warehouse, ctx.run_id, out_dir)
+        files = [md, page]
+        output = Dataset(f"report-{ctx.run_id.removeprefix('run-')}", self.name, key, str(out_dir), "report",
+                         file_sha256(md), [(str(f), None, f.stat().st_size, None) for f in files], inp.dataset_ids)
+        return StageResult(output=output, shards_out=len(files), bytes_out=sum(f.stat().st_size for f in files),
+                           artifact=Artifact("crucible-report", md.read_text(),
+                                             f"Crucible report for {ctx.run_id} (plots in {page})"),
+                           message=f"report: {page}")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

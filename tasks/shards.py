@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.atomic import atomic_file, atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
+from tasks.atomic import atomic_file, atomic_write_bytes, atomic_write_json, file_sha256  # noqa: F401 (re-exported)
 from tasks.procs import check_stop
 
 DATASET_MANIFEST = "_dataset.json"
@@ -46,13 +46,6 @@ def write_parquet_atomic(table: pa.Table, path: Path, *, group_by: str | None = 
                 for start, stop in zip(cuts[:-1], cuts[1:]):
                     writer.write_table(table.slice(start, stop - start), row_group_size=ROW_GROUP_ROWS)
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def remove_temp_files(directory: Path) -> int:

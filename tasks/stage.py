@@ -1,83 +1,182 @@
-"""The stage contract: plan units of work, run each unit into bounded shards, seal the dataset.
+"""The stage contract: what every stage is, and the one result it hands back. No Prefect here.
 
-A stage is a plain class, with no Prefect in it, so that it runs and is tested on its own:
+Every stage (crawl, the sharded and reduce stages, the torchrun stages, the report) is a class with:
 
-    stage = IngestStage(cfg.ingest)
-    units = stage.plan(stage.sources())            # or stage.plan(upstream_dataset_dir)
-    results = [run_unit(stage, u, out_dir) for u in units]
-    write_dataset_manifest(out_dir, stage.name, key, results)
+- ``name`` and ``upstream`` (upstream set by tasks/registry.py from the pipeline order), ``enabled`` and
+  ``disabled_because`` (a stage its config switches off is skipped and says why), ``config`` (its section);
+- ``code_roots()``: the modules whose imports, followed, are the code it runs (its code version, in its key);
+- ``read_input(ctx, upstream) -> Input``: the upstream dataset it reads, checked, and that input's fingerprint;
+- ``stage_key(input, ctx)``: hash(stage, config, code, input fingerprint); ``output_dir(ctx, key)``;
+- ``cached(ctx, key, out_dir)``: the recorded dataset for this key when it is still whole on disk, else None;
+- ``execute(ctx, input, out_dir, key) -> StageResult``: do the work and say what it made.
 
-``flows/`` wraps exactly these calls into Prefect tasks and records them in the warehouse.
+flows/stages.py runs that lifecycle for all of them (key, cache lookup, start, execute, record, finish; failure and
+interrupt recorded in one place), and ``StageContext`` is what it lends a stage while it runs: where to log, the
+warehouse to read, and ``map``/``call`` to run units of work. This base context runs everything here, in order, so
+that a stage runs and is tested without Prefect; the flow's context runs units as tasks on the configured runner.
 """
 from __future__ import annotations
 
 import errno
-import json
-import os
 import shutil
 from abc import ABC, abstractmethod
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
-import pyarrow as pa
 from pydantic import BaseModel
 
+from tasks.atomic import file_sha256
 from tasks.codeversion import code_version
 from tasks.config import stable_hash
-from tasks.procs import check_stop
-from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, iter_batches, iter_rows,
-                          read_dataset_manifest, read_unit_manifest, remove_temp_files, unit_manifest_path)
+
+FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
+Metric = tuple[int | None, str, float]  # (step or None, name, value)
+FileRow = tuple[str, int | None, int | None, str | None]  # (path, rows, bytes, sha256)
 
 
-@dataclass(frozen=True)
-class Source:
-    """A slice of input: rows [start, stop) of a shard, or a whole input file (stop None)."""
-
-    uri: str
-    start: int = 0
-    stop: int | None = None
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One Prefect task's worth of work; it writes the shards ``part-<index>-*.parquet``. It is unit ``index`` of
-    ``of`` in its plan (a stage that scatters documents across units, like tokenize, needs both)."""
-
-    index: int
-    sources: tuple[Source, ...]
-    of: int = 1
-
-    @property
-    def name(self) -> str:
-        return f"part-{self.index:05d}"
-
-    def describe(self) -> str:
-        first = self.sources[0].uri if self.sources else "?"
-        more = f" (+{len(self.sources) - 1} more)" if len(self.sources) > 1 else ""
-        return f"{self.name} <- {first}{more}"
-
-
-def code_version_of(cls: type) -> str:
-    """A hash of every project module a stage runs (tasks/codeversion.py): editing any invalidates its cache."""
-    return code_version(cls.code_roots())
+class StageFailed(RuntimeError):
+    """A stage that cannot finish: units that failed after their retries (each named with its input), or an
+    upstream of the wrong kind."""
 
 
 class UnitFailed(RuntimeError):
     """A unit of work that could not finish; the message names the unit and its input."""
 
 
+@dataclass
+class Input:
+    """What a stage reads: the upstream dataset (None for a stage that reads the web or only its config), its
+    fingerprint (part of the key) and the ids recorded as the stage run's inputs."""
+
+    fingerprint: str = ""
+    dataset_ids: list[str] = field(default_factory=list)
+    dataset: dict[str, Any] | None = None
+    files: list[Any] = field(default_factory=list)  # a stage's own listing of what it reads (ingest's input files)
+    bytes: int | None = None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.dataset["uri"])
+
+
+@dataclass
+class Dataset:
+    """A dataset a stage made, as the warehouse records it (its parents make the lineage)."""
+
+    dataset_id: str
+    stage: str
+    stage_key: str | None
+    uri: str
+    format: str
+    fingerprint: str
+    files: list[FileRow]
+    parents: list[str]
+    tokens: int | None = None
+
+
+@dataclass
+class Records:
+    """Parquet files a stage wrote for one warehouse table (workers never open the warehouse), with any constant
+    columns the table needs (the crawl job); ``announce`` says the count in the run's log."""
+
+    table: str
+    files: list[Path]
+    constants: dict[str, Any] = field(default_factory=dict)
+    announce: bool = False
+
+
+@dataclass
+class Artifact:
+    """A markdown page for the orchestrator's UI (a Prefect artifact); the files on disk are the product."""
+
+    key: str
+    markdown: str
+    description: str
+
+
+@dataclass
+class StageResult:
+    """Everything a stage run made and counted; flows/stages.py records all of it in the warehouse."""
+
+    output: Dataset                                         # what the next stage reads
+    datasets: list[Dataset] = field(default_factory=list)   # others it made (its sources, a tokenizer, checkpoints)
+    units: int = 1
+    units_resumed: int = 0
+    shards_out: int = 0
+    docs_in: int | None = None
+    docs_out: int | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    drops: dict[str, int] = field(default_factory=dict)      # the drop funnel: reason -> documents
+    drop_bytes: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, int] = field(default_factory=dict)      # counted events that are not drops
+    metrics: list[Metric] = field(default_factory=list)
+    records: list[Records] = field(default_factory=list)
+    artifact: Artifact | None = None
+    message: str = ""                                       # one line for the run's log
+
+
+class StageContext:
+    """What the lifecycle lends a running stage. This one runs every unit here, one after another, and reads the
+    warehouse it was given (if any); flows/stages.py's ``FlowContext`` submits units to the task runner."""
+
+    def __init__(self, work_dir: Path, *, warehouse: Any = None, run_id: str = "local",
+                 stage_run_id: str = "local", recrawl: bool = False,
+                 log: Callable[[str], None] = print) -> None:
+        self.work_dir = Path(work_dir)
+        self.warehouse = warehouse
+        self.run_id = run_id
+        self.stage_run_id = stage_run_id
+        self.recrawl = recrawl
+        self.log = log
+
+    def say(self, message: str) -> None:
+        self.log(message)
+
+    def map(self, step: str, fn: Callable[..., dict[str, Any]], stage: Any, units: list[Any],
+            out_dir: Path) -> list[dict[str, Any]]:
+        """``fn(stage, unit, out_dir)`` for every unit (JSON-able results, in unit order); raises StageFailed naming
+        every unit that failed, after all of them ran."""
+        results, failures = [], []
+        for unit in units:
+            try:
+                results.append(fn(stage, unit, out_dir))
+            except Exception as err:
+                failures.append(str(err) if isinstance(err, UnitFailed) else f"{unit.describe()}: {err!r}")
+        raise_failures(stage.name, step, failures, len(units))
+        return sorted(results, key=lambda r: r["unit"])
+
+    def call(self, label: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One step that runs whole (a reduce, a crawl, a torchrun launch)."""
+        return fn(*args)
+
+    def load(self, records: Records) -> int:
+        """Hand records to the warehouse now, when the stage needs them there before it finishes (the crawl log
+        it reads back, evaluation items it joins); returns the rows the table holds for this stage run."""
+        if self.warehouse is None:
+            return 0
+        return self.warehouse.load_records(records.table, self.stage_run_id, records.files, **records.constants)
+
+
+def raise_failures(stage: str, step: str, failures: list[str], units: int) -> None:
+    if failures:
+        detail = "\n  ".join(failures[:20])
+        more = f"\n  … and {len(failures) - 20} more" if len(failures) > 20 else ""
+        what = f"{step} units" if step else "units"
+        raise StageFailed(f"stage {stage}: {len(failures)} of {units} {what} failed:\n  {detail}{more}")
+
+
 class Stage(ABC):
-    """Base of every stage. Subclasses set the class attributes and implement ``process``."""
+    """The contract. Subclasses set ``name`` and implement ``execute``; the rest has defaults that fit a stage
+    reading its upstream's dataset into ``<work_dir>/datasets/<name>/<key>``."""
 
     name: ClassVar[str]
     upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
     enabled: ClassVar[bool] = True  # a stage that is switched off by its config is skipped, and says why
-    schema: ClassVar[pa.Schema]
-    size_column: ClassVar[str | None] = None  # the column whose length bounds a shard's bytes
+    disabled_because: ClassVar[str] = ""
 
-    def __init__(self, config: BaseModel) -> None:
+    def __init__(self, config: BaseModel | None) -> None:
         self.config = config
 
     # -- identity ------------------------------------------------------------------------------------------------
@@ -89,81 +188,56 @@ class Stage(ABC):
 
     @classmethod
     def code_version(cls) -> str:
-        return code_version_of(cls)
+        """A hash of every project module the stage runs (tasks/codeversion.py): editing any invalidates its cache."""
+        return code_version(cls.code_roots())
+
+    def params(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json") if self.config is not None else {}
 
     def key(self, input_fingerprint: str) -> str:
         """The cache key: stage name, its config section, its code version and its input's fingerprint."""
-        return stable_hash({"stage": self.name, "config": self.config.model_dump(mode="json"),
-                            "code": self.code_version(), "input": input_fingerprint})
+        return stable_hash({"stage": self.name, "config": self.params(), "code": self.code_version(),
+                            "input": input_fingerprint})
 
-    # -- planning ------------------------------------------------------------------------------------------------
+    # -- the lifecycle's steps -----------------------------------------------------------------------------------
 
-    def plan(self, input_dir: Path) -> list[Unit]:
-        """Cut the upstream dataset into units of at most shard_max_docs rows, whatever its shard sizes.
+    def prepare(self, ctx: StageContext) -> None:
+        """Before the key: make what the stage's input depends on that the project writes itself."""
 
-        Consecutive small shards share a unit and large shards are split, so every downstream task has about the
-        same amount of work however unevenly the upstream files were sized.
-        """
-        manifest = read_dataset_manifest(input_dir)
-        target = self.config.shard_max_docs
-        units: list[Unit] = []
-        current: list[Source] = []
-        filled = 0
-        for f in manifest.files:
-            start = 0
-            while start < f.rows:
-                take = min(target - filled, f.rows - start)
-                current.append(Source(str(Path(input_dir) / f.name), start, start + take))
-                start += take
-                filled += take
-                if filled == target:
-                    units.append(Unit(len(units), tuple(current)))
-                    current, filled = [], 0
-        if current:
-            units.append(Unit(len(units), tuple(current)))
-        return [replace(u, of=len(units)) for u in units]
+    def read_input(self, ctx: StageContext, upstream: dict[str, Any] | None) -> Input:
+        """The upstream dataset, which must be the upstream stage's (a stage without one reads nothing)."""
+        if self.upstream is None:
+            return Input()
+        if upstream is None or upstream["stage"] != self.upstream:
+            got = upstream["dataset_id"] if upstream else "nothing"
+            raise StageFailed(f"stage {self.name} reads a {self.upstream} dataset, got {got}")
+        return Input(upstream["fingerprint"], [upstream["dataset_id"]], upstream, bytes=upstream.get("bytes"))
 
-    def input_rows(self, unit: Unit, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        for src in unit.sources:
-            yield from iter_rows(Path(src.uri), columns, src.start, src.stop)
+    def stage_key(self, inp: Input, ctx: StageContext) -> str:
+        return self.key(inp.fingerprint)
 
-    def input_batches(self, unit: Unit, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-        for src in unit.sources:
-            yield from iter_batches(Path(src.uri), columns, src.start, src.stop)
+    def output_dir(self, ctx: StageContext, key: str) -> Path:
+        return ctx.work_dir / "datasets" / self.name / key[:16]
 
-    # -- work ----------------------------------------------------------------------------------------------------
+    def cached(self, ctx: StageContext, key: str, out_dir: Path) -> dict[str, Any] | None:
+        """The recorded dataset with this key, when it is still whole on disk (else it is made again)."""
+        return None
+
+    def cache_note(self) -> str:
+        """Said after 'cache hit': how to make the stage run anyway, where that is not obvious."""
+        return ""
 
     @abstractmethod
-    def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        """Read the unit's input, ``writer.add`` each kept record, ``drops.add`` each dropped one."""
+    def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
+        """Do the work into ``out_dir`` and say what was made (nothing here writes the warehouse)."""
 
 
-def run_unit(stage: Stage, unit: Unit, out_dir: Path) -> ShardResult:
-    """Run one unit, or return its recorded result when a previous attempt finished it."""
-    out_dir = Path(out_dir)
-    done = read_unit_manifest(out_dir, unit.name)
-    if done is not None:
-        return done
-    check_stop()  # after Ctrl-C, units not yet started are left for the rerun
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    writer = ShardWriter(out_dir, unit.name, stage.schema, max_docs=stage.config.shard_max_docs,
-                         max_bytes=stage.config.shard_max_bytes, size_column=stage.size_column)
-    drops = DropLog()
-    result = ShardResult(unit.name)
-    try:
-        stage.process(unit, writer, drops, result)
-        result.seconds = time.perf_counter() - t0
-        return finish_unit(out_dir, result, writer, drops)
-    except UnitFailed:
-        raise
-    except OSError as err:
-        raise UnitFailed(f"{stage.name} {unit.describe()}: {describe_os_error(err, out_dir)}") from err
-    except Exception as err:
-        raise UnitFailed(f"{stage.name} {unit.describe()}: {type(err).__name__}: {err}") from err
-
-
-FULL_DISK = frozenset({errno.ENOSPC, errno.EDQUOT})
+def file_artifact(path: Path, parents: list[str]) -> Dataset:
+    """A single file a stage made besides its output (a tokenizer), as a dataset of its own named by its hash."""
+    digest = file_sha256(path)
+    kind = path.stem
+    return Dataset(f"{kind}-{digest[:12]}", kind, None, str(path), path.suffix.lstrip("."), digest,
+                   [(str(path), None, path.stat().st_size, digest)], parents)
 
 
 def describe_os_error(err: OSError, out_dir: Path) -> str:
@@ -173,127 +247,3 @@ def describe_os_error(err: OSError, out_dir: Path) -> str:
         return (f"the disk is full writing {err.filename or out_dir} ({free / 2**20:,.0f} MiB free): free some "
                 "space and rerun; finished units are kept")
     return f"{type(err).__name__}: {err}"
-
-
-class ReduceStage(Stage):
-    """A stage with a whole-dataset step between two parallel passes (dedup clustering, contamination counts).
-
-    1. ``scan`` runs per unit, in parallel, and writes what the reduce needs into ``scratch_dir(out_dir)``;
-    2. ``reduce`` runs once over every scan's output and writes its decisions there too;
-    3. ``process`` runs per unit as in every stage, reading those decisions.
-
-    Each step records its completion (``scan-<unit>.json``, ``reduce.json``), so a killed run resumes where it was.
-    """
-
-    SCRATCH = "_reduce"
-
-    @staticmethod
-    def scratch_dir(out_dir: Path) -> Path:
-        return Path(out_dir) / ReduceStage.SCRATCH
-
-    @abstractmethod
-    def scan(self, unit: Unit, scratch: Path) -> dict[str, Any]:
-        """Write this unit's part of the reduce's input under ``scratch``; return small JSON-able facts."""
-
-    @abstractmethod
-    def reduce(self, scratch: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
-        """Decide over the whole dataset; return counts to report (JSON-able)."""
-
-    def after_reduce(self, scratch: Path) -> None:
-        """Delete what only the reduce needed (it runs once the reduce is recorded as done)."""
-
-    def records(self, out_dir: Path) -> dict[str, Path]:
-        """Parquet files for the warehouse to load when the stage finishes: table name -> file."""
-        return {}
-
-    def artifacts(self, out_dir: Path) -> list[Path]:
-        """Files the stage made besides its shards (a tokenizer), each recorded as a dataset with its hash."""
-        return []
-
-    def finalize(self, out_dir: Path) -> None:
-        """Runs once the dataset manifest is sealed: write derived manifests, delete scratch only process needed."""
-
-
-def run_scan(stage: ReduceStage, unit: Unit, out_dir: Path) -> dict[str, Any]:
-    """Scan one unit, or return the recorded result of a scan that finished before."""
-    scratch = stage.scratch_dir(out_dir)
-    done = scratch / f"scan-{unit.name}.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    check_stop()
-    scratch.mkdir(parents=True, exist_ok=True)
-    for stale in scratch.glob(f".tmp-*{unit.name}*"):  # a killed attempt's; other units' scans may be writing theirs
-        stale.unlink(missing_ok=True)
-    try:
-        facts = stage.scan(unit, scratch)
-    except Exception as err:
-        raise UnitFailed(f"{stage.name} scan {unit.describe()}: {type(err).__name__}: {err}") from err
-    atomic_write_json(done, {"unit": unit.name, **facts})
-    return {"unit": unit.name, **facts}
-
-
-def run_reduce(stage: ReduceStage, out_dir: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
-    """The reduce step, once; its record makes a rerun skip it."""
-    scratch = stage.scratch_dir(out_dir)
-    done = scratch / "reduce.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    remove_temp_files(scratch)
-    facts = stage.reduce(scratch, sorted(scans, key=lambda s: s["unit"]), stage_key)
-    atomic_write_json(done, facts)
-    stage.after_reduce(scratch)
-    return facts
-
-
-class UnitIndex:
-    """Finished units by a key of their own (settings, code and the exact input, e.g. one WARC file's hash), so
-    that a later dataset whose input only grew takes over the units it shares with an earlier one instead of
-    running them again. One small JSON file per key, written atomically."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-
-    def record(self, key: str, out_dir: Path, unit: str) -> None:
-        atomic_write_json(self.directory / f"{key}.json", {"dir": str(out_dir), "unit": unit})
-
-    def adopt(self, key: str, out_dir: Path, unit: Unit) -> ShardResult | None:
-        """Hard-link (or copy) the shards and drop log of an earlier finished unit with this key into ``out_dir``
-        as ``unit``, and write its manifest; None when there is none, or its files are gone."""
-        try:
-            found = json.loads((self.directory / f"{key}.json").read_text())
-        except (OSError, ValueError):
-            return None
-        earlier_dir, earlier = Path(found["dir"]), found["unit"]
-        if earlier_dir == Path(out_dir) and earlier == unit.name:
-            return None  # its own: run_unit finds it
-        done = read_unit_manifest(earlier_dir, earlier)
-        if done is None:
-            return None
-        rename = {f.name: unit.name + f.name[len(earlier):] for f in done.files}
-        if done.drops_file:
-            rename[done.drops_file] = unit.name + done.drops_file[len(earlier):]
-        for old, new in rename.items():
-            _link_or_copy(earlier_dir / old, Path(out_dir) / new)
-        adopted = replace(done, unit=unit.name, files=[replace(f, name=rename[f.name]) for f in done.files],
-                          drops_file=rename.get(done.drops_file) if done.drops_file else None, resumed=False,
-                          reused=True)
-        atomic_write_json(unit_manifest_path(Path(out_dir), unit.name), adopted.to_json())
-        return adopted
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
-def prepare_output(out_dir: Path) -> None:
-    """Before any unit starts: make the directory and delete what killed writers left (theirs alone)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_temp_files(out_dir)
-    if ReduceStage.scratch_dir(out_dir).is_dir():
-        remove_temp_files(ReduceStage.scratch_dir(out_dir))

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from tasks.config import TokenizeConfig
 from tasks.shards import (DropLog, ShardFile, ShardResult, ShardWriter, atomic_write_bytes, read_dataset_manifest,
                           write_parquet_atomic)
-from tasks.stage import ReduceStage, Unit
+from tasks.sharded import ReduceStage, Unit
 from tasks.token_shards import (check_token_manifest, shuffled, write_token_manifest, write_token_shard)
 from tasks.tokenizer import TiktokenEncoder, TokenizersEncoder, fastest_encoder, is_validation, train_bpe
 
@@ -148,6 +148,12 @@ class TokenizeStage(ReduceStage):
 
     def artifacts(self, out_dir: Path) -> list[Path]:
         return [self.scratch_dir(out_dir) / "tokenizer.json"]
+
+    def stat_metrics(self, stats: dict[str, float]) -> list[tuple[int | None, str, float]]:
+        """The token counts, and the validation split's bytes per token (separators carry no bytes)."""
+        if stats.get("val_tokens", 0) > stats.get("val_docs", 0):
+            stats = {**stats, "val_bytes_per_token": stats["val_bytes"] / (stats["val_tokens"] - stats["val_docs"])}
+        return super().stat_metrics(stats)
 
     def finalize(self, out_dir: Path) -> None:
         scratch = self.scratch_dir(out_dir)

@@ -8,39 +8,64 @@ ingests them (``read_metrics``, ``checkpoints``).
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from tasks.codeversion import code_version
-from tasks.config import TrainConfig
+from tasks.atomic import atomic_write_json, file_sha256
+from tasks.config import TrainConfig, stable_hash
+from tasks.procs import spawn, stop
+from tasks.stage import Dataset, Input, Stage, StageContext, StageResult
 
 
 def _model_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "model"
 
 
-class TorchrunStage:
-    """A stage that runs one model/ entry point under torchrun (train, evaluate) and reads back its files."""
+class TrainFailed(RuntimeError):
+    """torchrun (training or evaluation) exited nonzero; the message holds the error or the end of its log."""
 
-    name: ClassVar[str]
-    upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
-    enabled: ClassVar[bool] = True
+
+def run_torchrun(command: list[str], env: dict[str, str], log_file: Path, label: str,
+                 say: Callable[[str], None]) -> None:
+    """Run torchrun, echoing every line to ``say`` and to ``log_file``; fail on a nonzero exit."""
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    errors: list[str] = []  # model/'s own "error: ..." lines (bad data, bad arguments)
+    with open(log_file, "a") as log:
+        # Its own session (Ctrl-C reaches only crucible, which stops it below) and it dies with crucible.
+        proc = spawn(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip())
+                if line.startswith("error:"):
+                    errors.append(line.rstrip())
+                say(f"{label}: {line.rstrip()}")
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # the flow was cancelled or interrupted: stop the ranks too
+                stop(proc, grace_s=30)
+    if code != 0:
+        if errors:
+            raise TrainFailed(f"{label} failed: {errors[0][len('error: '):]} (log: {log_file})")
+        raise TrainFailed(f"torchrun exited with {code}; the log ends:\n" + "\n".join(tail))
+
+
+class TorchrunStage(Stage):
+    """A stage that runs one model/ entry point under torchrun (train, evaluate) and reads back its files. It has
+    no units: one process group does the work, in ``<work_dir>/<out_root>/<key>``, where a rerun with the same key
+    finds what an interrupted one left (train resumes from its newest checkpoint)."""
+
     entry: ClassVar[str]              # the model/ module torchrun runs
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    out_root: ClassVar[str]           # its runs' directory under the work dir
 
     @classmethod
     def code_roots(cls) -> list[str]:
         return [cls.__module__, cls.entry]  # the stage and the model/ entry point torchrun runs
-
-    @classmethod
-    def code_version(cls) -> str:
-        """A hash of every project module the stage and its torchrun entry point run (tasks/codeversion.py)."""
-        return code_version(cls.code_roots())
 
     def nproc(self) -> int:
         if self.config.nproc_per_node != "auto":
@@ -62,10 +87,37 @@ class TorchrunStage:
         path = os.environ.get("PYTHONPATH", "")
         return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, "PYTHONUNBUFFERED": "1"}
 
+    @staticmethod
+    def finished(out_dir: Path) -> dict[str, Any] | None:
+        """What the entry point wrote last, once it has ended; None before."""
+        raise NotImplementedError
+
+    def args(self, data: Path, out_dir: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- the lifecycle -------------------------------------------------------------------------------------------
+
+    def output_dir(self, ctx: StageContext, key: str) -> Path:
+        return ctx.work_dir / self.out_root / key[:16]
+
+    def cached(self, ctx: StageContext, key: str, out_dir: Path) -> dict[str, Any] | None:
+        hit = ctx.warehouse.dataset_by_key(key) if ctx.warehouse is not None else None
+        return hit if hit is not None and self.finished(out_dir) is not None else None
+
+    def launch(self, ctx: StageContext, inp: Input, out_dir: Path) -> None:
+        """Write args.json for the entry point and run it under torchrun, its log in ``<out_dir>/<name>.log``."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        args_file = out_dir / "args.json"
+        atomic_write_json(args_file, self.args(inp.dir, out_dir))
+        nproc = self.nproc()
+        ctx.call(f"{self.name} x{nproc}", run_torchrun, self.command(args_file), self.environment(),
+                 out_dir / f"{self.name}.log", self.name, ctx.say)
+
 
 class TrainStage(TorchrunStage):
     name: ClassVar[str] = "train"
     entry: ClassVar[str] = "model.train"
+    out_root: ClassVar[str] = "train"
 
     config: TrainConfig
 
@@ -118,3 +170,38 @@ class TrainStage(TorchrunStage):
             found.append({"name": ckpt.name, "path": ckpt, "step": state["step"], "tokens": state["tokens"],
                           "val": state.get("val"), "reason": state.get("reason"), "files": files})
         return found
+
+    def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
+        nproc = self.nproc()
+        if self.finished(out_dir) is None:
+            ctx.say(f"train: {nproc} process(es) on {inp.dataset_ids[0]}, writing {out_dir}")
+            self.launch(ctx, inp, out_dir)
+        final = self.finished(out_dir) or {}
+        summary = {"steps": final.get("step"), "tokens_seen": final.get("tokens"), "seconds": final.get("seconds"),
+                   **{f"final_{k}": v for k, v in (final.get("val") or {}).items()}}
+        metrics = self.read_metrics(out_dir)
+        metrics += [(None, f"train.{k}", float(v)) for k, v in summary.items() if isinstance(v, (int, float))]
+        checkpoints = self.checkpoint_datasets(out_dir, key, inp.dataset_ids)
+        if not checkpoints:
+            raise TrainFailed(f"training left no checkpoint in {out_dir / 'checkpoints'}")
+        final_id = f"checkpoint-{key[:12]}-{final['step']:07d}" if final else checkpoints[-1].dataset_id
+        output = next(c for c in checkpoints if c.dataset_id == final_id)
+        val = final.get("val") or {}
+        return StageResult(
+            output=output, datasets=[c for c in checkpoints if c is not output], units=nproc,
+            shards_out=len(checkpoints), bytes_out=sum(f[2] or 0 for f in output.files), metrics=metrics,
+            message=f"train: {final.get('step')} steps, {final.get('tokens', 0):,} tokens"
+                    + (f", val loss {val['val_loss']:.4f}, bpb {val['val_bpb']:.4f}" if val else "")
+                    + f"; checkpoint {output.dataset_id}")
+
+    def checkpoint_datasets(self, out_dir: Path, key: str, parents: list[str]) -> list[Dataset]:
+        """Each checkpoint on disk is a dataset whose parent is the token dataset; the final one carries the key."""
+        final = self.finished(out_dir)
+        made = []
+        for ckpt in self.checkpoints(out_dir):
+            is_final = final is not None and ckpt["name"] == final["checkpoint"]
+            fp = stable_hash({"step": ckpt["step"], "tokens": ckpt["tokens"],
+                              "model": file_sha256(ckpt["path"] / "model.pt")})
+            made.append(Dataset(f"checkpoint-{key[:12]}-{ckpt['step']:07d}", self.name, key if is_final else None,
+                                str(ckpt["path"]), "checkpoint", fp, ckpt["files"], parents, tokens=ckpt["tokens"]))
+        return made

@@ -105,7 +105,7 @@ def _ingest(paths: list[str]) -> dict:
 
     from tasks.config import IngestConfig
     from tasks.ingest import IngestStage
-    from tasks.stage import run_unit
+    from tasks.sharded import run_unit
 
     stage = IngestStage(IngestConfig(inputs=paths))
     out = Path(tempfile.mkdtemp(prefix="bomb-ingest-"))

@@ -113,7 +113,7 @@ def run_stage(stage, input_dir: Path, out_dir: Path, key: str = "test-key"):
     import pyarrow.parquet as pq
 
     from tasks.shards import write_dataset_manifest
-    from tasks.stage import ReduceStage, run_reduce, run_scan, run_unit
+    from tasks.sharded import ReduceStage, run_reduce, run_scan, run_unit
 
     units = stage.plan(input_dir)
     facts = None

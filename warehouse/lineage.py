@@ -374,17 +374,34 @@ class Warehouse:
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, stage_run_id, step, name, value, now) for step, name, value in metrics])
 
-    RECORD_TABLES = ("contamination_hits", "eval_items")
+    RECORD_TABLES = ("contamination_hits", "eval_items", "crawl_log")
 
-    def load_records(self, table: str, stage_run_id: str, path: Path) -> int:
-        """Load a Parquet file a stage wrote for the warehouse (workers never open it) into one of its tables."""
+    def load_records(self, table: str, stage_run_id: str, files: list[Path], **constants: Any) -> int:
+        """Load Parquet files a stage wrote for the warehouse (workers never open it) into one of its tables;
+        returns the rows that table now holds for the stage run (for the crawl log: the rows added)."""
         if table not in self.RECORD_TABLES:
             raise WarehouseError(f"no record table {table!r}; known: {', '.join(self.RECORD_TABLES)}")
+        if table == "crawl_log":
+            return self.record_crawl_log(stage_run_id, constants["job"], files)
+        if not files:
+            return 0
         with self.connect() as con:
             columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "stage_run_id"]
-            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet({literal(path)})",
+            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet({literal_list(files)})",
                         [stage_run_id])
             return con.execute(f"SELECT count(*) FROM {table} WHERE stage_run_id = ?", [stage_run_id]).fetchone()[0]
+
+    def accuracy_by_contamination(self, eval_stage_run_id: str, decontaminate_stage_run_id: str) -> list[dict[str, Any]]:
+        """Per task: items and accuracy of an evaluation, split by whether the decontaminate run found the item."""
+        return self.query(
+            "SELECT e.task, count(*) FILTER (WHERE h.item IS NULL) AS clean_n, "
+            "  avg(e.correct::INT) FILTER (WHERE h.item IS NULL) AS clean_acc, "
+            "  count(*) FILTER (WHERE h.item IS NOT NULL) AS contaminated_n, "
+            "  avg(e.correct::INT) FILTER (WHERE h.item IS NOT NULL) AS contaminated_acc "
+            "FROM eval_items e LEFT JOIN (SELECT DISTINCT task, item FROM contamination_hits WHERE stage_run_id = ?) h "
+            "  ON h.task = e.task AND h.item = e.item "
+            "WHERE e.stage_run_id = ? GROUP BY e.task ORDER BY e.task",
+            [decontaminate_stage_run_id, eval_stage_run_id])
 
     def stage_facts(self, run_id: str) -> list[dict[str, Any]]:
         """Whole-stage figures (dedup clusters, contamination counts) of a run's stages; a cache hit shows those of

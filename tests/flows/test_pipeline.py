@@ -147,7 +147,7 @@ def test_a_failed_unit_fails_the_run_and_names_the_file(tmp_path, inputs):
 
 
 def test_training_with_no_training_documents_fails_the_run_with_the_reason(tmp_path, inputs):
-    from flows.train import TrainFailed
+    from tasks.train import TrainFailed
 
     cfg = config(tmp_path, inputs)
     with pytest.raises(TrainFailed, match="the train split is empty"):

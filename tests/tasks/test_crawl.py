@@ -5,7 +5,7 @@ from tasks.config import CrawlConfig, IngestConfig, parse_config
 from tasks.crawl import VISITED, CrawlStage, SeenPage
 from tasks.urls import extract_links, normalize_url
 from tasks.ingest import IngestStage
-from tasks.stage import run_unit
+from tasks.sharded import run_unit
 from tests.sites import LocalSite
 
 PRIVATE = ["http://10.1.2.3/x", "http://192.168.0.7/", "http://169.254.169.254/latest/meta-data/",

@@ -129,7 +129,7 @@ def test_incremental_run_drops_duplicates_of_earlier_accepted_documents(tmp_path
 
 
 def test_a_killed_reduce_reruns_and_a_finished_one_is_not_repeated(tmp_path):
-    from tasks.stage import run_reduce, run_scan
+    from tasks.sharded import run_reduce, run_scan
 
     rows = [{"doc_id": f"d{i}", "text": text(i)} for i in range(5)]
     up = write_dataset(tmp_path / "in", QUALITY_SCHEMA, rows + [{"doc_id": "dup", "text": text(0)}])

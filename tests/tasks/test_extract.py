@@ -5,7 +5,7 @@ from tasks.config import ExtractConfig
 from tasks.extract import SOURCE_COLUMNS, ExtractStage
 from tasks.ingest import SCHEMA as INGEST_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
-from tasks.stage import run_unit
+from tasks.sharded import run_unit
 from tests.helpers import page
 
 

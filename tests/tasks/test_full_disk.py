@@ -10,7 +10,7 @@ from warcio.warcwriter import WARCWriter
 from flows.stages import is_transient
 from tasks.config import IngestConfig
 from tasks.ingest import IngestStage
-from tasks.stage import UnitFailed, run_unit
+from tasks.sharded import UnitFailed, run_unit
 from tests.helpers import response
 
 

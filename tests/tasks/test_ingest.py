@@ -7,7 +7,7 @@ import pytest
 from tasks.config import IngestConfig
 from tasks.ingest import IngestStage, decode_html, expand_inputs
 from tasks.shards import read_unit_manifest
-from tasks.stage import UnitFailed, run_unit
+from tasks.sharded import UnitFailed, run_unit
 from tests.conftest import shared_path
 from tests.helpers import page, truncate, write_cc2008_arc, write_mixed_warc, write_pages_warc
 

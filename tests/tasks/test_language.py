@@ -28,7 +28,7 @@ def test_stage_keeps_configured_languages_and_records_the_rest(tmp_path):
 
     from tasks.extract import SCHEMA
     from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
-    from tasks.stage import run_unit
+    from tasks.sharded import run_unit
 
     up = tmp_path / "up"
     w = ShardWriter(up, "part-00000", SCHEMA, max_docs=100, max_bytes=10**9)

@@ -146,7 +146,7 @@ def test_stage_keeps_cleaned_text_and_an_exclusion_log(tmp_path):
     from tasks.language import SCHEMA as LANGUAGE_SCHEMA
     from tasks.quality import QualityStage
     from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, write_dataset_manifest
-    from tasks.stage import run_unit
+    from tasks.sharded import run_unit
 
     up = tmp_path / "up"
     w = ShardWriter(up, "part-00000", LANGUAGE_SCHEMA, max_docs=100, max_bytes=10**9)

@@ -6,7 +6,7 @@ import pytest
 from tasks.config import TokenizeConfig
 from tasks.decontaminate import SCHEMA as DECONTAMINATE_SCHEMA
 from tasks.shards import read_dataset_manifest, write_dataset_manifest
-from tasks.stage import run_reduce, run_scan, run_unit
+from tasks.sharded import run_reduce, run_scan, run_unit
 from tasks.token_shards import ShardCheckError, read_token_shard
 from tasks.tokenize import TokenizeStage, load_encoder
 from tests.helpers import write_dataset
