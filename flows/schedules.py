@@ -38,7 +38,7 @@ def scheduled_pipeline(config: str, to_stage: str | None = None, trigger: str = 
 def rerun_stage(config: str, stage: str, input: str = "latest") -> str:
     """One stage alone on ``input`` (a run id, a dataset id or 'latest'), recorded as a rerun."""
     cfg = load_config(config)
-    return pipeline_flow(cfg, [stage], "rerun", stage_input(cfg, stage, input), recrawl=stage == "crawl")
+    return pipeline_flow(cfg, [stage], "rerun", stage_input(cfg, stage, input), recrawl=True)  # looks again
 
 
 def deployment_name(config: str | Path) -> str:

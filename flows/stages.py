@@ -150,7 +150,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
     t0 = time.perf_counter()
     ctx.stage_run_id = wh.start_stage(run_id=run_id, stage=stage.name, stage_key=key, params=params,
                                       params_hash=stable_hash(params), code_version=stage.code_version(),
-                                      input_dataset_ids=inp.dataset_ids, out_dir=out_dir)
+                                      input_dataset_ids=inp.dataset_ids, out_dir=out_dir, role=stage.role)
     with _failure_recorded(wh, ctx.stage_run_id, t0):
         hit = stage.cached(ctx, key, out_dir)
         if hit is not None:

@@ -24,6 +24,10 @@ Linear weight matrices only, not on embeddings or norms. Schedule: linear warmup
 ``min_lr_ratio * lr`` (or warmup-stable-decay). Gradients are clipped by their global norm. bf16 autocast on CUDA,
 fp32 on CPU. Gradient accumulation reaches ``total_batch_tokens``; the global batch holds the same rows whatever
 the number of ranks (see ``model.data``).
+
+Why one module of ~540 lines: like nanochat's base_train.py, the training loop reads top to bottom in one file
+(arguments, setup, schedule, step, validation, checkpoint and exact resume share the loop's state); the model, the
+data loader and the scoring are modules of their own.
 """
 from __future__ import annotations
 

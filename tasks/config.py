@@ -3,6 +3,10 @@
 Load it with ``load_config(path)``. Unknown keys, wrong types and out-of-range values fail here, before anything
 runs, with a ``ConfigError`` that names each bad key and says what is allowed. ``crucible config show CONFIG``
 prints the resolved tree with every default filled in.
+
+Why one module of ~550 lines: it is the user's reference. Every setting, its default, its range and its
+description are read in one place (and `crucible config show` prints them in the same order); the stages import
+their section from here, and the torch side derives its defaults from it (model/train.py, model/evaluate.py).
 """
 from __future__ import annotations
 

@@ -96,6 +96,7 @@ def signature_params(cfg: DedupConfig) -> str:
 
 class DedupStage(ReduceStage):
     name = "dedup"
+    role = "duplicates"
     schema = SCHEMA
     size_column = "text"
 

@@ -24,6 +24,7 @@ from tasks.train import TorchrunStage
 
 class EvaluateStage(TorchrunStage):
     name: ClassVar[str] = "evaluate"
+    role = "evaluation"
     entry: ClassVar[str] = "model.evaluate"
     out_root: ClassVar[str] = "eval"
 

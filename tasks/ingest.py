@@ -18,7 +18,6 @@ import io
 import re
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -29,6 +28,7 @@ import pyarrow as pa
 
 from tasks.config import IngestConfig, stable_hash
 from tasks.encodings import EncodingRefused
+from tasks.inputs import InputFile, expand_inputs, file_url, is_html_file, size_of  # noqa: F401
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
@@ -50,47 +50,6 @@ SOURCE_FIELDS = [
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("charset", pa.string()), pa.field("html", pa.large_string())])
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Input files
-
-
-@dataclass(frozen=True)
-class InputFile:
-    uri: str
-    size: int
-    version: str  # mtime or ETag: what tells a changed file from the same one
-
-
-def expand_inputs(patterns: list[str]) -> list[InputFile]:
-    """Resolve paths, globs and fsspec URLs to a sorted file list; a pattern that matches nothing is an error."""
-    files: dict[str, InputFile] = {}
-    for pattern in patterns:
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
-        matched = [p for p in paths if fs.isfile(p)]
-        if not matched:
-            raise FileNotFoundError(f"ingest input {pattern!r} matches no file")
-        for p in matched:
-            info = fs.info(p)
-            uri = fs.unstrip_protocol(p) if fs.protocol not in ("file", ("file", "local")) else p
-            version = str(info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created"))
-            files[uri] = InputFile(uri, int(info.get("size") or 0), version)
-    return [files[k] for k in sorted(files)]
-
-
-
-_HTML_FILE = re.compile(r"\.(html?|xhtml)(\.gz)?$", re.I)
-
-
-def is_html_file(uri: str) -> bool:
-    """A saved page rather than an archive, by its name."""
-    return bool(_HTML_FILE.search(uri))
-
-
-def _file_url(uri: str) -> str:
-    return uri if "://" in uri else Path(uri).resolve().as_uri()
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,6 +116,7 @@ def make_doc_id(key: str) -> str:
 
 class IngestStage(ShardedStage):
     name = "ingest"
+    role = "collection"
     schema = SCHEMA
     size_column = "html"
 
@@ -227,7 +187,7 @@ class IngestStage(ShardedStage):
                 doc = self.html_file(fh, uri, drops, result)
             if doc is not None:
                 writer.add(doc)
-            result.bytes_in = _size_of(uri)
+            result.bytes_in = size_of(uri)
             return
         with opened as fh:
             if not fh.seekable():
@@ -236,7 +196,7 @@ class IngestStage(ShardedStage):
                 raise UnitFailed(f"ingest {unit.name}: {uri} is not a WARC, ARC or WET file")
             for record in self.records(fh, uri, drops, result):
                 writer.add(record)
-        result.bytes_in = _size_of(uri)
+        result.bytes_in = size_of(uri)
 
     def _unusable(self, body: bytes, drops: DropLog, where: dict[str, Any]) -> bool:
         """Count a payload that is too large, empty or binary as a drop with its reason; True if it was one."""
@@ -255,7 +215,7 @@ class IngestStage(ShardedStage):
         """A saved web page (``.html``, ``.htm``, ``.xhtml``, each maybe ``.gz``) is one document; its URL is the
         file's, its fetch time the file's modification time."""
         result.docs_in += 1
-        where = {"url": _file_url(uri), "warc_file": uri, "warc_offset": 0}
+        where = {"url": file_url(uri), "warc_file": uri, "warc_offset": 0}
         try:
             raw = fh.read(self.config.max_payload_bytes + 1) if not uri.endswith(".gz") else \
                 gzip.GzipFile(fileobj=fh).read(self.config.max_payload_bytes + 1)
@@ -418,13 +378,3 @@ class IngestStage(ShardedStage):
             "warc_file": uri, "warc_offset": offset, "fetch_time": fetch_time, "http_status": status,
             "content_type": mime, "charset": charset, "html": text,
         }
-
-
-
-
-def _size_of(uri: str) -> int:
-    try:
-        fs, _, paths = fsspec.get_fs_token_paths(uri)
-        return int(fs.info(paths[0]).get("size") or 0)
-    except (OSError, IndexError):
-        return 0

@@ -48,6 +48,7 @@ def classify(text: str, max_chars: int = 20_000) -> tuple[str, float]:
 
 class LanguageStage(ShardedStage):
     name = "language"
+    role = "languages"
     schema = SCHEMA
     size_column = "text"
 

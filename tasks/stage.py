@@ -175,6 +175,7 @@ class Stage(ABC):
     upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
     enabled: ClassVar[bool] = True  # a stage that is switched off by its config is skipped, and says why
     disabled_because: ClassVar[str] = ""
+    role: ClassVar[str | None] = None  # what the report and dashboard show it as (warehouse/migrations/0006)
 
     def __init__(self, config: BaseModel | None) -> None:
         self.config = config

@@ -116,6 +116,7 @@ class TorchrunStage(Stage):
 
 class TrainStage(TorchrunStage):
     name: ClassVar[str] = "train"
+    role = "training"
     entry: ClassVar[str] = "model.train"
     out_root: ClassVar[str] = "train"
 

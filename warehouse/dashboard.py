@@ -14,7 +14,7 @@ from warehouse.lineage import Warehouse
 
 STAGE_COLUMNS = ("stage_run_id", "stage", "status", "cache_hit", "units", "units_resumed", "docs_in", "docs_out",
                  "bytes_in", "bytes_out", "seconds", "started_at", "ended_at", "error", "output_dataset_id",
-                 "out_dir", "input_dataset_ids")
+                 "out_dir", "input_dataset_ids", "role")
 
 
 def _marks(values: list[Any]) -> str:
@@ -53,7 +53,7 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
     run_id = run["run_id"]
     stages = wh.present(wh.query(f"SELECT {', '.join(STAGE_COLUMNS)} FROM stage_runs WHERE run_id = ? "
                                  "ORDER BY started_at", [run_id]))
-    latest = {s["stage"]: s for s in stages}  # a stage retried within a run: its last attempt
+    latest = {s["role"]: s for s in stages if s["role"]}  # a stage retried within a run: its last attempt
     snapshot: dict[str, Any] = {
         "run": {k: run.get(k) for k in ("run_id", "flow_run_id", "trigger", "status", "started_at", "ended_at",
                                         "stages", "error", "config_path", "code_version", "config_hash", "host")},
@@ -62,7 +62,7 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
         "funnel": wh.funnel(run_id),
         "training": None, "evaluation": None, "lineage": [], "sources": [],
     }
-    train = latest.get("train")
+    train = latest.get("training")
     if train is not None:
         origin = _origin(wh, train)
         curves: dict[str, list[list[float]]] = {}
@@ -74,7 +74,7 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
         snapshot["training"] = {"status": train["status"], "stage_run_id": origin["stage_run_id"],
                                 "out_dir": origin.get("out_dir") or train.get("out_dir"), "curves": curves,
                                 "summary": summary, "checkpoint": train.get("output_dataset_id")}
-    evaluate = latest.get("evaluate")
+    evaluate = latest.get("evaluation")
     if evaluate is not None:
         origin = _origin(wh, evaluate)
         figures = {r["name"]: r["value"] for r in wh.query(
@@ -94,7 +94,7 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
         snapshot["lineage"] = [{k: r.get(k) for k in ("depth", "dataset_id", "stage", "format", "fingerprint",
                                                       "records", "bytes", "tokens", "shards", "uri")}
                                for r in wh.lineage(head)]
-        source = next((r for r in snapshot["lineage"] if r["stage"] in ("source", "crawl")), None)
+        source = next((r for r in snapshot["lineage"] if r["format"] == "warc"), None)
         if source:
             snapshot["sources"] = [f["path"] for f in wh.dataset_files(source["dataset_id"])]
     return snapshot

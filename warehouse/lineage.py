@@ -8,6 +8,11 @@ read commands and the dashboard open it read-only the same way, so they work whi
     wh = Warehouse("work/warehouse.duckdb")
     for run in wh.runs():
         print(run["run_id"], run["status"])
+
+Why one module of ~600 lines: ``Warehouse`` is the one API over the DuckDB file and its locks; each method is a
+few lines of SQL, grouped by table (runs, stage runs, funnel and metrics, crawl log, datasets, document views), and
+every one shares the same open-briefly-and-retry connection. The dashboard's and the report's queries live beside
+it (warehouse/dashboard.py, warehouse/report.py).
 """
 from __future__ import annotations
 
@@ -333,16 +338,17 @@ class Warehouse:
     # -- stage runs ----------------------------------------------------------------------------------------------
 
     def start_stage(self, *, run_id: str, stage: str, stage_key: str, params: dict[str, Any], params_hash: str,
-                    code_version: str, input_dataset_ids: list[str], out_dir: str | Path | None = None) -> str:
+                    code_version: str, input_dataset_ids: list[str], out_dir: str | Path | None = None,
+                    role: str | None = None) -> str:
         """Record a running stage; ``out_dir`` is where it writes (a reader can follow its files while it runs)."""
         stage_run_id = new_id(stage)
         with self.connect() as con:
             con.execute(
                 "INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash,"
-                " code_version, input_dataset_ids, status, started_at, out_dir)"
-                " VALUES (?,?,?,?,?,?,?,?,'running',?,?)",
+                " code_version, input_dataset_ids, status, started_at, out_dir, role)"
+                " VALUES (?,?,?,?,?,?,?,?,'running',?,?,?)",
                 [stage_run_id, run_id, stage, stage_key, json.dumps(params, sort_keys=True), params_hash,
-                 code_version, input_dataset_ids, _now(), str(out_dir) if out_dir is not None else None])
+                 code_version, input_dataset_ids, _now(), str(out_dir) if out_dir is not None else None, role])
         return stage_run_id
 
     def finish_stage(self, stage_run_id: str, *, status: str, output_dataset_id: str | None = None,
@@ -407,7 +413,7 @@ class Warehouse:
         """Whole-stage figures (dedup clusters, contamination counts) of a run's stages; a cache hit shows those of
         the run that computed its dataset."""
         return self.query(
-            "SELECT s.stage, m.name, m.value FROM stage_runs s "
+            "SELECT s.stage, s.role, m.name, m.value FROM stage_runs s "
             "JOIN stage_runs origin ON origin.output_dataset_id = s.output_dataset_id AND NOT origin.cache_hit "
             "  AND origin.status = 'completed' "
             "JOIN metrics m ON m.stage_run_id = origin.stage_run_id AND m.step IS NULL "
@@ -557,12 +563,13 @@ class Warehouse:
             SELECT * FROM doc_lineage WHERE doc_id = '…'
         """
         latest = con.execute(
-            "SELECT s.stage, s.output_dataset_id, d.uri FROM stage_runs s JOIN datasets d "
+            "SELECT s.stage, s.output_dataset_id, d.uri, s.role FROM stage_runs s JOIN datasets d "
             "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' AND d.format = 'parquet' "
             "QUALIFY row_number() OVER (PARTITION BY s.stage ORDER BY s.ended_at DESC) = 1").fetchall()
         stages: list[str] = []
         drop_files: list[tuple[str, str]] = []
-        for stage, dataset_id, uri in latest:
+        base = next((stage for stage, _, _, role in latest if role == "collection"), None)
+        for stage, dataset_id, uri, _ in latest:
             files = [r[0] for r in con.execute("SELECT path FROM dataset_files WHERE dataset_id = ? ORDER BY path",
                                                 [dataset_id]).fetchall()]
             manifest = Path(uri) / "_dataset.json"
@@ -578,18 +585,18 @@ class Warehouse:
                  " NULL::VARCHAR AS url, NULL::VARCHAR AS warc_file, NULL::BIGINT AS warc_offset,"
                  " NULL::VARCHAR AS detail, NULL::VARCHAR AS text WHERE false")
         con.execute(f"CREATE OR REPLACE VIEW doc_drops AS {union or empty}")
-        if "ingest" in stages:
+        if base in stages:  # the documents as collected, joined to every later stage's
             cols = ["i.doc_id", "i.url", "i.warc_file", "i.warc_offset", "i.fetch_time"]
             joins = []
             for stage in stages:
-                if stage == "ingest":
+                if stage == base:
                     continue
                 cols.append(f"{stage}.doc_id IS NOT NULL AS kept_{stage}")
                 joins.append(f"LEFT JOIN (SELECT doc_id FROM docs_{stage}) {stage} USING (doc_id)")
             cols.append("(SELECT string_agg(dd.stage || ':' || dd.reason, ', ') FROM doc_drops dd "
                         "WHERE dd.doc_id = i.doc_id) AS drop_reasons")
             con.execute(f"CREATE OR REPLACE VIEW doc_lineage AS SELECT {', '.join(cols)} "
-                        f"FROM docs_ingest i {' '.join(joins)}")
+                        f"FROM docs_{base} i {' '.join(joins)}")
 
 
 def _total(values: Any) -> int | None:

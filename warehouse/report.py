@@ -49,7 +49,7 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
     run = wh.resolve_run(run_id)
     run_id = run["run_id"]
     stages = wh.stage_runs(run_id)
-    by_stage = {s["stage"]: s for s in stages if s["status"] == "completed"}
+    by_role = {s["role"]: s for s in stages if s["status"] == "completed" and s.get("role")}
     facts: dict[str, float] = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}
     data: dict[str, Any] = {
         "run": {k: run.get(k) for k in ("run_id", "trigger", "status", "started_at", "ended_at", "code_version",
@@ -60,26 +60,26 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
         "funnel": wh.funnel(run_id), "facts": facts, "environment": environment(),
     }
     with wh.connect(read_only=True) as con:
-        def files(stage: str) -> list[str]:
-            ds = by_stage.get(stage, {}).get("output_dataset_id")
+        def files(role: str) -> list[str]:
+            ds = by_role.get(role, {}).get("output_dataset_id")
             if not ds:
                 return []
             found = [r[0] for r in con.execute("SELECT path FROM dataset_files WHERE dataset_id = ? ORDER BY path",
                                                [ds]).fetchall()]
             return [f for f in found if f.endswith(".parquet") and Path(f).exists()]
 
-        lang_files = files("language")
+        lang_files = files("languages")
         if lang_files:
             data["languages"] = [dict(zip(("lang", "docs"), r)) for r in con.execute(
                 f"SELECT lang, count(*) FROM read_parquet({literal_list(lang_files)}) GROUP BY 1 ORDER BY 2 DESC"
             ).fetchall()]
-        ingest_files = files("ingest")
+        ingest_files = files("collection")
         if ingest_files:
             lo, hi, hosts = con.execute(
                 f"SELECT min(fetch_time), max(fetch_time), count(DISTINCT regexp_extract(url, '://([^/]+)', 1)) "
                 f"FROM read_parquet({literal_list(ingest_files)})").fetchone()
             data["collection"] = {"first_fetch": str(lo), "last_fetch": str(hi), "hosts": hosts}
-        dedup = by_stage.get("dedup")
+        dedup = by_role.get("duplicates")
         if dedup and dedup.get("output_dataset_id"):
             uri = con.execute("SELECT uri FROM datasets WHERE dataset_id = ?", [dedup["output_dataset_id"]]).fetchone()
             manifest = Path(uri[0]) / "_dataset.json" if uri else None
@@ -91,7 +91,7 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
                     f"SELECT size, count(*) FROM (SELECT detail, count(*) + 1 AS size FROM "
                     f"read_parquet({literal_list(drops)}) WHERE reason LIKE '%duplicate%' GROUP BY detail) "
                     f"GROUP BY 1 ORDER BY 1").fetchall()]
-        train = by_stage.get("train")
+        train = by_role.get("training")
         if train:
             origin = _origin(wh, train)
             rows = con.execute("SELECT step, name, value FROM metrics WHERE stage_run_id = ? AND step IS NOT NULL "
@@ -101,7 +101,7 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
                 curves.setdefault(name.split(".", 1)[1], []).append((step, value))
             data["training"] = curves
             data["checkpoint"] = train.get("output_dataset_id")
-        evaluate = by_stage.get("evaluate")
+        evaluate = by_role.get("evaluation")
         if evaluate and evaluate.get("output_dataset_id"):
             uri = con.execute("SELECT uri FROM datasets WHERE dataset_id = ?",
                               [evaluate["output_dataset_id"]]).fetchone()
@@ -110,12 +110,12 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
                     path = Path(uri[0]) / f"{name}.json"
                     if path.exists():
                         data[name] = json.loads(path.read_text())
-    final = by_stage.get("evaluate") or by_stage.get("train") or (stages[-1] if stages else None)
+    final = by_role.get("evaluation") or by_role.get("training") or (stages[-1] if stages else None)
     if final and final.get("output_dataset_id"):
         data["lineage"] = [{k: r.get(k) for k in ("depth", "dataset_id", "stage", "format", "fingerprint", "records",
                                                   "bytes", "shards")}
                            for r in wh.lineage(final["output_dataset_id"])]
-        source = next((r for r in wh.lineage(final["output_dataset_id"]) if r["stage"] in ("source", "crawl")), None)
+        source = next((r for r in wh.lineage(final["output_dataset_id"]) if r["format"] == "warc"), None)
         if source:
             data["sources"] = [f["path"] for f in wh.dataset_files(source["dataset_id"])]
     return data

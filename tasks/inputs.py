@@ -1,0 +1,56 @@
+"""Input files: paths, globs and fsspec URLs resolved to a sorted list of files with their size and version.
+
+A version (mtime or ETag) tells a changed file from the same one, so a rerun over more files reuses the units of
+the files it has read before (tasks/ingest.py).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    size: int
+    version: str  # mtime or ETag: what tells a changed file from the same one
+
+
+def expand_inputs(patterns: list[str]) -> list[InputFile]:
+    """Resolve paths, globs and fsspec URLs to a sorted file list; a pattern that matches nothing is an error."""
+    files: dict[str, InputFile] = {}
+    for pattern in patterns:
+        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        matched = [p for p in paths if fs.isfile(p)]
+        if not matched:
+            raise FileNotFoundError(f"ingest input {pattern!r} matches no file")
+        for p in matched:
+            info = fs.info(p)
+            uri = fs.unstrip_protocol(p) if fs.protocol not in ("file", ("file", "local")) else p
+            version = str(info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created"))
+            files[uri] = InputFile(uri, int(info.get("size") or 0), version)
+    return [files[k] for k in sorted(files)]
+
+
+
+_HTML_FILE = re.compile(r"\.(html?|xhtml)(\.gz)?$", re.I)
+
+
+def is_html_file(uri: str) -> bool:
+    """A saved page rather than an archive, by its name."""
+    return bool(_HTML_FILE.search(uri))
+
+
+def file_url(uri: str) -> str:
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
+
+
+def size_of(uri: str) -> int:
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(uri)
+        return int(fs.info(paths[0]).get("size") or 0)
+    except (OSError, IndexError):
+        return 0
