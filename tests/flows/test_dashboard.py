@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from flows.dashboard import create_app
+from tasks.train import TrainStage
 from tests.conftest import REPO
 from warehouse.lineage import Warehouse
 
@@ -29,7 +30,7 @@ def _training_run(wh: Warehouse, out_dir: Path) -> str:
     run_id = wh.start_run(config={"paths": {}}, config_hash="c0ffee", config_path=None, code_version="test",
                           trigger="manual", stages=["tokenize", "train", "evaluate"], flow_run_id="f-1")
     wh.start_stage(run_id=run_id, stage="train", stage_key="k" * 64, params={}, params_hash="p", code_version="t",
-                   input_dataset_ids=[], out_dir=out_dir)
+                   input_dataset_ids=[], out_dir=out_dir, role=TrainStage.role)
     out_dir.mkdir(parents=True, exist_ok=True)
     return run_id
 

@@ -12,12 +12,37 @@ def test_schema_is_created_and_versioned(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="test", trigger="manual",
                           stages=["ingest"])
-    assert wh.schema_version() == 5  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items, 0005 out_dir
+    assert wh.schema_version() == 6  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items,
+    # 0005 out_dir, 0006 role
     tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables")}
     assert {"schema_version", "pipeline_runs", "stage_runs", "datasets", "dataset_edges", "drops",
             "metrics", "dataset_files", "crawl_log", "contamination_hits", "contamination_summary"} <= tables
     assert wh.resolve_run(run_id[:12])["run_id"] == run_id
     assert wh.resolve_run("latest")["run_id"] == run_id
+
+
+def test_a_warehouse_from_before_roles_gets_them_for_its_old_runs(tmp_path):
+    import duckdb
+
+    from warehouse.lineage import _migrations
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    for version, sql in _migrations():
+        if version <= 5:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    for stage in ("ingest", "train", "tokenize"):
+        con.execute("INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash, "
+                    "code_version, status, started_at) VALUES (?, 'r', ?, 'k', '{}', 'p', 'c', 'completed', now())", [f"{stage}-1", stage])
+    con.close()
+    wh = Warehouse(path)
+    with wh.connect():  # the first writer's open migrates
+        pass
+    assert wh.schema_version() == 6
+    roles = {r["stage"]: r["role"] for r in wh.query("SELECT stage, role FROM stage_runs")}
+    assert roles == {"ingest": "collection", "train": "training", "tokenize": None}
 
 
 def test_reading_a_missing_warehouse_says_what_to_do(tmp_path):
