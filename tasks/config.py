@@ -253,11 +253,11 @@ class DecontaminateConfig(ShardedStageConfig):
         "Directory of benchmark JSONL files (CORE formats). Unset: the small smoke benchmark Crucible writes into "
         "<work_dir>/benchmarks/smoke; `crucible benchmarks fetch` downloads the real sets."))
     tasks: list[str] = Field(default_factory=list, description="Benchmark files (names without .jsonl); empty: all.")
-    ngram: int = Field(13, ge=1, le=100, description="n-gram length for items with at least this many words.")
-    min_ngram: int = Field(8, ge=1, le=100, description=(
-        "Shorter items use n = their length, down to this; items shorter still are not checked (counted)."))
-    max_ngram_docs: int = Field(20, ge=1, description=(
-        "An item n-gram found in more documents than this is common text (boilerplate), not contamination."))
+    ngram: int = Field(8, ge=2, le=100, description="Word n-gram length matched between items and documents.")
+    min_coverage: float = Field(0.5, gt=0, le=1, description=(
+        "A document contains an item when it holds at least this share of one item segment's n-grams."))
+    min_words: int = Field(5, ge=1, le=100, description=(
+        "An item shorter than ngram words is found only whole, from this many words; shorter ones are counted."))
     policy: Literal["drop", "cut"] = Field("drop", description=(
         "drop: drop a document that shares an n-gram with an item. cut: remove a window around each match."))
     cut_window_chars: int = Field(200, ge=0, description="Characters removed on each side of a match (cut).")
@@ -266,8 +266,8 @@ class DecontaminateConfig(ShardedStageConfig):
 
     @model_validator(mode="after")
     def _min_below_n(self) -> "DecontaminateConfig":
-        if self.min_ngram > self.ngram:
-            raise ValueError(f"min_ngram {self.min_ngram} is larger than ngram {self.ngram}")
+        if self.min_words > self.ngram:
+            raise ValueError(f"min_words {self.min_words} is larger than ngram {self.ngram}")
         return self
 
 

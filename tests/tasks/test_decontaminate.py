@@ -8,7 +8,8 @@ import pytest
 
 from tasks.evalsets import (TASKS, BenchmarkError, contamination_text, fetch, item_kind, read_items, write_smoke)
 from tasks.config import DecontaminateConfig
-from tasks.decontaminate import DecontaminateStage, ItemIndex, cut_matches
+from tasks.contamination import ItemIndex, match_words
+from tasks.decontaminate import DecontaminateStage, cut_matches
 from tasks.dedup import SCHEMA as DEDUP_SCHEMA
 from tasks.ngrams import word_spans
 from tests.conftest import shared_path
@@ -28,7 +29,7 @@ ITEM_TEN = {"query": "The baker opened the shop early, therefore", "choices": ["
 
 def bench_dir(tmp_path, **files):
     d = tmp_path / "bench"
-    d.mkdir(exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     for task, items in files.items():
         (d / f"{task}.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     return d
@@ -64,14 +65,105 @@ def test_a_malformed_line_names_the_file_and_line(tmp_path):
         read_items(f)
 
 
-def test_short_items_use_shorter_ngrams_and_the_shortest_are_counted(tmp_path):
-    d = bench_dir(tmp_path, copa=[ITEM_TEN, ITEM_SHORT])
-    index = ItemIndex.build(sorted(d.glob("*.jsonl")), ngram=13, min_ngram=8)
-    assert set(index.hashes) == {10}  # "the baker opened the shop early therefore bread was ready": 10 words
-    assert index.too_short["copa"] == 1 and index.items["copa"] == 2
-    words, _ = word_spans("Yesterday THE BAKER opened the shop early -- therefore, bread was ready! Good.")
-    [(n, pos, ref)] = index.matches(words)
-    assert (n, pos, index.refs[ref]) == (10, 1, ("copa", 0))
+ITEM_ARC_SHORT_Q = {"query": "Question: Which gas do plants absorb?", "choices": ["oxygen", "carbon dioxide",
+                                                                                 "helium", "neon"], "gold": 1}
+ITEM_COPA = {"query": "The man broke his toe because", "choices": ["he dropped a hammer on his foot.",
+                                                                   "he got a hole in his sock."], "gold": 0}
+ITEM_WINO = {"context_options": ["Sarah was a much better surgeon than Maria so Sarah",
+                                 "Sarah was a much better surgeon than Maria so Maria"],
+             "continuation": "always got the harder cases.", "gold": 0}
+ITEM_QUIZ = {"query": "Question: Which reflects light?", "choices": ["mirror", "rock"], "gold": 0}
+
+
+def flagged(tmp_path, item_sets: dict, docs: dict[str, str], name="run", **cfg) -> dict[str, set]:
+    """doc -> {(task, item)} found, running the stage on ``docs`` against ``item_sets``."""
+    d = bench_dir(tmp_path / name, **item_sets)
+    kept, dropped, facts = decontaminate(tmp_path, docs, name, benchmarks_dir=d, **cfg)
+    import pyarrow.parquet as pq
+
+    hits = pq.read_table(tmp_path / f"{name}-out" / "_reduce" / "hits.parquet").to_pylist()
+    found = {doc: set() for doc in docs}
+    for h in hits:
+        found[h["doc_id"]].add((h["task"], h["item"]))
+    return found
+
+
+def test_a_copy_that_keeps_its_labels_numbers_and_choice_letters_is_found(tmp_path):
+    """The question is under 13 words, so every n-gram of the old index crossed the label gap."""
+    pastes = {
+        "harness": "Question: Which gas do plants absorb?\nAnswer: carbon dioxide",
+        "qa": "12. Q: Which gas do plants absorb?\nA: carbon dioxide",
+        "letters": "Which gas do plants absorb? (A) oxygen (B) carbon dioxide (C) helium (D) neon Answer: (B)",
+        "own_line": "Which gas do plants absorb?\n\nCarbon dioxide.",
+        "native": "Which gas do plants absorb?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\nAnswer: B",
+    }
+    found = flagged(tmp_path, {"arc_easy": [ITEM_ARC_SHORT_Q]},
+                    {k: f"{FILLER}\n\n{v}\n\n{FILLER}" for k, v in pastes.items()} | {"clean": FILLER * 3})
+    assert {k for k, v in found.items() if v} == set(pastes)
+
+
+def test_copa_is_found_as_people_write_it_without_the_prompts_connector(tmp_path):
+    docs = {"human": f"{FILLER} The man broke his toe. What was the cause? He dropped a hammer on his foot. {FILLER}",
+            "prompt": f"{FILLER} The man broke his toe because he dropped a hammer on his foot. {FILLER}",
+            "listed": f"{FILLER}\nThe man broke his toe. What was the cause?\n1) He dropped a hammer on his foot.\n"
+                      f"2) He got a hole in his sock.\n{FILLER}",
+            "clean": FILLER * 3}
+    found = flagged(tmp_path, {"copa": [ITEM_COPA]}, docs)
+    assert {k for k, v in found.items() if v} == {"human", "prompt", "listed"}
+
+
+def test_winogrande_is_found_in_its_native_form_with_the_blank_and_both_options(tmp_path):
+    docs = {"native": f"{FILLER}\nSarah was a much better surgeon than Maria so _ always got the harder cases.\n"
+                      f"Option 1: Sarah\nOption 2: Maria\n{FILLER}",
+            "filled": f"{FILLER} Sarah was a much better surgeon than Maria so Sarah always got the harder cases. "
+                      f"{FILLER}",
+            "clean": FILLER * 3}
+    found = flagged(tmp_path, {"winogrande": [ITEM_WINO]}, docs)
+    assert {k for k, v in found.items() if v} == {"native", "filled"}
+
+
+def test_a_short_item_is_found_whole_on_its_own_lines_but_not_as_words_in_a_sentence(tmp_path):
+    docs = {"quiz": f"{FILLER}\n\nQuestion: Which reflects light?\nAnswer: mirror\n\n{FILLER}",
+            "own_lines": f"{FILLER}\n\nWhich reflects light?\n\nMirror.\n\n{FILLER}",
+            "sentence": f"{FILLER} Which reflects light? Mirror glass on the wall of the hall did, said the keeper. "
+                        f"{FILLER}",
+            "fact": f"{FILLER} A polished mirror reflects the light of the lamp. {FILLER}"}
+    d = bench_dir(tmp_path / "b", arc_easy=[ITEM_QUIZ])
+    index = ItemIndex.build(sorted(d.glob("*.jsonl")))
+    assert index.too_short["arc_easy"] == 0 and index.checked == 1  # 4 words: counted as short, and checked
+    found = flagged(tmp_path, {"arc_easy": [ITEM_QUIZ]}, docs)
+    assert {k for k, v in found.items() if v} == {"quiz", "own_lines"}
+
+
+def test_an_item_leaked_on_many_pages_is_found_on_every_one_while_a_common_phrase_is_not(tmp_path):
+    """No cap on how many documents may hold an item's n-grams: a leak is told from common text by how much of the
+    item a document holds, so the 60th copy is found like the first, and a phrase that is everywhere is not."""
+    item = contamination_text(ITEM_LM)
+    phrase = "the travellers finally reached the little inn"
+    docs = {f"leak{i}": f"{FILLER} {item}. {FILLER}" for i in range(60)}
+    docs |= {f"phrase{i}": f"{FILLER} At last {phrase} in the rain. {FILLER}" for i in range(60)}
+    found = flagged(tmp_path, {"lambada_openai": [ITEM_LM]}, docs)
+    assert all(found[f"leak{i}"] == {("lambada_openai", 0)} for i in range(60))
+    assert not any(found[f"phrase{i}"] for i in range(60))
+
+
+def test_each_hit_carries_its_score_and_segment(tmp_path):
+    d = bench_dir(tmp_path / "b", lambada_openai=[ITEM_LM])
+    index = ItemIndex.build(sorted(d.glob("*.jsonl")))
+    words, _ = match_words(FILLER + contamination_text(ITEM_LM) + " " + FILLER)
+    [hit] = index.find(words)
+    assert (hit.segment, hit.score, index.refs[hit.ref]) == ("full", 1.0, ("lambada_openai", 0))
+    half = " ".join(contamination_text(ITEM_LM).split()[:12])  # 12 of 19 words: 5 of the item's 12 8-grams
+    words, _ = match_words(FILLER + half + " " + FILLER)
+    assert index.find(words) == []
+    found = index.find(match_words(" ".join(contamination_text(ITEM_LM).split()[:16]))[0])
+    assert found[0].segment == "question" and 0.5 <= found[0].score < 1.0
+
+
+def test_labels_and_unicode_are_normalised_the_same_on_both_sides():
+    a, _ = match_words("Question: It doesn’t fit — the well-known “trophy” (B) Answer:")
+    b, _ = match_words("it doesn't fit the well known trophy")
+    assert a == b == ["it", "doesnt", "fit", "the", "well", "known", "trophy"]
 
 
 def test_drop_policy_drops_documents_with_an_item_whatever_the_case_and_punctuation(tmp_path):
@@ -105,16 +197,6 @@ def test_cut_windows_merge_when_they_overlap():
     _, spans = word_spans(text)
     out, cuts = cut_matches(text, spans, [(1, 1), (2, 1)], window=1)
     assert (out, cuts) == ("aaaa\ndddd eeee ffff", 1)
-
-
-def test_ngrams_common_across_the_corpus_are_not_contamination(tmp_path):
-    d = bench_dir(tmp_path, lambada_openai=[ITEM_LM])
-    phrase = "the travellers finally reached the little inn and ordered bowls of hot soup"
-    docs = {f"d{i}": f"{FILLER} {phrase}. {FILLER}" for i in range(4)}
-    kept, dropped, facts = decontaminate(tmp_path, docs, benchmarks_dir=d, max_ngram_docs=3)
-    assert set(kept) == set(docs) and facts["common_ngrams_ignored"] >= 1 and facts["hits"] == 0
-    kept, dropped, facts = decontaminate(tmp_path, docs, "strict", benchmarks_dir=d, max_ngram_docs=10)
-    assert not kept and facts["contaminated_docs"] == 4
 
 
 def test_the_smoke_set_has_every_task_in_its_format(tmp_path):
