@@ -98,35 +98,6 @@ def show(run_ref: str, warehouse_path: str | None, config_path: str | None) -> N
 
 
 @main.command()
-@click.argument("ref", metavar="DATASET|RUN")
-@click.option("--files", is_flag=True, help="Also list every shard and input file.")
-@warehouse_option
-@handle_errors
-def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str | None) -> None:
-    """Show the chain of datasets from a dataset (or a run's last output) back to the input files.
-
-    \b
-    Example:
-        crucible lineage extract-3f2a9c1b0d4e
-        crucible lineage latest --files
-    """
-    wh = warehouse_from(warehouse_path, config_path)
-    if wh.dataset(ref) is None:
-        run = wh.resolve_run(ref)
-        outputs = [s for s in wh.stage_runs(run["run_id"]) if s["output_dataset_id"]]
-        if not outputs:
-            raise WarehouseError(f"run {run['run_id']} produced no dataset")
-        ref = outputs[-1]["output_dataset_id"]
-    chain = wh.lineage(ref)
-    console.print(rich_table(f"lineage of {ref}", chain,
-                         ["depth", "dataset_id", "stage", "records", "bytes", "shards", "fingerprint", "uri"]))
-    if files:
-        for d in chain:
-            console.print(rich_table(d["dataset_id"], wh.dataset_files(d["dataset_id"]),
-                                 ["path", "records", "bytes", "content_hash"]))
-
-
-@main.command()
 @click.argument("query")
 @click.option("--json", "as_json", is_flag=True, help="Print rows as JSON lines.")
 @warehouse_option

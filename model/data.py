@@ -181,6 +181,35 @@ class TrainLoader:
         self.batches, self.tokens_cropped = state["batches"], state["tokens_cropped"]
 
 
+def replay_training(dataset_dir: str | Path, *, seq_len: int, seed: int, buffer_docs: int,
+                    checkpoints: list[tuple[int, dict[str, Any]]]) -> list[dict[tuple[int, int], tuple[int, int]]]:
+    """Which training documents fed each checkpoint, replayed exactly: for each (tokens trained, saved loader
+    state), {(shard, document): (rows it was packed into, tokens of it used)} over the first ``tokens // seq_len``
+    global rows. Packing needs only the documents' lengths, so no token is read. The replay must arrive where the
+    saved loader stood (cursor and buffer); otherwise it raises, because the count would not be exact."""
+    loader = TrainLoader(dataset_dir, batch_size=1, seq_len=seq_len, seed=seed, buffer_docs=buffer_docs)
+    uses: dict[tuple[int, int], list[int]] = {}
+    out: list[dict[tuple[int, int], tuple[int, int]]] = []
+    done = 0
+    for tokens, state in sorted(checkpoints, key=lambda c: c[0]):
+        rows = tokens // seq_len
+        for _ in range(rows - done):
+            for ref, take in loader._plan_row():
+                used = uses.setdefault(ref, [0, 0])
+                used[0] += 1
+                used[1] += take
+        done = rows
+        here = {"epoch": loader.epoch, "shard_pos": loader.shard_pos, "doc_pos": loader.doc_pos,
+                "buffer": [list(r) for r in loader.buffer]}
+        saved = {k: state.get(k) for k in here}
+        if saved != here:
+            raise ValueError(f"replaying {rows} rows of {dataset_dir} does not reach the saved loader position "
+                             f"(epoch {saved['epoch']}, shard {saved['shard_pos']}, document {saved['doc_pos']}); "
+                             "was the token dataset changed?")
+        out.append({ref: (n, t) for ref, (n, t) in uses.items()})
+    return out
+
+
 class ValLoader:
     """The val split once, in order, as (inputs, targets) batches; padding targets are ``IGNORE``."""
 

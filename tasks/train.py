@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 from tasks.atomic import atomic_write_json, file_sha256
 from tasks.config import TrainConfig, stable_hash
 from tasks.procs import spawn, stop
+from tasks.provenance import write_provenance
 from tasks.stage import Dataset, Input, Stage, StageContext, StageResult
 
 
@@ -196,13 +197,19 @@ class TrainStage(TorchrunStage):
                     + f"; checkpoint {output.dataset_id}")
 
     def checkpoint_datasets(self, out_dir: Path, key: str, parents: list[str]) -> list[Dataset]:
-        """Each checkpoint on disk is a dataset whose parent is the token dataset; the final one carries the key."""
+        """Each checkpoint on disk is a dataset whose parent is the token dataset; the final one carries the key.
+        Its files include the list of documents that trained it (tasks/provenance.py)."""
         final = self.finished(out_dir)
         made = []
-        for ckpt in self.checkpoints(out_dir):
+        checkpoints = self.checkpoints(out_dir)
+        provenance = write_provenance(out_dir, checkpoints) if checkpoints else {}
+        for ckpt in checkpoints:
+            prov = provenance[ckpt["name"]]
             is_final = final is not None and ckpt["name"] == final["checkpoint"]
             fp = stable_hash({"step": ckpt["step"], "tokens": ckpt["tokens"],
                               "model": file_sha256(ckpt["path"] / "model.pt")})
             made.append(Dataset(f"checkpoint-{key[:12]}-{ckpt['step']:07d}", self.name, key if is_final else None,
-                                str(ckpt["path"]), "checkpoint", fp, ckpt["files"], parents, tokens=ckpt["tokens"]))
+                                str(ckpt["path"]), "checkpoint", fp,
+                                [*ckpt["files"], (str(prov), None, prov.stat().st_size, None)], parents,
+                                tokens=ckpt["tokens"]))
         return made

@@ -557,7 +557,9 @@ class Warehouse:
     # -- document views ------------------------------------------------------------------------------------------
 
     def _refresh_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        """docs_<stage> and doc_drops over the Parquet shards of each stage's latest output; doc_lineage joins them.
+        """docs_<stage> and doc_drops over the Parquet shards of each stage's latest output; doc_lineage joins them
+        (latest outputs, so after a rerun of one stage it mixes runs: ``checkpoint_documents`` is exact per
+        checkpoint, one row per document of its token dataset with split and times seen).
 
         One query then follows a document from its WARC record through every stage:
             SELECT * FROM doc_lineage WHERE doc_id = '…'
@@ -597,6 +599,15 @@ class Warehouse:
                         "WHERE dd.doc_id = i.doc_id) AS drop_reasons")
             con.execute(f"CREATE OR REPLACE VIEW doc_lineage AS SELECT {', '.join(cols)} "
                         f"FROM docs_{base} i {' '.join(joins)}")
+        # Exactly which documents trained each checkpoint (warehouse/provenance.py reads the same files).
+        found = [(d, f) for d, f in con.execute(
+            "SELECT f.dataset_id, f.path FROM dataset_files f JOIN datasets d USING (dataset_id) "
+            "WHERE d.format = 'checkpoint' AND f.path LIKE '%/provenance-%.parquet'").fetchall() if Path(f).exists()]
+        if found:
+            pairs = ", ".join(f"({literal(f)}, {literal(d)})" for d, f in found)
+            con.execute(f"CREATE OR REPLACE VIEW checkpoint_documents AS SELECT m.checkpoint, p.doc_id, p.split, "
+                        f"p.times_seen, p.tokens_seen, p.tokens FROM read_parquet({literal_list([f for _, f in found])},"
+                        f" filename = true) p JOIN (VALUES {pairs}) m(path, checkpoint) ON m.path = p.filename")
 
 
 def _total(values: Any) -> int | None:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from flows.cli import main
 from tasks.registry import ORDER
 
-COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["sql"], ["config"],
+COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["provenance"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
             ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"]]
 

@@ -1,0 +1,102 @@
+"""The ``crucible`` commands that follow lineage: the chain of datasets behind a dataset (``lineage``), and exactly
+which documents trained a checkpoint or which checkpoints trained on a document (``provenance``)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from flows.cli_base import console, handle_errors, main, rich_table, warehouse_from, warehouse_option
+from warehouse.lineage import WarehouseError
+
+
+@main.command()
+@click.argument("ref", metavar="DATASET|RUN")
+@click.option("--files", is_flag=True, help="Also list every shard and input file.")
+@warehouse_option
+@handle_errors
+def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str | None) -> None:
+    """Show the chain of datasets from a dataset (or a run's last output) back to the input files.
+
+    \b
+    Example:
+        crucible lineage extract-3f2a9c1b0d4e
+        crucible lineage latest --files
+    """
+    wh = warehouse_from(warehouse_path, config_path)
+    if wh.dataset(ref) is None:
+        run = wh.resolve_run(ref)
+        outputs = [s for s in wh.stage_runs(run["run_id"]) if s["output_dataset_id"]]
+        if not outputs:
+            raise WarehouseError(f"run {run['run_id']} produced no dataset")
+        ref = outputs[-1]["output_dataset_id"]
+    chain = wh.lineage(ref)
+    console.print(rich_table(f"lineage of {ref}", chain,
+                         ["depth", "dataset_id", "stage", "records", "bytes", "shards", "fingerprint", "uri"]))
+    if files:
+        for d in chain:
+            console.print(rich_table(d["dataset_id"], wh.dataset_files(d["dataset_id"]),
+                                 ["path", "records", "bytes", "content_hash"]))
+
+
+@main.command()
+@click.argument("checkpoint", metavar="CHECKPOINT", required=False)
+@click.option("--doc", "doc_id", metavar="DOC_ID", help="Which checkpoints trained on this document.")
+@click.option("--url", metavar="URL", help="Which checkpoints trained on the documents fetched from this URL.")
+@click.option("-n", "--limit", default=20, show_default=True, help="Documents to list (0: all).")
+@click.option("--seen", is_flag=True, help="Only documents the training saw.")
+@click.option("--json", "as_json", is_flag=True, help="Print documents as JSON lines.")
+@warehouse_option
+@handle_errors
+def provenance(checkpoint: str | None, doc_id: str | None, url: str | None, limit: int, seen: bool, as_json: bool,
+               warehouse_path: str | None, config_path: str | None) -> None:
+    """Exactly which documents trained a checkpoint, or which checkpoints trained on a document.
+
+    CHECKPOINT is a checkpoint dataset id or 'latest' (the newest train output). Each document comes with its
+    split (train or val), how many training rows took tokens from it (0: never reached, or validation) and its
+    source (URL, WARC file and offset), from that checkpoint's own datasets; the stage chain is printed first.
+
+    \b
+    Example:
+        crucible provenance latest
+        crucible provenance checkpoint-3f2a9c1b0d4e-0000100 --seen -n 0 --json
+        crucible provenance --doc 5b1f0c8e2a9d4e7f6a3b2c1d
+        crucible provenance --url http://127.0.0.1:8765/json.html
+    """
+    from tasks.train import TrainStage  # imports torch: only here
+    from warehouse.provenance import checkpoint_documents, checkpoints_trained_on
+
+    wh = warehouse_from(warehouse_path, config_path)
+    if doc_id or url:
+        if checkpoint:
+            raise click.UsageError("give a CHECKPOINT, or --doc / --url, not both")
+        rows = checkpoints_trained_on(wh, doc_id=doc_id, url=url)
+        if as_json:
+            for r in rows:
+                click.echo(json.dumps(r, default=str))
+            return
+        console.print(rich_table(f"checkpoints trained on {doc_id or url}", rows,
+                                 ["checkpoint", "run_id", "doc_id", "split", "times_seen", "tokens_seen"]))
+        if not rows:
+            console.print("no recorded checkpoint has it", highlight=False)
+        return
+    if not checkpoint:
+        raise click.UsageError("give a CHECKPOINT (or 'latest'), or --doc DOC_ID, or --url URL")
+    if checkpoint == "latest":
+        found = wh.latest_dataset(TrainStage.name)
+        if found is None:
+            raise WarehouseError("no checkpoint yet: run the pipeline through train first")
+        checkpoint = found["dataset_id"]
+    result = checkpoint_documents(wh, checkpoint, limit=limit or None, seen_only=seen)
+    if as_json:
+        for r in result["documents"]:
+            click.echo(json.dumps(r, default=str))
+        return
+    console.print(rich_table(f"stage chain of {checkpoint}", result["chain"],
+                             ["depth", "dataset_id", "stage", "records", "bytes"]))
+    console.print(rich_table("documents by split", result["summary"],
+                             ["split", "documents", "seen", "times_seen", "tokens_seen"]))
+    console.print(rich_table(f"documents ({'seen, ' if seen else ''}most seen first"
+                             f"{f', first {limit}' if limit else ''})", result["documents"],
+                             ["doc_id", "split", "times_seen", "tokens_seen", "tokens", "url", "warc_file",
+                              "warc_offset"]))
