@@ -43,13 +43,15 @@ def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str 
 @click.argument("checkpoint", metavar="CHECKPOINT", required=False)
 @click.option("--doc", "doc_id", metavar="DOC_ID", help="Which checkpoints trained on this document.")
 @click.option("--url", metavar="URL", help="Which checkpoints trained on the documents fetched from this URL.")
+@click.option("--item", metavar="TASK:N", help="Which documents held benchmark item N of TASK (0-based), and which "
+                                               "checkpoints trained on them (it counts as contaminated there).")
 @click.option("-n", "--limit", default=20, show_default=True, help="Documents to list (0: all).")
 @click.option("--seen", is_flag=True, help="Only documents the training saw.")
 @click.option("--json", "as_json", is_flag=True, help="Print documents as JSON lines.")
 @warehouse_option
 @handle_errors
-def provenance(checkpoint: str | None, doc_id: str | None, url: str | None, limit: int, seen: bool, as_json: bool,
-               warehouse_path: str | None, config_path: str | None) -> None:
+def provenance(checkpoint: str | None, doc_id: str | None, url: str | None, item: str | None, limit: int, seen: bool,
+               as_json: bool, warehouse_path: str | None, config_path: str | None) -> None:
     """Exactly which documents trained a checkpoint, or which checkpoints trained on a document.
 
     CHECKPOINT is a checkpoint dataset id or 'latest' (the newest train output). Each document comes with its
@@ -62,11 +64,28 @@ def provenance(checkpoint: str | None, doc_id: str | None, url: str | None, limi
         crucible provenance checkpoint-3f2a9c1b0d4e-0000100 --seen -n 0 --json
         crucible provenance --doc 5b1f0c8e2a9d4e7f6a3b2c1d
         crucible provenance --url http://127.0.0.1:8765/json.html
+        crucible provenance --item copa:0
     """
     from tasks.train import TrainStage  # imports torch: only here
-    from warehouse.provenance import checkpoint_documents, checkpoints_trained_on
+    from warehouse.provenance import checkpoint_documents, checkpoints_trained_on, item_provenance
 
     wh = warehouse_from(warehouse_path, config_path)
+    if item:
+        task, _, number = item.rpartition(":")
+        if not task or not number.isdigit():
+            raise click.UsageError(f"--item takes TASK:N, e.g. copa:0, not {item!r}")
+        found = item_provenance(wh, task, int(number))
+        if as_json:
+            click.echo(json.dumps(found, default=str))
+            return
+        console.print(rich_table(f"documents holding {item}", found["documents"],
+                                 ["doc_id", "score", "segment", "ngram", "run_id", "stage_run_id"]))
+        console.print(rich_table(f"checkpoints trained on them ({item} counts as contaminated in their evaluation)",
+                                 found["checkpoints"], ["checkpoint", "run_id", "documents", "times_seen",
+                                                        "evaluation"]))
+        if not found["documents"]:
+            console.print(f"no decontaminate run found {item} in any document", highlight=False)
+        return
     if doc_id or url:
         if checkpoint:
             raise click.UsageError("give a CHECKPOINT, or --doc / --url, not both")

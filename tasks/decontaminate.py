@@ -49,6 +49,19 @@ def item_index(cfg: DecontaminateConfig) -> tuple[ItemIndex, list[Path]]:
         return _indexes[key], files
 
 
+def first_per_item(hits: pa.Table) -> pa.Table:
+    """One row per (document, item) for the warehouse: its first matching n-gram, with the hit's score and
+    segment (the positions of the others stay in hits.parquet, for cutting)."""
+    rows = sorted(hits.drop_columns(["unit"]).to_pylist(), key=lambda r: (r["doc_id"], r["task"], r["item"],
+                                                                           r["position"]))
+    first, seen = [], set()
+    for r in rows:
+        if (r["doc_id"], r["task"], r["item"]) not in seen:
+            seen.add((r["doc_id"], r["task"], r["item"]))
+            first.append(r)
+    return pa.Table.from_pylist(first, schema=HITS_SCHEMA.remove(HITS_SCHEMA.get_field_index("unit")))
+
+
 def cut_matches(text: str, spans: list[tuple[int, int]], hits: list[tuple[int, int]], window: int) -> tuple[str, int]:
     """Remove ``window`` characters on each side of each (position, n) match; returns (text, cuts made).
 
@@ -104,10 +117,12 @@ class DecontaminateStage(ReduceStage):
         index, files = item_index(self.config)
         parts = [pq.read_table(f) for f in sorted(scratch.glob("hits-part-*.parquet"))]
         hits = pa.concat_tables(parts) if parts else HITS_SCHEMA.empty_table()
-        write_parquet_atomic(hits, scratch / "hits.parquet")
+        write_parquet_atomic(hits, scratch / "hits.parquet")  # every matching position: what a cut removes
+        per_item = first_per_item(hits)
+        write_parquet_atomic(per_item, scratch / "item_hits.parquet")
         pairs = set(zip(hits["task"].to_pylist(), hits["item"].to_pylist()))
         facts: dict[str, Any] = {
-            "docs": sum(s["docs"] for s in scans), "hits": hits.num_rows,
+            "docs": sum(s["docs"] for s in scans), "hits": per_item.num_rows,
             "contaminated_docs": len(set(hits["doc_id"].to_pylist())), "contaminated_items": len(pairs),
             "items_checked": index.checked, "items_too_short": sum(index.too_short.values()),
         }
@@ -123,7 +138,7 @@ class DecontaminateStage(ReduceStage):
 
     def record_files(self, out_dir: Path) -> dict[str, Path]:
         """Files for the warehouse to load once the stage has finished: table name -> Parquet file."""
-        return {"contamination_hits": self.scratch_dir(out_dir) / "hits.parquet"}
+        return {"contamination_hits": self.scratch_dir(out_dir) / "item_hits.parquet"}
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         cfg = self.config

@@ -20,6 +20,8 @@ from tasks.config import EvaluateConfig, stable_hash
 from tasks.evalsets import benchmark_files, ensure_smoke, fingerprint, smoke_dir
 from tasks.stage import Dataset, Input, Records, StageContext, StageFailed, StageResult
 from tasks.train import TorchrunStage
+from warehouse.lineage import WarehouseError
+from warehouse.provenance import provenance_file
 
 
 class EvaluateStage(TorchrunStage):
@@ -93,7 +95,13 @@ class EvaluateStage(TorchrunStage):
 
     def contamination_split(self, ctx: StageContext, checkpoint_id: str) -> list[tuple[int | None, str, float]]:
         """accuracy_clean / accuracy_contaminated / contaminated_items per task, or nothing when not comparable:
-        no decontaminate run upstream of the checkpoint, or one that read another benchmark directory."""
+        no decontaminate run upstream of the checkpoint, or one that read another benchmark directory.
+
+        An item counts as contaminated when the decontaminate run upstream found it in a document that trained
+        this checkpoint (its provenance: times seen > 0). A document that run dropped never trained it, so with
+        ``policy = "drop"`` the split shows what slipped through; with ``"cut"`` an item found in a kept (cut)
+        document counts. A checkpoint without provenance (trained before Crucible kept it) falls back to every
+        item the run found."""
         wh = ctx.warehouse
         if wh is None:
             return []
@@ -105,7 +113,11 @@ class EvaluateStage(TorchrunStage):
         if Path(params.get("benchmarks_dir") or "").resolve() != Path(self.config.benchmarks_dir).resolve():
             return []
         out: list[tuple[int | None, str, float]] = []
-        for r in wh.accuracy_by_contamination(ctx.stage_run_id, origin["stage_run_id"]):
+        try:
+            trained = provenance_file(wh, checkpoint_id)
+        except WarehouseError:
+            trained = None
+        for r in wh.accuracy_by_contamination(ctx.stage_run_id, origin["stage_run_id"], trained):
             task = r["task"]
             out.append((None, f"evaluate.contaminated_items.{task}", float(r["contaminated_n"])))
             if r["clean_n"]:

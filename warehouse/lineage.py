@@ -397,14 +397,19 @@ class Warehouse:
                         [stage_run_id])
             return con.execute(f"SELECT count(*) FROM {table} WHERE stage_run_id = ?", [stage_run_id]).fetchone()[0]
 
-    def accuracy_by_contamination(self, eval_stage_run_id: str, decontaminate_stage_run_id: str) -> list[dict[str, Any]]:
-        """Per task: items and accuracy of an evaluation, split by whether the decontaminate run found the item."""
+    def accuracy_by_contamination(self, eval_stage_run_id: str, decontaminate_stage_run_id: str,
+                                  trained: Path | None = None) -> list[dict[str, Any]]:
+        """Per task: items and accuracy of an evaluation, split by whether the decontaminate run found the item;
+        with ``trained`` (a checkpoint's provenance file), only in documents that trained the checkpoint."""
+        only = (f"AND doc_id IN (SELECT doc_id FROM read_parquet({literal(trained)}) WHERE times_seen > 0)"
+                if trained is not None else "")
         return self.query(
             "SELECT e.task, count(*) FILTER (WHERE h.item IS NULL) AS clean_n, "
             "  avg(e.correct::INT) FILTER (WHERE h.item IS NULL) AS clean_acc, "
             "  count(*) FILTER (WHERE h.item IS NOT NULL) AS contaminated_n, "
             "  avg(e.correct::INT) FILTER (WHERE h.item IS NOT NULL) AS contaminated_acc "
-            "FROM eval_items e LEFT JOIN (SELECT DISTINCT task, item FROM contamination_hits WHERE stage_run_id = ?) h "
+            f"FROM eval_items e LEFT JOIN (SELECT DISTINCT task, item FROM contamination_hits WHERE stage_run_id = ? "
+            f"{only}) h "
             "  ON h.task = e.task AND h.item = e.item "
             "WHERE e.stage_run_id = ? GROUP BY e.task ORDER BY e.task",
             [decontaminate_stage_run_id, eval_stage_run_id])

@@ -18,7 +18,8 @@ PREFIX = "provenance-"
 SOURCE_COLUMNS = ("url", "warc_file", "warc_offset", "fetch_time")
 
 
-def _provenance_file(wh: Warehouse, checkpoint_id: str) -> Path:
+def provenance_file(wh: Warehouse, checkpoint_id: str) -> Path:
+    """The checkpoint's list of the documents that trained it; a WarehouseError says why there is none."""
     found = wh.dataset(checkpoint_id)
     if found is None or found["format"] != "checkpoint":
         raise WarehouseError(f"{checkpoint_id!r} is not a checkpoint dataset (see `crucible lineage RUN`)")
@@ -48,7 +49,7 @@ def checkpoint_documents(wh: Warehouse, checkpoint_id: str, *, limit: int | None
     """The documents of a checkpoint's token dataset with their split, times seen and source, and its stage chain.
 
     Returns {"chain": lineage rows, "summary": per split counts, "documents": rows (most seen first)}."""
-    prov = _provenance_file(wh, checkpoint_id)
+    prov = provenance_file(wh, checkpoint_id)
     chain = wh.lineage(checkpoint_id)
     sources = _collection_files(wh, [r["dataset_id"] for r in chain])
     where = "WHERE p.times_seen > 0" if seen_only else ""
@@ -67,7 +68,8 @@ def checkpoint_documents(wh: Warehouse, checkpoint_id: str, *, limit: int | None
     return {"chain": chain, "summary": summary, "documents": documents, "file": str(prov)}
 
 
-def checkpoints_trained_on(wh: Warehouse, *, doc_id: str | None = None, url: str | None = None) -> list[dict[str, Any]]:
+def checkpoints_trained_on(wh: Warehouse, *, doc_id: str | None = None, url: str | None = None,
+                           doc_ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Every recorded checkpoint whose training saw the document (by id, or every document fetched from ``url``),
     or that held it out for validation: checkpoint, run, doc_id, split, times_seen, tokens_seen; newest first."""
     files = {}
@@ -77,7 +79,7 @@ def checkpoints_trained_on(wh: Warehouse, *, doc_id: str | None = None, url: str
             files[r["path"]] = r["dataset_id"]
     if not files:
         return []
-    ids = [doc_id] if doc_id else []
+    ids = ([doc_id] if doc_id else []) + list(doc_ids or [])
     if url:
         everything = [r["dataset_id"] for r in wh.query(
             "SELECT d.dataset_id FROM datasets d JOIN stage_runs s ON s.stage_run_id = d.created_by "
@@ -104,3 +106,30 @@ def checkpoints_trained_on(wh: Warehouse, *, doc_id: str | None = None, url: str
         out.append({"checkpoint": checkpoint, "run_id": made.get(checkpoint, {}).get("run_id"), **r})
     return sorted(out, key=lambda r: (str(made.get(r["checkpoint"], {}).get("created_at")), r["checkpoint"]),
                   reverse=True)
+
+
+def item_provenance(wh: Warehouse, task: str, item: int) -> dict[str, Any]:
+    """A benchmark item: the documents each decontaminate run found it in (with score, segment and source), and
+    every checkpoint that trained on one of them, where it counts as contaminated in that checkpoint's evaluation
+    (EvaluateStage.contamination_split uses the same rule)."""
+    found = wh.query("SELECT h.stage_run_id, h.doc_id, h.score, h.segment, h.ngram, s.run_id FROM contamination_hits h "
+                     "JOIN stage_runs s USING (stage_run_id) WHERE h.task = ? AND h.item = ? "
+                     "ORDER BY s.started_at DESC, h.doc_id", [task, item])
+    documents = {r["doc_id"] for r in found}
+    checkpoints = []
+    for r in checkpoints_trained_on(wh, doc_ids=sorted(documents)) if documents else []:
+        if r["times_seen"] > 0:
+            checkpoints.append(r)
+    by_checkpoint: dict[str, dict[str, Any]] = {}
+    for r in checkpoints:
+        c = by_checkpoint.setdefault(r["checkpoint"], {"checkpoint": r["checkpoint"], "run_id": r["run_id"],
+                                                       "documents": 0, "times_seen": 0})
+        c["documents"] += 1
+        c["times_seen"] += r["times_seen"]
+    evaluations = {r["parent_id"]: r["child_id"] for r in wh.query(
+        "SELECT e.parent_id, e.child_id FROM dataset_edges e JOIN datasets d ON d.dataset_id = e.child_id "
+        "WHERE d.format = 'eval'")}
+    for c in by_checkpoint.values():
+        c["evaluation"] = evaluations.get(c["checkpoint"])
+        c["contaminated_in_evaluation"] = True
+    return {"documents": found, "checkpoints": list(by_checkpoint.values())}
