@@ -47,7 +47,8 @@ SOURCE_FIELDS = [
     pa.field("http_status", pa.int32()),
     pa.field("content_type", pa.string()),
 ]
-SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("charset", pa.string()), pa.field("html", pa.large_string())])
+SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("record_id", pa.string()), pa.field("charset", pa.string()),
+                    pa.field("html", pa.large_string())])  # record_id: the WARC-Record-ID (none for ARC, files)
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 
@@ -236,7 +237,7 @@ class IngestStage(ShardedStage):
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,
-                "content_type": "text/html", "charset": charset, "html": text}
+                "content_type": "text/html", "record_id": None, "charset": charset, "html": text}
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""
@@ -365,7 +366,7 @@ class IngestStage(ShardedStage):
         if not arc and rec.format == "warc" and record_id:
             doc_id = make_doc_id(record_id)
         else:  # ARC records have no stable id (warcio invents a random one): use the URL and the payload digest
-            doc_id = make_doc_id(f"{url} {hashlib.sha1(body).hexdigest()}")
+            doc_id, record_id = make_doc_id(f"{url} {hashlib.sha1(body).hexdigest()}"), None
         text, charset, fell_back = decode_html(body, charset_decl)
         if fell_back:
             notes["charset_fallback"] = notes.get("charset_fallback", 0) + 1
@@ -376,5 +377,6 @@ class IngestStage(ShardedStage):
         return {
             "doc_id": doc_id, "url": url, "host": (urlsplit(url).hostname or "").lower() or None,
             "warc_file": uri, "warc_offset": offset, "fetch_time": fetch_time, "http_status": status,
-            "content_type": mime, "charset": charset, "html": text,
+            "content_type": mime, "record_id": record_id,
+            "charset": charset, "html": text,
         }

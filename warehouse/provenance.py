@@ -15,7 +15,7 @@ from warehouse.lineage import Warehouse, WarehouseError
 from warehouse.sql import literal_list
 
 PREFIX = "provenance-"
-SOURCE_COLUMNS = ("url", "warc_file", "warc_offset", "fetch_time")
+SOURCE_COLUMNS = ("url", "warc_file", "warc_offset", "record_id", "fetch_time")
 
 
 def provenance_file(wh: Warehouse, checkpoint_id: str) -> Path:
@@ -57,7 +57,10 @@ def checkpoint_documents(wh: Warehouse, checkpoint_id: str, *, limit: int | None
         summary = [dict(zip(("split", "documents", "seen", "times_seen", "tokens_seen"), r)) for r in con.execute(
             f"SELECT split, count(*), count(*) FILTER (WHERE times_seen > 0), sum(times_seen), sum(tokens_seen) "
             f"FROM read_parquet({literal_list([prov])}) GROUP BY split ORDER BY split DESC").fetchall()]
-        join = (f"LEFT JOIN (SELECT doc_id, {', '.join(SOURCE_COLUMNS)} FROM read_parquet({literal_list(sources)})) s "
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal_list(sources)})").fetchall()} \
+            if sources else set()  # an ingest dataset made before record_id was kept has no such column
+        picked = ", ".join(c if c in have else f"NULL AS {c}" for c in SOURCE_COLUMNS)
+        join = (f"LEFT JOIN (SELECT doc_id, {picked} FROM read_parquet({literal_list(sources)})) s "
                 f"USING (doc_id)" if sources else "")
         columns = ", ".join(f"s.{c}" if sources else f"NULL AS {c}" for c in SOURCE_COLUMNS)
         cur = con.execute(

@@ -44,7 +44,7 @@ def test_provenance_is_exact_per_checkpoint_and_follows_a_rerun(tmp_path):
     assert splits == {"train", "val"} and all(r["times_seen"] == 0 for r in before.values() if r["split"] == "val")
     assert sum(r["times_seen"] > 0 for r in before.values()) > 0
     assert all(r["url"].startswith("http://site") and r["warc_file"].endswith("prose.warc.gz") and
-               r["warc_offset"] is not None for r in before.values())
+               r["warc_offset"] is not None and r["record_id"].startswith("<urn:uuid:") for r in before.values())
     # tokens seen = rows x (seq_len + 1): every token of every training row is accounted for
     state_file = next(f["path"] for f in wh.dataset_files(first) if f["path"].endswith("state.json"))
     with open(state_file) as fh:
