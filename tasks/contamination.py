@@ -12,7 +12,8 @@ or only in part, so each item is indexed several ways:
 - ``prompt``: the question as the harness prompts it, connector and all, then the gold answer;
 - ``listing`` (and ``prompt_listing``, with the prompt's connector): the question followed by every choice in
   order (a copy that lists the options);
-- ``question``: the question (or passage) alone;
+- ``question``: the question (or passage) alone; ``passage``: BoolQ's passage without its question;
+- ``choice_<i>``: each choice alone (only long ones can be matched: a PIQA solution);
 - ``blank``: Winogrande's sentence with the blank, as the dataset prints it.
 
 A document contains an item when, for one of its segments, it holds at least ``min_coverage`` of that segment's
@@ -97,8 +98,13 @@ def item_segments(item: dict[str, Any]) -> dict[str, list[str]]:
         choices = [_words(c) for c in item["choices"]]
         prompt = _words(item["query"])
         listed = [w for c in choices for w in c]
-        return {"full": question + choices[item["gold"]], "listing": question + listed, "question": question,
-                "prompt": prompt + choices[item["gold"]], "prompt_listing": prompt + listed}
+        segments = {"full": question + choices[item["gold"]], "listing": question + listed, "question": question,
+                    "prompt": prompt + choices[item["gold"]], "prompt_listing": prompt + listed}
+        segments |= {f"choice_{i}": c for i, c in enumerate(choices)}  # a long choice (a PIQA solution) alone
+        passage, asked, _ = item["query"].rpartition("Question:")
+        if passage.strip():  # BoolQ's passage alone (its question is a few generic words)
+            segments["passage"] = _words(passage)
+        return segments
     if kind == SCHEMA:
         options = [_words(o) for o in item["context_options"]]
         prefix = []

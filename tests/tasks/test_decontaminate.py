@@ -160,6 +160,22 @@ def test_each_hit_carries_its_score_and_segment(tmp_path):
     assert found[0].segment == "question" and 0.5 <= found[0].score < 1.0
 
 
+def test_a_long_choice_or_a_passage_copied_alone_is_found(tmp_path):
+    piqa = {"query": "Question: How do I ready a guinea pig cage for its new occupants?\n", "gold": 0,
+            "choices": ["Provide the guinea pig with a cage full of a few inches of bedding made of ripped paper "
+                        "strips, and supply it with a water bottle and a food dish.", "Fill it with sand."]}
+    boolq = {"query": "Passage: The harbour wall was built in 1820 from granite quarried on the island, and it was "
+                      "raised by two metres after the storm of 1881 flooded the lower town.\nQuestion: was the "
+                      "harbour wall built from granite?", "choices": ["no", "yes"], "gold": 1}
+    docs = {"solution": f"{FILLER} Provide the guinea pig with a cage full of a few inches of bedding made of ripped "
+                        f"paper strips, and supply it with a water bottle and a food dish. {FILLER}",
+            "passage": f"{FILLER} The harbour wall was built in 1820 from granite quarried on the island, and it was "
+                       f"raised by two metres after the storm of 1881 flooded the lower town. {FILLER}",
+            "clean": FILLER * 3}
+    found = flagged(tmp_path, {"piqa": [piqa], "boolq": [boolq]}, docs)
+    assert found == {"solution": {("piqa", 0)}, "passage": {("boolq", 0)}, "clean": set()}
+
+
 def test_labels_and_unicode_are_normalised_the_same_on_both_sides():
     a, _ = match_words("Question: It doesn’t fit — the well-known “trophy” (B) Answer:")
     b, _ = match_words("it doesn't fit the well known trophy")
