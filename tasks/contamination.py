@@ -142,6 +142,7 @@ class ItemIndex:
     refs: list[tuple[str, int]]              # (task, item index in its file)
     items: Counter = field(default_factory=Counter)      # task -> items read
     too_short: Counter = field(default_factory=Counter)  # task -> items too short to check at all
+    short: Counter = field(default_factory=Counter)      # task -> items under ngram words (found only whole)
 
     @classmethod
     def build(cls, files: list[Path], ngram: int = 8, min_words: int = 5, min_coverage: float = 0.5) -> "ItemIndex":
@@ -151,7 +152,7 @@ class ItemIndex:
         whole: dict[int, list[tuple[int, int]]] = defaultdict(list)
         segments: list[tuple[int, str]] = []
         refs: list[tuple[str, int]] = []
-        items, too_short = Counter(), Counter()
+        items, too_short, short_items = Counter(), Counter(), Counter()
         for f in files:
             for i, item in enumerate(read_items(f)):
                 items[f.stem] += 1
@@ -159,7 +160,10 @@ class ItemIndex:
                 refs.append((f.stem, i))
                 checked = False
                 seen: set[tuple[str, ...]] = set()
-                for kind, words in item_segments(item).items():
+                parts = item_segments(item)
+                if len(parts["full"]) < ngram:
+                    short_items[f.stem] += 1
+                for kind, words in parts.items():
                     if tuple(words) in seen:
                         continue
                     seen.add(tuple(words))
@@ -190,7 +194,7 @@ class ItemIndex:
             k = np.argsort(arr[:, 0], kind="stable")
             short[m] = (arr[k, 0], arr[k, 1].astype(np.int64))
         return cls(ngram, min_coverage, min_words, h[order], o[order], np.array(totals, dtype=np.int64), short, segments, refs,
-                   items, too_short)
+                   items, too_short, short_items)
 
     def find(self, words: list[str], lines: list[tuple[int, int]] | None = None) -> list[Hit]:
         """The items these words contain (``lines``: their line ranges): per item, its best segment's hit."""

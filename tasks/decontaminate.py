@@ -124,7 +124,8 @@ class DecontaminateStage(ReduceStage):
         facts: dict[str, Any] = {
             "docs": sum(s["docs"] for s in scans), "hits": per_item.num_rows,
             "contaminated_docs": len(set(hits["doc_id"].to_pylist())), "contaminated_items": len(pairs),
-            "items_checked": index.checked, "items_too_short": sum(index.too_short.values()),
+            "items_checked": index.checked, "items_short": sum(index.short.values()),
+            "items_too_short": sum(index.too_short.values()),
         }
         contaminated = Counter(task for task, _ in pairs)
         for f in files:

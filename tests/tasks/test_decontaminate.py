@@ -130,7 +130,7 @@ def test_a_short_item_is_found_whole_on_its_own_lines_but_not_as_words_in_a_sent
             "fact": f"{FILLER} A polished mirror reflects the light of the lamp. {FILLER}"}
     d = bench_dir(tmp_path / "b", arc_easy=[ITEM_QUIZ])
     index = ItemIndex.build(sorted(d.glob("*.jsonl")))
-    assert index.too_short["arc_easy"] == 0 and index.checked == 1  # 4 words: counted as short, and checked
+    assert index.too_short["arc_easy"] == 0 and index.short["arc_easy"] == 1 and index.checked == 1  # counted, checked
     found = flagged(tmp_path, {"arc_easy": [ITEM_QUIZ]}, docs)
     assert {k for k, v in found.items() if v} == {"quiz", "own_lines"}
 
