@@ -85,12 +85,6 @@ def write_cc2008_arc(path: Path, bodies: list[bytes]) -> Path:
     return path
 
 
-def truncate(path: Path, keep_fraction: float) -> Path:
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep_fraction)])
-    return path
-
-
 def write_dataset(directory: Path, schema, rows: list[dict], *, stage: str = "upstream",
                   shard_docs: int = 1000) -> Path:
     """A sealed dataset of ``rows`` (missing columns are null), as an upstream stage would have left it."""
