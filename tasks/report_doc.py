@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
+from datetime import datetime
 from typing import Any
 
 
@@ -68,16 +70,29 @@ _HTML = {"h": lambda v: f"<h{v[0]}>{html.escape(v[1])}</h{v[0]}>", "p": lambda v
          "pre": lambda v: f"<pre>{html.escape(v)}</pre>", "table": _html_table, "img": _html_image}
 
 
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d)\.\d+")
+
+
 def _cell(value: Any) -> str:
+    """A table cell as a reader wants it: counts with thousands separators and never in scientific notation,
+    fractions to 4 significant digits, times to the second."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.3e}"
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        if value.is_integer() and abs(value) < 1e18:
+            return f"{int(value):,}"
+        if abs(value) >= 1000:
+            return f"{value:,.1f}"
+        return f"{value:.4g}" if abs(value) >= 1e-4 else f"{value:.3e}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value)
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return _TIMESTAMP.sub(r"\1", str(value))
 
 
 def _plot(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, logy: bool = False) -> bytes:
