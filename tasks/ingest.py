@@ -1,7 +1,8 @@
 """Ingestion: WARC 1.0/1.1/0.17/0.18, ARC and WET files (gzip or plain) into Parquet shards of HTML documents.
 
 One unit is one input file. Every record either becomes a document or a counted skip with a reason
-(``record_request``, ``not_html``, ``payload_too_large``, ``read_error`` …); a damaged region of a file is skipped
+(``not_html``, ``payload_too_large``, ``read_error`` …; records that are not documents, such as requests, warcinfo and
+revisits, are counted by type as notes: ``record_request`` …); a damaged region of a file is skipped
 by resynchronising on the next record, so one bad record never costs the rest of the file. A file that is not an
 archive at all fails its unit with a message naming the file.
 
@@ -283,6 +284,10 @@ class IngestStage(ShardedStage):
                 for rec in it:
                     offset = it.offset  # where this record starts; warcio moves it on at the next record
                     where = base + offset if exact_offsets else base
+                    if not self._is_document(rec):  # a request, warcinfo, revisit…: a record, not a document
+                        kind = f"record_{rec.rec_type or 'unknown'}"
+                        notes[kind] = notes.get(kind, 0) + 1
+                        continue
                     result.docs_in += 1
                     try:
                         doc = self._record(rec, uri, where, drops, notes, arc)
@@ -309,6 +314,11 @@ class IngestStage(ShardedStage):
                 start = nxt
             for note, count in it.notes.items():
                 notes[note] = notes.get(note, 0) + count
+
+    def _is_document(self, rec) -> bool:
+        """A record that can hold a document: an HTTP response (ARC records read as responses), or a WET
+        conversion record when ``keep_conversions`` is on. The rest are counted by type in the funnel's notes."""
+        return rec.rec_type == "response" or (rec.rec_type == "conversion" and self.config.keep_conversions)
 
     def _record(self, rec, uri: str, offset: int, drops: DropLog, notes: dict[str, int],
                 arc: bool = False) -> dict[str, Any] | None:
@@ -341,9 +351,8 @@ class IngestStage(ShardedStage):
                 drops.add("not_html", detail=mime or "(none)", **where)
                 return None
             charset_decl = _charset_of(content_type)
-        else:
-            drops.add(f"record_{rec_type or 'unknown'}", **where)
-            return None
+        else:  # _is_document keeps these out; a caller that did not ask is told plainly
+            raise ValueError(f"a {rec_type} record is not a document")
 
         try:
             body = read_payload(rec, cfg.max_payload_bytes + 1)

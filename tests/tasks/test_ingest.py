@@ -25,10 +25,11 @@ def test_mixed_warc_keeps_html_and_counts_every_skip(tmp_path):
     by_url = {r["url"]: r for r in rows}
     assert set(by_url) == {"http://example.com/a", "http://example.com/latin", "http://example.com/gz",
                            "http://example.com/br", "http://example.com/nodate"}
-    assert res.drops == {"record_warcinfo": 1, "record_request": 1, "not_html": 1, "http_status": 1,
-                         "payload_too_large": 1, "record_revisit": 1, "record_metadata": 1}
-    assert res.notes == {"invalid_date": 1}
-    assert res.docs_in == 12 and res.docs_out == 5
+    assert res.drops == {"not_html": 1, "http_status": 1, "payload_too_large": 1}
+    # records that are not documents are counted by type, not as dropped documents
+    assert res.notes == {"invalid_date": 1, "record_warcinfo": 1, "record_request": 1, "record_revisit": 1,
+                         "record_metadata": 1}
+    assert res.docs_in == 8 and res.docs_out == 5
     assert "Café ñandú" in by_url["http://example.com/latin"]["html"]
     assert by_url["http://example.com/latin"]["charset"] == "iso8859-1"
     assert "<h1>Gzipped</h1>" in by_url["http://example.com/gz"]["html"]
@@ -53,7 +54,7 @@ def test_offsets_point_at_the_record(tmp_path):
 
 def test_uncompressed_warc(tmp_path):
     rows, [res] = ingest(tmp_path, write_mixed_warc(tmp_path / "m.warc", gzip_records=False))
-    assert len(rows) == 6 and res.drops["record_request"] == 1
+    assert len(rows) == 6 and res.notes["record_request"] == 1
 
 
 def test_doc_ids_are_stable_across_runs(tmp_path):
@@ -135,7 +136,7 @@ def test_common_crawl_2008_arc_layout(tmp_path):
     bodies = [page(f"Arc {i}").encode() for i in range(3)]
     rows, [res] = ingest(tmp_path, write_cc2008_arc(tmp_path / "x.arc", bodies))
     assert [r["url"] for r in rows] == [f"http://arc.example.com/{i}" for i in range(3)]
-    assert res.drops == {"record_warcinfo": 1}
+    assert res.drops == {} and res.notes["record_warcinfo"] == 1 and res.docs_in == 3
     assert rows[0]["fetch_time"].year == 2008
 
 
@@ -153,7 +154,7 @@ def test_wet_conversion_records(tmp_path):
     rows, _ = ingest(tmp_path, path)
     assert rows[0]["content_type"] == "text/plain" and rows[0]["html"] == "Plain text body."
     rows, [res] = ingest(tmp_path / "2", path, keep_conversions=False)
-    assert rows == [] and res.drops == {"record_conversion": 1}
+    assert rows == [] and res.drops == {} and res.notes == {"record_conversion": 1} and res.docs_in == 0
 
 
 def test_output_shards_are_bounded(tmp_path):
@@ -186,6 +187,7 @@ def test_shared_corpora_ingest_without_crashing(tmp_path):
     for unit in stage.plan(files):
         res = run_unit(stage, unit, tmp_path / "out")
         totals.update(res.drops)
+        totals.update(res.notes)
         kept += res.docs_out
     assert len(files) >= 18
     assert kept >= 400  # ~400 HTML responses across the archives

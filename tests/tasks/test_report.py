@@ -15,10 +15,10 @@ def test_the_model_card_describes_the_configured_architecture():
 def test_the_filter_list_is_the_runs_own_drop_reasons_in_stage_order():
     data = {"stages": [{"stage": s} for s in ("ingest", "extract", "quality", "dedup")],
             "funnel": [{"stage": "quality", "reason": "gopher_too_few_words", "dropped": True},
-                       {"stage": "ingest", "reason": "record_request", "dropped": True},
+                       {"stage": "ingest", "reason": "not_html", "dropped": True},
                        {"stage": "quality", "reason": "pii_redacted_docs", "dropped": False},
                        {"stage": "dedup", "reason": "near_duplicate", "dropped": True}]}
-    assert filters_applied(data) == ("ingest (record_request); quality (gopher_too_few_words); "
+    assert filters_applied(data) == ("ingest (not_html); quality (gopher_too_few_words); "
                                      "dedup (near_duplicate)")
     assert filters_applied({"stages": [], "funnel": []}) == "none dropped anything"
 
