@@ -9,6 +9,7 @@ ingests them (``read_metrics``, ``checkpoints``).
 from __future__ import annotations
 
 import collections
+from abc import abstractmethod
 import json
 import os
 import subprocess
@@ -89,12 +90,13 @@ class TorchrunStage(Stage):
         return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, "PYTHONUNBUFFERED": "1"}
 
     @staticmethod
+    @abstractmethod
     def finished(out_dir: Path) -> dict[str, Any] | None:
         """What the entry point wrote last, once it has ended; None before."""
-        raise NotImplementedError
 
+    @abstractmethod
     def args(self, data: Path, out_dir: Path) -> dict[str, Any]:
-        raise NotImplementedError
+        """The arguments file (args.json) the entry point reads, for input ``data`` and output ``out_dir``."""
 
     # -- the lifecycle -------------------------------------------------------------------------------------------
 

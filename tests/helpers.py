@@ -102,23 +102,25 @@ def write_dataset(directory: Path, schema, rows: list[dict], *, stage: str = "up
 
 
 def run_stage(stage, input_dir: Path, out_dir: Path, key: str = "test-key"):
-    """Every step of a stage as the flow runs them (scan and reduce first for a ReduceStage); returns
-    (kept rows, dropped rows, reduce facts or None)."""
+    """A Parquet-writing stage's own ``execute`` on a sealed upstream dataset, in this process (StageContext, no
+    Prefect); returns (kept rows, dropped rows, the reduce step's facts or None)."""
+    import json
+
     import pyarrow.parquet as pq
 
-    from tasks.shards import write_dataset_manifest
-    from tasks.sharded import ReduceStage, run_reduce, run_scan, run_unit
+    from tasks.shards import read_dataset_manifest
+    from tasks.sharded import ReduceStage
+    from tasks.stage import Input, StageContext
 
-    units = stage.plan(input_dir)
+    out_dir = Path(out_dir)
+    ctx = StageContext(out_dir.parent, log=lambda message: None)
+    stage.execute(ctx, Input("test-input", ["upstream"], {"uri": str(input_dir)}), out_dir, key)
+    manifest = read_dataset_manifest(out_dir)
+    kept = [r for f in manifest.files for r in pq.read_table(out_dir / f.name).to_pylist()]
+    dropped = [r for name in manifest.drops_files for r in pq.read_table(out_dir / name).to_pylist()]
     facts = None
     if isinstance(stage, ReduceStage):
-        facts = run_reduce(stage, out_dir, [run_scan(stage, u, out_dir) for u in units], key)
-    results = [run_unit(stage, u, out_dir) for u in units]
-    write_dataset_manifest(out_dir, stage.name, key, results)
-    if isinstance(stage, ReduceStage):
-        stage.finalize(out_dir)
-    kept = [r for res in results for f in res.files for r in pq.read_table(out_dir / f.name).to_pylist()]
-    dropped = [r for res in results if res.drops_file for r in pq.read_table(out_dir / res.drops_file).to_pylist()]
+        facts = json.loads((ReduceStage.scratch_dir(out_dir) / "reduce.json").read_text())
     return kept, dropped, facts
 
 
