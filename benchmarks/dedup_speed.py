@@ -115,7 +115,7 @@ def write_synthetic(directory: Path, docs: int, cfg: DedupConfig, unit_docs: int
         name = f"part-{u:05d}"
         pq.write_table(pa.table({
             "doc_id": ids, "exact_hash": [f"h{start + i}" for i in range(n)],
-            "length": np.full(n, 1000, dtype=np.int64), "unit": [name] * n,
+            "priority": np.zeros(n, dtype=np.int32), "length": np.full(n, 1000, dtype=np.int64), "unit": [name] * n,
             "sig": pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm)}),
             directory / f"docs-{name}.parquet")
         keys = band_hashes(sigs, cfg.bands, cfg.rows)

@@ -47,7 +47,7 @@ def say(message: str) -> None:
 
 def configured(cfg: Config, stage: str) -> Stage:
     """The stage object for ``stage`` with its config section."""
-    return stage_class(stage)(cfg.section(stage))
+    return stage_class(stage)(cfg.section(stage), cfg.all_sources())
 
 
 # -- what a running stage is lent ------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ def _record(wh: Warehouse, ctx: FlowContext, stage: str, result: StageResult, t0
                           created_by=stage_run_id, tokens=made.tokens)
     if result.metrics:
         wh.record_metrics(ctx.run_id, result.metrics, stage_run_id=stage_run_id)
-    wh.record_funnel(stage_run_id, stage, result.drops, result.drop_bytes, result.notes)
+    wh.record_funnel(stage_run_id, stage, result.drops, result.drop_bytes, result.notes, result.by_source)
     if result.artifact is not None:
         _publish(result.artifact, stage)
     wh.finish_stage(stage_run_id, status="completed", output_dataset_id=result.output.dataset_id,

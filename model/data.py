@@ -8,7 +8,9 @@ longest one that fits the rest of the row, again and again; when none fits, crop
 exactly. There is no padding; the cropped tail of a document is not used (``tokens_cropped`` counts it).
 
 Order: epoch ``e`` visits the shards in a permutation seeded by (seed, e), and each shard's documents in a
-permutation seeded by (seed, e, shard). Every rank packs that one global sequence of rows (packing needs only the
+permutation seeded by (seed, e, shard). With a mixture (``tasks.mixture``: the sources' weights) a document is in
+that permutation as many times as its repeat count (0: a down-sampled document is not used), so one epoch is one
+pass over the mixture and every source gets its share throughout, not in blocks. Every rank packs that one global sequence of rows (packing needs only the
 documents' lengths, read from the index) and keeps rows ``r, r + world_size, ...``, copying only their tokens; so
 ranks never share a row or a document, and the rows of a global batch are the same whatever the world size: one
 process with gradient accumulation sees exactly what N ranks see together. The tokenize stage spreads every source
@@ -29,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from tasks.mixture import read_mixture
 from tasks.token_shards import read_token_manifest, read_token_shard
 
 IGNORE = -1
@@ -57,6 +60,11 @@ class TokenSplit:
         self.bytes = int(info["bytes"])
         self.vocab_size = int(self.manifest["vocab_size"])
         self.separator_id = int(self.manifest["separator_id"])
+        mixture = read_mixture(self.dir) if split == "train" else None
+        # uses per pass of each shard's documents, or None: each once
+        self.repeats = [mixture[n] for n in self.names] if mixture is not None else None
+        if self.repeats is not None and not any(r.any() for r in self.repeats):
+            raise ValueError(f"{self.dir}: the mixture uses none of the {split} split's documents")
         self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +117,12 @@ class TrainLoader:
                 self._plan_epoch()
             shard = int(self._shard_order[self.shard_pos])
             if self._doc_order is None:
-                self._doc_order = _rng("docs", self.seed, self.epoch, shard).permutation(int(self.data.docs[shard]))
+                rng = _rng("docs", self.seed, self.epoch, shard)
+                if self.data.repeats is None:
+                    self._doc_order = rng.permutation(int(self.data.docs[shard]))
+                else:  # each document as many times as the mixture uses it
+                    self._doc_order = rng.permutation(np.repeat(np.arange(int(self.data.docs[shard])),
+                                                                self.data.repeats[shard]))
             if self.doc_pos < len(self._doc_order):
                 doc = int(self._doc_order[self.doc_pos])
                 self.doc_pos += 1
@@ -220,6 +233,16 @@ class ValLoader:
         self.rows = max(1, -(-(self.data.tokens - 1) // seq_len))  # rows of seq_len targets covering the stream
         self._starts = np.concatenate([[0], np.cumsum([self.data.shard(i)[0].size
                                                        for i in range(len(self.data.names))])])
+        # every document's first token in the stream, and its source's index in ``sources``
+        starts, codes, names = [], [], {}
+        for i, name in enumerate(self.data.names):
+            _, offsets, table = read_token_shard(self.data.dir / name)
+            starts.append(offsets[:-1].astype(np.int64) + int(self._starts[i]))
+            found = table.column("source").to_pylist() if "source" in table.column_names else [None] * table.num_rows
+            codes.append(np.array([names.setdefault(s or "", len(names)) for s in found], dtype=np.int64))
+        self.sources = list(names)
+        self._doc_starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+        self._doc_source = np.concatenate(codes) if codes else np.zeros(0, np.int64)
 
     def _read(self, start: int, stop: int, out: np.ndarray) -> int:
         """Copy stream tokens [start, stop) into ``out``; returns how many there were."""
@@ -240,12 +263,21 @@ class ValLoader:
         return -(-mine // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, targets, _ in self.with_sources():
+            yield inputs, targets
+
+    def with_sources(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(inputs, targets, source): ``source[i, j]`` is the index in ``self.sources`` of the document target
+        ``[i, j]`` belongs to (-1 for padding), for validation per source."""
         mine = list(range(self.rank, self.rows, self.world_size))
         for b in range(0, len(mine), self.batch_size):
             rows = np.full((len(mine[b:b + self.batch_size]), self.seq_len + 1), IGNORE, dtype=np.int64)
-            for row, r in zip(rows, mine[b:b + self.batch_size]):
+            where = np.full((len(rows), self.seq_len), -1, dtype=np.int64)
+            for row, src, r in zip(rows, where, mine[b:b + self.batch_size]):
                 got = self._read(r * self.seq_len, r * self.seq_len + self.seq_len + 1, row)
                 row[got:] = IGNORE
+                positions = r * self.seq_len + 1 + np.arange(max(got - 1, 0))
+                src[:len(positions)] = self._doc_source[np.searchsorted(self._doc_starts, positions, "right") - 1]
             batch = torch.from_numpy(rows)
             inputs = batch[:, :-1].clamp(min=0)  # a padded input position only predicts an ignored target
-            yield inputs, batch[:, 1:]
+            yield inputs, batch[:, 1:], torch.from_numpy(where)

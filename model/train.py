@@ -334,28 +334,42 @@ def estimates(model: GPT, args: TrainArgs, tokens_per_step: int) -> dict[str, An
 def validate(model: torch.nn.Module, data_dir: str | Path, *, batch_size: int, seq_len: int, d: Dist,
              tbytes: torch.Tensor, separator: int, autocast, max_batches: int | None = None) -> dict[str, float]:
     """Val loss (mean NLL in nats over every target), perplexity = exp(val loss), and bits per byte = total NLL in
-    nats over text targets / (ln 2 x their UTF-8 bytes), special tokens excluded; summed over all ranks."""
+    nats over text targets / (ln 2 x their UTF-8 bytes), special tokens excluded; summed over all ranks. With more
+    than one source in the val split, also ``val_loss/<source>`` and ``val_bpb/<source>`` for each."""
     was_training = model.training
     model.eval()
     loader = ValLoader(data_dir, batch_size=batch_size, seq_len=seq_len, rank=d.rank, world_size=d.world)
-    nll = count = nll_text = nbytes = 0.0
-    for i, (x, y) in enumerate(loader):
+    k = len(loader.sources)
+    sums = torch.zeros((4, k + 1), dtype=torch.float64)  # nll, count, nll_text, bytes; per source, then all
+    for i, (x, y, src) in enumerate(loader.with_sources()):
         if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(d.device), y.to(d.device)
         with autocast:
-            losses = model(x, y, reduction="none").float()
+            losses = model(x, y, reduction="none").float().cpu().double()
+        y, src = y.cpu(), src.clamp(min=0)
         real = y != IGNORE
-        text = real & (y != separator) & (tbytes[y.clamp(min=0)] > 0)
-        nll += losses[real].sum().item()
-        count += real.sum().item()
-        nll_text += losses[text].sum().item()
-        nbytes += tbytes[y[text]].sum().item()
-    nll, count, nll_text, nbytes = all_sum([nll, count, nll_text, nbytes], d)
+        text = real & (y != separator) & (tbytes.cpu()[y.clamp(min=0)] > 0)
+        nbytes = tbytes.cpu()[y.clamp(min=0)].double()
+        for row, mask, values in ((0, real, losses), (1, real, torch.ones_like(losses)), (2, text, losses),
+                                  (3, text, nbytes)):
+            sums[row, :k] += torch.bincount(src[mask], weights=values[mask], minlength=k)[:k]
+    sums[:, k] = sums[:, :k].sum(dim=1)
+    totals = all_sum(sums.flatten().tolist(), d)
+    sums = torch.tensor(totals, dtype=torch.float64).view(4, k + 1)
     model.train(was_training)
-    loss = nll / max(count, 1)
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-            "val_bpb": nll_text / (math.log(2) * max(nbytes, 1)), "val_tokens": count, "val_bytes": nbytes}
+
+    def figures(col: int) -> tuple[float, float]:
+        nll, count, nll_text, nb = sums[:, col].tolist()
+        return nll / max(count, 1), nll_text / (math.log(2) * max(nb, 1))
+
+    loss, bpb = figures(k)
+    out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_bpb": bpb,
+           "val_tokens": float(sums[1, k]), "val_bytes": float(sums[3, k])}
+    if k > 1:
+        for col, name in enumerate(loader.sources):
+            out[f"val_loss/{name}"], out[f"val_bpb/{name}"] = figures(col)
+    return out
 
 
 def evaluate(model: torch.nn.Module, args: TrainArgs, d: Dist, tbytes: torch.Tensor, separator: int,

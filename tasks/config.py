@@ -278,9 +278,13 @@ class TokenizeConfig(ShardedStageConfig):
     tokenizer_path: Path | None = Field(None, description="Use this tokenizer.json instead of training one.")
     sample_max_bytes: int = Field(256 * 2**20, ge=1, description=(
         "Most bytes of training-split text the BPE is trained on, taken in a fixed pseudo-random order."))
-    val_fraction: float = Field(0.01, ge=0.0, le=0.5, description="Documents held out, by hash of doc_id.")
+    val_fraction: float = Field(0.01, ge=0.0, le=0.5, description=(
+        "Documents held out from each source, by hash of doc_id (a source's val_fraction or val_docs overrides)."))
     split_seed: int = Field(0, ge=0)
     shuffle_seed: int = Field(1, ge=0, description="Orders the documents within each shard.")
+    max_epochs: float = Field(4.0, gt=0, description=(
+        "Warn when a source's weight repeats its documents more than this many times per pass (Muennighoff et al. "
+        "2023: repeated data loses value past about 4 epochs)."))
     encoder: Literal["auto", "tokenizers"] = Field("auto", description=(
         "auto: tiktoken when it gives the same ids as tokenizers on a probe of the sample, else tokenizers."))
 
@@ -373,6 +377,68 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+SOURCE_FORMATS = ("warc", "html", "text", "jsonl", "parquet")
+CURATED_FORMATS = frozenset({"text", "jsonl", "parquet"})  # text as written: no HTML to extract, no crawl to filter
+SKIPPABLE = ("language", "quality", "dedup")
+
+
+class SourceConfig(Section):
+    """One source of documents (``[[sources]]``): where its files are, how to read them, how it is filtered, and
+    how much of it training sees. Every document carries its source's name through every stage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Letters, digits, _ . -.")
+    inputs: list[str] = Field(default_factory=list, description=(
+        "Paths, globs or fsspec URLs; .gz/.bz2/.zst/.xz stream."))
+    format: Literal["warc", "html", "text", "jsonl", "parquet"] = Field("warc", description=(
+        "warc: WARC/ARC/WET (and saved pages by name); html: every file is one page; text: plain UTF-8 text; "
+        "jsonl: one JSON object per line; parquet: one row per document, read a row group at a time."))
+    text_split: Literal["file", "paragraph", "line"] = Field("file", description=(
+        "text: one document per file, per blank-line-separated block, or per line."))
+    text_field: str = Field("text", min_length=1, description="jsonl/parquet: the field holding the text.")
+    id_field: str | None = Field(None, description="jsonl/parquet: a field naming each document (else its place).")
+    url_field: str | None = Field(None, description="jsonl/parquet: a field holding each document's URL.")
+    metadata_fields: list[str] = Field(default_factory=list, description=(
+        "jsonl/parquet: fields kept as the document's metadata (a JSON object carried through every stage)."))
+    skip: list[Literal["language", "quality", "dedup"]] | None = Field(None, description=(
+        "Stages this source's documents pass through untouched. Default: language and quality for text, jsonl "
+        "and parquet (curated text), none for warc and html. Decontamination always applies."))
+    priority: int | None = Field(None, ge=-1000, le=1000, description=(
+        "Dedup keeps the copy from the source with the highest priority. Default: 1 for curated formats "
+        "(text, jsonl, parquet), 0 for warc and html, so a curated copy beats a crawled one."))
+    weight: float | None = Field(None, gt=0, le=1, description=(
+        "Target share of training tokens (0..1]; the source is up- or down-sampled to reach it."))
+    epochs: float | None = Field(None, gt=0, le=1000, description=(
+        "Or: how many times training sees each of its documents per pass (2: twice, 0.5: half of them). "
+        "Neither set: 1."))
+    val_fraction: float | None = Field(None, ge=0, le=0.5, description="Held out for validation; default tokenize's.")
+    val_docs: int | None = Field(None, ge=0, description="Or: exactly this many documents held out.")
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "SourceConfig":
+        if self.weight is not None and self.epochs is not None:
+            raise ValueError(f"source {self.name}: set weight or epochs, not both")
+        if self.val_fraction is not None and self.val_docs is not None:
+            raise ValueError(f"source {self.name}: set val_fraction or val_docs, not both")
+        return self
+
+    @property
+    def curated(self) -> bool:
+        return self.format in CURATED_FORMATS
+
+    def skips(self, stage: str) -> bool:
+        skip = self.skip if self.skip is not None else (["language", "quality"] if self.curated else [])
+        return stage in skip
+
+    @property
+    def dedup_priority(self) -> int:
+        return self.priority if self.priority is not None else int(self.curated)
+
+    def reading(self) -> dict[str, Any]:
+        """What ingest's output depends on (not the mixture or the filters), for its key."""
+        return self.model_dump(mode="json", include={"name", "inputs", "format", "text_split", "text_field",
+                                                     "id_field", "url_field", "metadata_fields"})
+
+
 class ReportConfig(Section):
     dir: Path | None = Field(None, description="Where reports go, one directory per run; unset: <work_dir>/reports.")
 
@@ -393,8 +459,37 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
+    sources: list[SourceConfig] = Field(default_factory=list, description=(
+        "[[sources]]: curated corpora and other inputs beside ingest.inputs (a source named 'web') and the "
+        "crawl (a source named 'crawl')."))
 
     source: Path | None = Field(None, exclude=True, description="The file this config was loaded from.")
+
+    @model_validator(mode="after")
+    def _sources_fit(self) -> "Config":
+        names = [s.name for s in self.all_sources()]
+        empty = [s.name for s in self.sources if not s.inputs]
+        if empty:
+            raise ValueError(f"sources {empty} have no inputs")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique, {repeated} repeat (ingest.inputs is the source 'web', "
+                             "crawl.seeds the source 'crawl')")
+        weights = [s.weight for s in self.all_sources() if s.weight is not None]
+        if sum(weights) > 1 + 1e-9:
+            raise ValueError(f"source weights are shares of the training tokens and add up to {sum(weights):g} > 1")
+        if weights and len(weights) == len(names) and abs(sum(weights) - 1) > 1e-6:
+            raise ValueError(f"every source has a weight, so they must add up to 1, not {sum(weights):g}")
+        return self
+
+    def all_sources(self) -> list[SourceConfig]:
+        """The configured sources, with ingest.inputs as the source 'web' and the crawl's WARCs as 'crawl'."""
+        implicit = []
+        if self.crawl.seeds or self.crawl.seeds_file:
+            implicit.append(SourceConfig(name="crawl", format="warc"))  # its files are the crawl's WARCs
+        if self.ingest.inputs:
+            implicit.append(SourceConfig(name="web", inputs=self.ingest.inputs, format="warc"))
+        return implicit + list(self.sources)
 
     @property
     def work_dir(self) -> Path:
@@ -428,9 +523,16 @@ def to_toml(value: dict[str, Any]) -> str:
                                     if x is not None) + " }"
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
-    top = [f"{k} = {scalar(v)}" for k, v in value.items() if not isinstance(v, dict) and v is not None]
+    top = [f"{k} = {scalar(v)}" for k, v in value.items()
+           if not isinstance(v, dict) and v is not None and not (isinstance(v, list) and v and isinstance(v[0], dict))]
     lines = top + [""] if top else []
     for section, body in value.items():
+        if isinstance(body, list) and body and all(isinstance(b, dict) for b in body):
+            for table in body:  # an array of tables: [[sources]]
+                lines.append(f"[[{section}]]")
+                lines += [f"# {k} = (unset)" if v is None else f"{k} = {scalar(v)}" for k, v in table.items()]
+                lines.append("")
+            continue
         if not isinstance(body, dict):
             continue
         lines.append(f"[{section}]")
@@ -517,6 +619,8 @@ def _absolute(cfg: Config, base: Path) -> Config:
             "benchmarks_dir": resolve(cfg.evaluate.benchmarks_dir) or benchmarks}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
         "report": cfg.report.model_copy(update={"dir": resolve(cfg.report.dir) or work.resolve() / "reports"}),
+        "sources": [s.model_copy(update={"inputs": [i if ("://" in i or Path(i).is_absolute()) else str(base / i)
+                                                     for i in s.inputs]}) for s in cfg.sources],
     })
 
 

@@ -7,14 +7,16 @@ Three steps (see ``ReduceStage``):
    ``(doc_id, band, band_hash)``;
 2. reduce, once: DuckDB groups the band keys out of core into candidate pairs, the pairs are verified against the
    estimated Jaccard (``threshold``), union-find joins them into clusters, and one survivor per cluster is kept:
-   a document accepted by an earlier run, else the longest, else the smallest doc_id. Every document's decision
+   a document accepted by an earlier run, else one from the source with the highest ``priority`` (curated over
+   crawled by default), else the longest, else the smallest doc_id. Every document's decision
    (exact hash, cluster id, kept or not, why, duplicate of what) is written per unit;
 3. process, per unit: kept documents go on with ``exact_hash``, ``minhash_cluster_id`` and ``dedup_kept``; the
    others are drops (``exact_duplicate``, ``near_duplicate``, or ``..._earlier_run``) naming the document kept.
 
 With ``incremental`` the accepted documents' signatures and band keys are kept in ``state_dir``, one file pair per
 stage run, so a scheduled run drops near-duplicates of documents accepted in earlier runs. A document is never a
-duplicate of itself: earlier entries with a doc_id that is in this run's input are ignored.
+duplicate of itself: earlier entries with a doc_id that is in this run's input are ignored. A source that skips
+dedup (``skip = ["dedup"]``) passes through, neither a survivor nor a duplicate.
 """
 from __future__ import annotations
 
@@ -102,12 +104,22 @@ class DedupStage(ReduceStage):
 
     config: DedupConfig
 
+    def priorities(self) -> dict[str, int]:
+        return {s.name: s.dedup_priority for s in self.source_configs}
+
+    def source_params(self):
+        ranked = {name: p for name, p in self.priorities().items() if p}
+        skipped = sorted(self.skipping())
+        return {"priority": ranked, "skip": skipped} if ranked or skipped else None
+
     def scan(self, unit: Unit, scratch: Path) -> dict[str, Any]:
-        rows = list(self.input_rows(unit, ["doc_id", "text"]))
+        skipping, priority = self.skipping(), self.priorities()
+        rows = [r for r in self.input_rows(unit, ["doc_id", "text", "source"]) if r["source"] not in skipping]
         ids = [r["doc_id"] for r in rows]
         texts = [r["text"] or "" for r in rows]
         docs = pa.table({"doc_id": pa.array(ids, pa.string()),
                          "exact_hash": pa.array([exact_hash(t) for t in texts], pa.string()),
+                         "priority": pa.array([priority.get(r["source"], 0) for r in rows], pa.int32()),
                          "length": pa.array([len(t) for t in texts], pa.int64()),
                          "unit": pa.array([unit.name] * len(rows), pa.string())})
         cfg = self.config
@@ -143,7 +155,10 @@ class DedupStage(ReduceStage):
         for row in self.input_rows(unit):
             result.docs_in += 1
             result.bytes_in += len(row["text"])
-            d = decided[row["doc_id"]]
+            d = decided.get(row["doc_id"])
+            if d is None:  # its source skips dedup
+                writer.add({**row, "exact_hash": None, "minhash_cluster_id": None, "dedup_kept": True})
+                continue
             if not d["kept"]:
                 drops.add_record(d["reason"], row, nbytes=len(row["text"]),
                                  detail=f"duplicate of {d['duplicate_of']} (cluster {d['cluster_id']})")

@@ -5,7 +5,8 @@ This engine and warehouse/ are the only code that opens DuckDB; this one never o
 The dedup stage's scan writes, per unit, ``docs-*.parquet`` (doc_id, exact_hash, length, unit, sig) and
 ``bands-*.parquet`` (doc_id, band, band_hash). Here DuckDB, within ``memory_limit`` and spilling to disk beyond it:
 
-1. picks one survivor per exact hash (earlier runs' documents first, then the longest, then the smallest doc_id);
+1. picks one survivor per exact hash (earlier runs' documents first, then the highest source priority, then the
+   longest, then the smallest doc_id);
 2. groups the band keys of the survivors; documents sharing a key in any band become candidate pairs (each
    colliding bucket is chained in doc order, so a bucket of k documents gives k-1 pairs, not k²/2);
 3. streams the candidate pairs with both signatures to numpy, which keeps the pairs whose estimated Jaccard
@@ -85,10 +86,11 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
              batch_rows: int) -> dict[str, Any]:
     sig = ", sig" if near else ""
     if docs:
-        con.execute(f"CREATE TABLE cur AS SELECT doc_id, exact_hash, length, unit{sig}, false AS earlier "
-                    f"FROM read_parquet({literal_list(docs)})")
+        con.execute(f"CREATE TABLE cur AS SELECT doc_id, exact_hash, priority, length, unit{sig}, false AS earlier "
+                    f"FROM read_parquet({literal_list(docs)}, union_by_name = true)")
     else:
-        con.execute("CREATE TABLE cur (doc_id VARCHAR, exact_hash VARCHAR, length BIGINT, unit VARCHAR, "
+        con.execute("CREATE TABLE cur (doc_id VARCHAR, exact_hash VARCHAR, priority INTEGER, length BIGINT, "
+                    "unit VARCHAR, "
                     f"{'sig UINTEGER[], ' if near else ''}earlier BOOLEAN)")
     earlier_docs, earlier_bands = [], []
     if state_dir is not None and state_dir.is_dir():
@@ -97,16 +99,16 @@ def _cluster(con: duckdb.DuckDBPyConnection, docs: list[Path], bands: list[Path]
     if earlier_docs:  # an earlier run's document that is in this input is this document, not its duplicate
         con.execute(f"""
             INSERT INTO cur BY NAME
-            SELECT doc_id, exact_hash, length, NULL AS unit{sig}, true AS earlier
+            SELECT doc_id, exact_hash, 0 AS priority, length, NULL AS unit{sig}, true AS earlier
             FROM read_parquet({literal_list(earlier_docs)}) p
             WHERE NOT EXISTS (SELECT 1 FROM cur c WHERE c.doc_id = p.doc_id)
             QUALIFY row_number() OVER (PARTITION BY doc_id ORDER BY exact_hash) = 1""")
     state_docs = con.execute("SELECT count(*) FROM cur WHERE earlier").fetchone()[0]
 
-    order = "earlier DESC, length DESC, doc_id"
+    order = "earlier DESC, priority DESC, length DESC, doc_id"
     exact_of = f"first_value(doc_id) OVER (PARTITION BY exact_hash ORDER BY {order})" if exact else "doc_id"
     con.execute(f"CREATE TABLE ex AS SELECT *, {exact_of} AS exact_of FROM cur")
-    con.execute("CREATE TABLE nodes AS SELECT doc_id, earlier, length, row_number() OVER (ORDER BY doc_id) - 1 "
+    con.execute("CREATE TABLE nodes AS SELECT doc_id, earlier, priority, length, row_number() OVER (ORDER BY doc_id) - 1 "
                 "AS idx FROM ex WHERE exact_of = doc_id")
     n = con.execute("SELECT count(*) FROM nodes").fetchone()[0]
 

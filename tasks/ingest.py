@@ -1,6 +1,9 @@
-"""Ingestion: WARC 1.0/1.1/0.17/0.18, ARC and WET files (gzip or plain) into Parquet shards of HTML documents.
+"""Ingestion: every source's files into Parquet shards of documents, each tagged with its source's name.
 
-One unit is one input file. Every record either becomes a document or a counted skip with a reason
+Sources (``[[sources]]``, plus ``ingest.inputs`` as the source 'web' and a crawl's WARCs as 'crawl') are read by
+format: WARC 1.0/1.1/0.17/0.18, ARC and WET files (gzip or plain) and saved pages give HTML documents; plain text,
+JSON Lines and Parquet (tasks/readers.py) give text documents (content type text/plain, which extract passes
+through). One unit is one input file, or a run of row groups of a Parquet file. Every record either becomes a document or a counted skip with a reason
 (``not_html``, ``payload_too_large``, ``read_error`` …; records that are not documents, such as requests, warcinfo and
 revisits, are counted by type as notes: ``record_request`` …); a damaged region of a file is skipped
 by resynchronising on the next record, so one bad record never costs the rest of the file. A file that is not an
@@ -27,9 +30,10 @@ from urllib.parse import urlsplit
 import fsspec
 import pyarrow as pa
 
-from tasks.config import IngestConfig, stable_hash
+from tasks.config import IngestConfig, SourceConfig, stable_hash
 from tasks.encodings import EncodingRefused
 from tasks.inputs import InputFile, expand_inputs, file_url, is_html_file, size_of  # noqa: F401
+from tasks.readers import open_stream, parquet_row_groups, read_jsonl, read_parquet, read_text
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
@@ -47,6 +51,8 @@ SOURCE_FIELDS = [
     pa.field("fetch_time", pa.timestamp("us", tz="UTC")),
     pa.field("http_status", pa.int32()),
     pa.field("content_type", pa.string()),
+    pa.field("source", pa.string()),     # the [[sources]] entry the document came from
+    pa.field("metadata", pa.string()),   # a JSON object of the fields a jsonl/parquet source keeps, or null
 ]
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("record_id", pa.string()), pa.field("charset", pa.string()),
                     pa.field("html", pa.large_string())])  # record_id: the WARC-Record-ID (none for ARC, files)
@@ -124,21 +130,47 @@ class IngestStage(ShardedStage):
 
     config: IngestConfig
 
+    def source_list(self) -> list[SourceConfig]:
+        """The sources this stage reads: those it was given (``Config.all_sources``), else ingest.inputs as 'web'."""
+        if self.source_configs:
+            return list(self.source_configs)
+        return [SourceConfig(name="web", inputs=self.config.inputs)] if self.config.inputs else []
+
+    def source_named(self, name: str | None) -> SourceConfig:
+        for s in self.source_list():
+            if s.name == name:
+                return s
+        return SourceConfig(name=name or "crawl", format="warc")  # a crawl's WARC files
+
+    def source_params(self) -> Any:
+        """How the [[sources]] beyond ingest.inputs and the crawl are read (their weights and filters are not
+        ingest's business, so changing those reads nothing again)."""
+        return [s.reading() for s in self.source_list()
+                if s.inputs and not (s.name == "web" and s.inputs == self.config.inputs)] or None
+
     def sources(self, crawled: list[InputFile] = ()) -> list[InputFile]:
-        """The configured input files plus the WARC files of an upstream crawl, if there was one."""
-        if not self.config.inputs and not crawled:
-            raise FileNotFoundError("nothing to ingest: set ingest.inputs (WARC/ARC/WET files) or crawl.seeds")
-        files = {f.uri: f for f in expand_inputs(self.config.inputs)} if self.config.inputs else {}
-        files.update({f.uri: f for f in crawled})
+        """Every source's input files, plus the WARC files of an upstream crawl (the source 'crawl')."""
+        files: dict[str, InputFile] = {}
+        for src in self.source_list():
+            if src.inputs:
+                for f in expand_inputs(src.inputs, src.name, src.format):
+                    if f.uri in files and files[f.uri].source != src.name:
+                        raise ValueError(f"{f.uri} is an input of both sources {files[f.uri].source!r} and "
+                                         f"{src.name!r}; a file belongs to one source")
+                    files[f.uri] = f
+        files.update({f.uri: InputFile(f.uri, f.size, f.version, "crawl", "warc") for f in crawled})
+        if not files:
+            raise FileNotFoundError("nothing to ingest: set ingest.inputs (WARC/ARC/WET files), [[sources]] or "
+                                    "crawl.seeds")
         return [files[k] for k in sorted(files)]
 
     @staticmethod
     def sources_fingerprint(files: list[InputFile]) -> str:
-        return stable_hash([[f.uri, f.size, f.version] for f in files])
+        return stable_hash([[f.uri, f.size, f.version, f.source, f.format] for f in files])
 
     def read_input(self, ctx: StageContext, upstream: dict[str, Any] | None) -> Input:
         """The input files (and a crawl's WARC files, when there is a crawl upstream); the raw files are a dataset
-        of their own, ``source-<fingerprint>``, so lineage ends at the WARC files themselves."""
+        of their own, ``source-<fingerprint>``, so lineage ends at the input files themselves."""
         crawled = []
         if upstream is not None:
             super().read_input(ctx, upstream)  # it must be a crawl's
@@ -150,18 +182,20 @@ class IngestStage(ShardedStage):
 
     def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
         t0 = time.perf_counter()
-        sources = Dataset(inp.dataset_ids[0], "source", None, ";".join(self.config.inputs) or "crawl", "warc",
+        described = "; ".join(f"{s.name}: {', '.join(s.inputs) or 'the crawl'}" for s in self.source_list()) \
+            or "crawl"
+        sources = Dataset(inp.dataset_ids[0], "source", None, described, "warc",
                           inp.fingerprint, [(f.uri, None, f.size, f.version) for f in inp.files],
                           [inp.dataset["dataset_id"]] if inp.dataset else [])
         units = self.plan(inp.files)
         prepare_output(out_dir)
         # A recrawl adds WARC files: read only those, and take over the units an earlier dataset read.
         by_uri = {f.uri: f for f in inp.files}
-        unit_keys = {u.name: self.unit_key(by_uri[u.sources[0].uri]) for u in units}
+        unit_keys = {u.name: self.unit_key(by_uri[u.sources[0].uri], u.sources[0]) for u in units}
         index = UnitIndex(ctx.work_dir / "datasets" / self.name / "_units")
         reused = sum(index.adopt(unit_keys[u.name], out_dir, u) is not None for u in units)
         if reused:
-            ctx.say(f"{self.name}: {reused} of {len(units)} input files were read by an earlier run; reusing those")
+            ctx.say(f"{self.name}: {reused} of {len(units)} units were read by an earlier run; reusing those")
         results = self.run_units(ctx, units, out_dir)
         for r in results:
             index.record(unit_keys[r.unit], out_dir, r.unit)
@@ -170,25 +204,54 @@ class IngestStage(ShardedStage):
         return result
 
     def plan(self, files: list[InputFile]) -> list[Unit]:  # type: ignore[override]
-        return [Unit(i, (Source(f.uri),)) for i, f in enumerate(files)]
+        """One unit per input file; a Parquet file is cut into runs of whole row groups of up to shard_max_docs
+        rows (a file whose footer cannot be read is one unit, which counts it as a read error)."""
+        sources: list[Source] = []
+        for f in files:
+            groups = None
+            if f.format == "parquet":
+                try:
+                    groups = parquet_row_groups(f.uri)
+                except Exception:  # not a Parquet file: its unit says so, counted
+                    groups = None
+            if not groups:
+                sources.append(Source(f.uri, origin=f.source))
+                continue
+            start, rows = 0, 0
+            for g, n in enumerate(groups):
+                if rows and rows + n > self.config.shard_max_docs:
+                    sources.append(Source(f.uri, start, g, origin=f.source))
+                    start, rows = g, 0
+                rows += n
+            sources.append(Source(f.uri, start, len(groups), origin=f.source))
+        return [Unit(i, (src,), len(sources)) for i, src in enumerate(sources)]
 
-    def unit_key(self, file: InputFile) -> str:
-        """What reading one input file depends on: the settings, the code, and that exact version of the file.
-        A later run over more files reuses every unit with a key it has seen (``tasks.sharded.UnitIndex``)."""
+    def unit_key(self, file: InputFile, part: Source | None = None) -> str:
+        """What reading one input file (or row groups of it) depends on: the settings, how its source is read, the
+        code, and that exact version of the file. A later run over more files reuses every unit with a key it has
+        seen (``tasks.sharded.UnitIndex``)."""
+        span = [part.start, part.stop] if part is not None and part.stop is not None else None
         return stable_hash({"stage": self.name, "config": self.config.model_dump(mode="json"),
-                            "code": self.code_version(), "file": [file.uri, file.size, file.version]})
+                            "source": self.source_named(file.source).reading(), "code": self.code_version(),
+                            "file": [file.uri, file.size, file.version], "span": span})
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        uri = unit.sources[0].uri
+        part = unit.sources[0]
+        uri = part.uri
+        source = self.source_named(part.origin)
+        drops.source = source.name
+        if source.format in ("text", "jsonl", "parquet"):
+            self.curated(unit, source, writer, drops, result)
+            return
         try:
             opened = fsspec.open(uri, "rb").open()
         except OSError as err:
             raise UnitFailed(f"ingest {unit.name}: cannot open {uri}: {err}") from err
-        if is_html_file(uri):
+        if source.format == "html" or is_html_file(uri):
             with opened as fh:
                 doc = self.html_file(fh, uri, drops, result)
             if doc is not None:
-                writer.add(doc)
+                writer.add({**doc, "source": source.name})
             result.bytes_in = size_of(uri)
             return
         with opened as fh:
@@ -197,8 +260,36 @@ class IngestStage(ShardedStage):
             if not is_archive(fh):
                 raise UnitFailed(f"ingest {unit.name}: {uri} is not a WARC, ARC or WET file")
             for record in self.records(fh, uri, drops, result):
+                record["source"] = source.name
                 writer.add(record)
         result.bytes_in = size_of(uri)
+
+    def curated(self, unit: Unit, source: SourceConfig, writer: ShardWriter, drops: DropLog,
+                result: ShardResult) -> None:
+        """Documents of a text, jsonl or parquet file; a file that cannot be read, or stops being readable, is a
+        counted ``read_error`` and the documents read before it are kept."""
+        part = unit.sources[0]
+        limit = self.config.max_payload_bytes
+        counted = drops.total()
+        try:
+            if source.format == "parquet":
+                groups = range(part.start, part.stop) if part.stop is not None else range(0)
+                if part.stop is None:  # planning could not read its footer
+                    parquet_row_groups(part.uri)
+                docs = read_parquet(part.uri, groups, source, drops, limit)
+                for doc in docs:
+                    result.docs_in += 1
+                    writer.add(doc)
+            else:
+                with open_stream(part.uri) as fh:
+                    reader = read_text if source.format == "text" else read_jsonl
+                    for doc in reader(fh, part.uri, source, drops, limit):
+                        result.docs_in += 1
+                        writer.add(doc)
+        except Exception as err:  # damaged compression, a file cut short, not Parquet at all
+            drops.add("read_error", warc_file=part.uri, detail=f"{type(err).__name__}: {err}"[:500])
+        result.docs_in += drops.total() - counted
+        result.bytes_in = size_of(part.uri) if part.start == 0 else 0
 
     def _unusable(self, body: bytes, drops: DropLog, where: dict[str, Any]) -> bool:
         """Count a payload that is too large, empty or binary as a drop with its reason; True if it was one."""
@@ -238,7 +329,8 @@ class IngestStage(ShardedStage):
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,
-                "content_type": "text/html", "record_id": None, "charset": charset, "html": text}
+                "content_type": "text/html", "record_id": None, "charset": charset, "html": text,
+                "source": None, "metadata": None}
 
     def records(self, fh: IO[bytes], uri: str, drops: DropLog, result: ShardResult) -> Iterator[dict[str, Any]]:
         """Every document in one archive; everything else is recorded in ``drops`` with its reason."""
@@ -387,5 +479,5 @@ class IngestStage(ShardedStage):
             "doc_id": doc_id, "url": url, "host": (urlsplit(url).hostname or "").lower() or None,
             "warc_file": uri, "warc_offset": offset, "fetch_time": fetch_time, "http_status": status,
             "content_type": mime, "record_id": record_id,
-            "charset": charset, "html": text,
+            "charset": charset, "html": text, "source": None, "metadata": None,
         }

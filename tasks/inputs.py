@@ -17,9 +17,11 @@ class InputFile:
     uri: str
     size: int
     version: str  # mtime or ETag: what tells a changed file from the same one
+    source: str = "web"  # the [[sources]] entry it belongs to, and how that source is read
+    format: str = "warc"
 
 
-def expand_inputs(patterns: list[str]) -> list[InputFile]:
+def expand_inputs(patterns: list[str], source: str = "web", format: str = "warc") -> list[InputFile]:
     """Resolve paths, globs and fsspec URLs to a sorted file list; a pattern that matches nothing is an error."""
     files: dict[str, InputFile] = {}
     for pattern in patterns:
@@ -31,7 +33,7 @@ def expand_inputs(patterns: list[str]) -> list[InputFile]:
             info = fs.info(p)
             uri = fs.unstrip_protocol(p) if fs.protocol not in ("file", ("file", "local")) else p
             version = str(info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created"))
-            files[uri] = InputFile(uri, int(info.get("size") or 0), version)
+            files[uri] = InputFile(uri, int(info.get("size") or 0), version, source, format)
     return [files[k] for k in sorted(files)]
 
 

@@ -54,17 +54,22 @@ class LanguageStage(ShardedStage):
 
     config: LanguageConfig
 
+    def source_params(self):
+        return self.skip_params()
+
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        """Column-wise: classify the text column of each batch, append lang and lang_score, keep by mask."""
-        keep, max_chars = self.config.keep, self.config.max_chars
+        """Column-wise: classify the text column of each batch, append lang and lang_score, keep by mask. The
+        documents of a source that skips language ID pass with a null lang."""
+        keep, max_chars, skipping = self.config.keep, self.config.max_chars, self.skipping()
         for batch in self.input_batches(unit):
             texts = batch.column("text").to_pylist()
-            guesses = [classify(t or "", max_chars) for t in texts]
+            passed = [s in skipping for s in batch.column("source").to_pylist()] if skipping else [False] * len(texts)
+            guesses = [(None, None) if p else classify(t or "", max_chars) for t, p in zip(texts, passed)]
             result.docs_in += len(texts)
             result.bytes_in += sum(len(t or "") for t in texts)
             langs = pa.array([g[0] for g in guesses], pa.string())
             scores = pa.array([g[1] for g in guesses], pa.float64())
-            kept = [lang in keep and score >= keep[lang] for lang, score in guesses]
+            kept = [p or (lang in keep and score >= keep[lang]) for p, (lang, score) in zip(passed, guesses)]
             out = pa.RecordBatch.from_arrays([*batch.columns, langs, scores], schema=SCHEMA)
             writer.add_batch(out.filter(pa.array(kept)))
             if not all(kept):

@@ -2,7 +2,8 @@
 
 For every document of the token dataset the checkpoint was trained on: ``doc_id``, ``split`` (train or val),
 ``times_seen`` (how many training rows took tokens from it: 0 for a document the run never reached and for every
-validation document, more than 1 past an epoch), ``tokens_seen`` and ``tokens`` (its length). The counts come from
+validation document, more than 1 past an epoch), ``tokens_seen``, ``tokens`` (its length), ``source``, and ``repeats``: how many times one pass over the mixture
+uses it (its source's weight at work: 0 for a down-sampled document, 3 for a source trained three epochs). The counts come from
 replaying the loader's packing (``model.data.replay_training``) up to the checkpoint's token count, checked against
 the loader position the checkpoint saved, so they are exact, not estimated. ``warehouse.lineage`` joins the file
 to the checkpoint's own ingest dataset for each document's URL, WARC file and offset (`crucible provenance`).
@@ -17,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 
 from model.data import replay_training
+from tasks.mixture import read_mixture
 from tasks.shards import write_parquet_atomic
 from tasks.token_shards import read_token_manifest, read_token_shard
 
 SCHEMA = pa.schema([("doc_id", pa.string()), ("split", pa.string()), ("times_seen", pa.int32()),
-                    ("tokens_seen", pa.int64()), ("tokens", pa.int64())])
+                    ("tokens_seen", pa.int64()), ("tokens", pa.int64()), ("source", pa.string()),
+                    ("repeats", pa.int32())])
 PREFIX = "provenance-"
 
 
@@ -49,7 +52,8 @@ def write_provenance(out_dir: Path, checkpoints: list[dict[str, Any]]) -> dict[s
                 row = documents["train_start"][shard] + doc
                 times[row], seen[row] = n, t
             table = pa.table({"doc_id": documents["doc_id"], "split": documents["split"], "times_seen": times,
-                              "tokens_seen": seen, "tokens": documents["tokens"]}, schema=SCHEMA)
+                              "tokens_seen": seen, "tokens": documents["tokens"], "source": documents["source"],
+                              "repeats": documents["repeats"]}, schema=SCHEMA)
             write_parquet_atomic(table, provenance_path(out_dir, missing[k]["name"]))
     return {c["name"]: provenance_path(out_dir, c["name"]) for c in checkpoints}
 
@@ -58,17 +62,25 @@ def _documents(data_dir: Path) -> dict[str, Any]:
     """Every document of the token dataset in the loader's numbering: the train split's shards in manifest order
     (shard i starts at row ``train_start[i]``), then the validation split's."""
     manifest = read_token_manifest(data_dir)
+    mixture = read_mixture(data_dir)
     ids: list[str] = []
     splits: list[str] = []
+    sources: list[str | None] = []
     lengths: list[np.ndarray] = []
+    repeats: list[np.ndarray] = []
     starts: list[int] = []
     for split in ("train", "val"):
         for shard in (manifest["splits"].get(split) or {}).get("shards", []):
             _, offsets, table = read_token_shard(data_dir / shard["name"])
             if split == "train":
                 starts.append(len(ids))
+                repeats.append(mixture[shard["name"]] if mixture is not None else np.ones(table.num_rows, np.int64))
+            else:
+                repeats.append(np.zeros(table.num_rows, np.int64))
             ids += table.column("doc_id").to_pylist()
             splits += [split] * table.num_rows
+            sources += table.column("source").to_pylist() if "source" in table.column_names else [None] * table.num_rows
             lengths.append(np.diff(offsets))
     return {"doc_id": ids, "split": splits, "tokens": np.concatenate(lengths) if lengths else np.empty(0, np.int64),
-            "train_start": starts}
+            "train_start": starts, "source": sources,
+            "repeats": np.concatenate(repeats).astype(np.int32) if repeats else np.empty(0, np.int32)}

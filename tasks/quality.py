@@ -330,11 +330,18 @@ class QualityStage(ShardedStage):
 
     config: QualityConfig
 
+    def source_params(self):
+        return self.skip_params()
+
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         rules = QualityFilter(self.config)
+        skipping = self.skipping()
         for row in self.input_rows(unit):
             result.docs_in += 1
             result.bytes_in += len(row["text"])
+            if row.get("source") in skipping:  # a source that skips quality filters and PII redaction
+                writer.add({**row, "pii_redactions": 0})
+                continue
             kept, text, reason, redactions = rules.apply(row["text"], row["url"])
             if not kept:
                 drops.add_record(reason, row, nbytes=len(row["text"]),

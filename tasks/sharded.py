@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tasks.procs import check_stop
 from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit,
@@ -40,11 +42,13 @@ from tasks.stage import (FULL_DISK, Dataset, Input, Records, Stage, StageContext
 
 @dataclass(frozen=True)
 class Source:
-    """A slice of input: rows [start, stop) of a shard, or a whole input file (stop None)."""
+    """A slice of input: rows [start, stop) of a shard, a whole input file (stop None), or row groups
+    [start, stop) of a Parquet input file; ``origin`` names the [[sources]] entry an input file belongs to."""
 
     uri: str
     start: int = 0
     stop: int | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,35 @@ class ShardedStage(Stage):
         return StageResult(output=output, units=len(units), units_resumed=resumed, shards_out=len(manifest.files),
                            docs_in=sum(r.docs_in for r in results), docs_out=manifest.records, bytes_in=inp.bytes,
                            bytes_out=manifest.bytes, drops=dict(drops), drop_bytes=dict(drop_bytes),
-                           notes=dict(notes), metrics=self.stat_metrics(dict(stats)), message=message)
+                           notes=dict(notes), metrics=self.stat_metrics(dict(stats)), message=message,
+                           by_source=self.count_by_source(out_dir, manifest))
+
+    def count_by_source(self, out_dir: Path, manifest: Any) -> dict[str, dict[str, Any]]:
+        """Per source: documents kept (from the shards' ``source`` column) and dropped by reason (from the drop
+        logs); documents in = the two together. Only the small columns are read."""
+        if "source" not in self.schema.names:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(name: str | None) -> dict[str, Any]:
+            return out.setdefault(name or "", {"docs_in": 0, "docs_out": 0, "drops": {}})
+
+        for f in manifest.files:
+            column = pq.read_table(out_dir / f.name, columns=["source"]).column("source")
+            for item in pc.value_counts(column).to_pylist():
+                entry(item["values"])["docs_out"] += item["counts"]
+        for name in manifest.drops_files:
+            table = pq.read_table(out_dir / name, columns=["source", "reason", "bytes"])
+            if "source" not in table.column_names:
+                continue
+            grouped = table.group_by(["source", "reason"]).aggregate([("bytes", "count"), ("bytes", "sum")])
+            for row in grouped.to_pylist():
+                drops = entry(row["source"])["drops"]
+                docs, nbytes = drops.get(row["reason"], (0, 0))
+                drops[row["reason"]] = (docs + row["bytes_count"], nbytes + (row["bytes_sum"] or 0))
+        for counts in out.values():
+            counts["docs_in"] = counts["docs_out"] + sum(d for d, _ in counts["drops"].values())
+        return out
 
     def stat_metrics(self, stats: dict[str, float]) -> list[tuple[int | None, str, float]]:
         """The units' summed ``result.stats`` as whole-stage metrics named ``<stage>.<stat>``."""

@@ -122,10 +122,11 @@ def read_unit_manifest(out_dir: Path, unit: str) -> ShardResult | None:
 
 
 class DropLog:
-    """One row per dropped record: the reason always, the doc_id and source where the record had them."""
+    """One row per dropped record: the reason always, the doc_id, file and place where the record had them, and
+    its source (the record's, else ``self.source``: ingest sets it to the source of the file it reads)."""
 
     SCHEMA = pa.schema([
-        ("doc_id", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()),
+        ("doc_id", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()), ("source", pa.string()),
         ("url", pa.string()), ("warc_file", pa.string()), ("warc_offset", pa.int64()), ("detail", pa.string()),
         ("text", pa.large_string()),  # the dropped document itself, where the stage is asked to keep it
     ])
@@ -134,14 +135,19 @@ class DropLog:
         self.rows: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.source: str | None = None
+
+    def total(self) -> int:
+        return sum(self.counts.values())
 
     def add(self, reason: str, *, doc_id: str | None = None, nbytes: int = 0, url: str | None = None,
             warc_file: str | None = None, warc_offset: int | None = None, detail: str | None = None,
-            text: str | None = None) -> None:
+            text: str | None = None, source: str | None = None) -> None:
         check_stop()
         self.counts[reason] += 1
         self.bytes[reason] += nbytes
-        self.rows.append({"doc_id": doc_id, "reason": reason, "bytes": nbytes, "url": url,
+        self.rows.append({"doc_id": doc_id, "reason": reason, "bytes": nbytes, "source": source or self.source,
+                          "url": url,
                           "warc_file": warc_file, "warc_offset": warc_offset,
                           "detail": detail[:500] if detail else None, "text": text})
 
@@ -149,7 +155,7 @@ class DropLog:
     def add_record(self, reason: str, row: dict[str, Any], **extra: Any) -> None:
         """Drop a record that carries the source columns (every stage after ingest)."""
         self.add(reason, doc_id=row.get("doc_id"), url=row.get("url"), warc_file=row.get("warc_file"),
-                 warc_offset=row.get("warc_offset"), **extra)
+                 warc_offset=row.get("warc_offset"), source=row.get("source"), **extra)
 
 
 class ShardWriter:

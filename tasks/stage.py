@@ -115,6 +115,8 @@ class StageResult:
     records: list[Records] = field(default_factory=list)
     artifact: Artifact | None = None
     message: str = ""                                       # one line for the run's log
+    # per source: {"docs_in", "docs_out", "drops": {reason: (docs, bytes)}, and where known "tokens", "share"…}
+    by_source: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class StageContext:
@@ -177,8 +179,14 @@ class Stage(ABC):
     disabled_because: ClassVar[str] = ""
     role: ClassVar[str | None] = None  # what the report and dashboard show it as (warehouse/migrations/0006)
 
-    def __init__(self, config: BaseModel | None) -> None:
+    def __init__(self, config: BaseModel | None, sources: Any = ()) -> None:
         self.config = config
+        self.source_configs = tuple(sources)  # tasks.config.SourceConfig, each source's settings (all_sources())
+
+    def source_params(self) -> Any:
+        """The part of the sources' settings this stage's output depends on (its skips, their weights…), hashed
+        into its key; None when it depends on none."""
+        return None
 
     # -- identity ------------------------------------------------------------------------------------------------
 
@@ -193,7 +201,17 @@ class Stage(ABC):
         return code_version(cls.code_roots())
 
     def params(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json") if self.config is not None else {}
+        params = self.config.model_dump(mode="json") if self.config is not None else {}
+        sources = self.source_params()
+        return {**params, "sources": sources} if sources else params
+
+    def skip_params(self) -> Any:
+        """source_params for a stage whose only use of the sources is letting some pass through."""
+        return sorted(self.skipping()) or None
+
+    def skipping(self) -> frozenset[str]:
+        """The sources whose documents pass through this stage untouched (``skip`` in ``[[sources]]``)."""
+        return frozenset(s.name for s in self.source_configs if s.skips(self.name))
 
     def key(self, input_fingerprint: str) -> str:
         """The cache key: stage name, its config section, its code version and its input's fingerprint."""

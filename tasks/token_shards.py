@@ -1,7 +1,7 @@
 """Token shards: uncompressed Arrow IPC files that training memory-maps, with a token -> document index.
 
-One row per document: ``doc_id``, ``bytes`` (its UTF-8 length, for bits-per-byte) and ``tokens`` (a list of uint16
-when the vocabulary fits, else uint32) that starts with the separator. The list column's values buffer *is* the
+One row per document: ``doc_id``, ``bytes`` (its UTF-8 length, for bits-per-byte), ``tokens`` (a list of uint16
+when the vocabulary fits, else uint32) that starts with the separator, and ``source``. The list column's values buffer *is* the
 flat token stream of the shard and its offsets are the document boundaries, so both are read without a copy:
 
     tokens, offsets, table = read_token_shard(path)     # numpy views into the memory map
@@ -43,10 +43,11 @@ def shuffled(n: int, seed: int, salt: str) -> np.ndarray:
 
 
 def write_token_shard(path: Path, doc_ids: list[str], sizes: Sequence[int], ids: list[list[int]], separator: int,
-                      vocab_size: int) -> tuple[int, str]:
+                      vocab_size: int, sources: list[str | None] | None = None) -> tuple[int, str]:
     """Write one shard atomically (separator prepended to every document); returns (tokens, sha256).
 
-    ``sizes`` are the documents' UTF-8 byte counts (for bits-per-byte), ``ids`` their token ids without separator.
+    ``sizes`` are the documents' UTF-8 byte counts (for bits-per-byte), ``ids`` their token ids without separator,
+    ``sources`` their sources' names (a ``source`` column, for the mixture and per-source validation).
     """
     dtype = token_dtype(vocab_size)
     np_dtype = np.uint16 if dtype == pa.uint16() else np.uint32
@@ -61,8 +62,12 @@ def write_token_shard(path: Path, doc_ids: list[str], sizes: Sequence[int], ids:
     list_type = pa.list_ if offsets.dtype == np.int32 else pa.large_list
     tokens = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
         pa.array(offsets), pa.array(flat, type=dtype))
-    schema = pa.schema([("doc_id", pa.string()), ("bytes", pa.int64()), ("tokens", list_type(dtype))])
-    table = pa.table([pa.array(doc_ids, pa.string()), pa.array(sizes, pa.int64()), tokens], schema=schema)
+    fields = [("doc_id", pa.string()), ("bytes", pa.int64()), ("tokens", list_type(dtype))]
+    columns = [pa.array(doc_ids, pa.string()), pa.array(sizes, pa.int64()), tokens]
+    if sources is not None:
+        fields.append(("source", pa.string()))
+        columns.append(pa.array(sources, pa.string()))
+    table = pa.table(columns, schema=pa.schema(fields))
     with atomic_file(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:  # uncompressed: mmaps
             writer.write_table(table)
@@ -127,7 +132,7 @@ def split_of(shard_name: str) -> str:
 
 
 def write_token_manifest(out_dir: Path, files: list[Any], *, tokenizer: Path, vocab_size: int, separator_id: int,
-                         encoder: str, tokenizer_sha256: str) -> dict[str, Any]:
+                         encoder: str, tokenizer_sha256: str, mixture: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``_tokens.json`` for the shards ``files`` (ShardFile: name, rows, sha256) of a token dataset."""
     from tasks.shards import atomic_write_json
 
@@ -143,6 +148,8 @@ def write_token_manifest(out_dir: Path, files: list[Any], *, tokenizer: Path, vo
     manifest = {"tokenizer": os.path.relpath(tokenizer, out_dir), "tokenizer_sha256": tokenizer_sha256,
                 "vocab_size": vocab_size, "dtype": str(token_dtype(vocab_size)), "separator_id": separator_id,
                 "encoder": encoder, "splits": splits}
+    if mixture is not None:  # per source: tokens, docs, target_share, epochs, tokens_used, share (tasks.mixture)
+        manifest["mixture"] = mixture
     atomic_write_json(Path(out_dir) / TOKEN_MANIFEST, manifest)
     return manifest
 

@@ -16,6 +16,7 @@ The held-out split is by hash of doc_id: ``is_validation(doc_id, fraction, seed)
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Iterable, Protocol
 
 # GPT-4's split pattern (cl100k), as nanochat uses it, with numbers split into runs of at most 3 digits.
@@ -109,9 +110,18 @@ def fastest_encoder(tok, probe: list[str]) -> Encoder:
     return reference
 
 
+def validation_hash(doc_id: str, seed: int = 0) -> int:
+    """The 64-bit hash that holds a document out: below a source's cut-off, it is in the val split."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
+
+
+def fraction_cutoff(fraction: float) -> int:
+    """The cut-off that holds out ``fraction`` of documents: hash < cut-off exactly when hash < fraction x 2^64."""
+    return min(math.ceil(fraction * 2**64), 2**64 - 1) if fraction > 0 else 0
+
+
 def is_validation(doc_id: str, fraction: float, seed: int = 0) -> bool:
     """Whether a document is held out: a hash of (seed, doc_id) below ``fraction``; stable forever."""
     if fraction <= 0:
         return False
-    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < fraction * 2**64
+    return validation_hash(doc_id, seed) < fraction * 2**64

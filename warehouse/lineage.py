@@ -366,12 +366,29 @@ class Warehouse:
                 self._refresh_views(con)
 
     def record_funnel(self, stage_run_id: str, stage: str, drops: dict[str, int], drop_bytes: dict[str, int],
-                      notes: dict[str, int]) -> None:
-        rows = [(stage_run_id, stage, r, True, n, drop_bytes.get(r, 0)) for r, n in sorted(drops.items())]
-        rows += [(stage_run_id, stage, r, False, n, 0) for r, n in sorted(notes.items())]
-        if rows:
+                      notes: dict[str, int], by_source: dict[str, dict[str, Any]] | None = None) -> None:
+        """The drop funnel, one row per (source, reason) where the stage counted by source (the rest, and the
+        notes, with source NULL), and the stage's per-source figures into stage_sources."""
+        rows = []
+        left, left_bytes = dict(drops), dict(drop_bytes)
+        for source, counts in sorted((by_source or {}).items()):
+            for reason, (n, nbytes) in sorted(counts.get("drops", {}).items()):
+                rows.append((stage_run_id, stage, reason, True, n, nbytes, source or None))
+                left[reason] = left.get(reason, 0) - n
+                left_bytes[reason] = left_bytes.get(reason, 0) - nbytes
+        rows += [(stage_run_id, stage, r, True, n, max(left_bytes.get(r, 0), 0), None)
+                 for r, n in sorted(left.items()) if n > 0]
+        rows += [(stage_run_id, stage, r, False, n, 0, None) for r, n in sorted(notes.items())]
+        figures = [(stage_run_id, stage, source, c.get("docs_in"), c.get("docs_out"), c.get("tokens"),
+                    c.get("target_share"), c.get("share"), c.get("epochs"), c.get("val_docs"))
+                   for source, c in sorted((by_source or {}).items()) if source]
+        if rows or figures:
             with self.connect() as con:
-                con.executemany("INSERT INTO drops VALUES (?,?,?,?,?,?)", rows)
+                if rows:
+                    con.executemany("INSERT INTO drops (stage_run_id, stage, reason, dropped, docs, bytes, source) "
+                                    "VALUES (?,?,?,?,?,?,?)", rows)
+                if figures:
+                    con.executemany("INSERT INTO stage_sources VALUES (?,?,?,?,?,?,?,?,?,?)", figures)
 
     def record_metrics(self, run_id: str, metrics: list[tuple[int | None, str, float]],
                        stage_run_id: str | None = None) -> None:
@@ -537,15 +554,38 @@ class Warehouse:
     def stage_runs(self, run_id: str) -> list[dict[str, Any]]:
         return self.present(self.query("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id]))
 
+    _ORIGINS = """
+        WITH origins AS (  -- each completed stage of the run, with the stage run that made its output
+            SELECT s.stage, s.started_at, origin.stage_run_id AS origin
+            FROM stage_runs s JOIN stage_runs origin ON origin.output_dataset_id = s.output_dataset_id
+                 AND NOT origin.cache_hit AND origin.status = 'completed'
+            WHERE s.run_id = ? AND s.status = 'completed'
+            QUALIFY row_number() OVER (PARTITION BY s.stage_run_id ORDER BY origin.ended_at DESC) = 1)"""
+
     def funnel(self, run_id: str) -> list[dict[str, Any]]:
-        """Drops and notes per stage and reason for a run; a cache hit shows the funnel of the run that computed it."""
-        return self.query(
-            "SELECT s.stage, d.reason, d.dropped, d.docs, d.bytes FROM stage_runs s "
-            "JOIN stage_runs origin ON origin.output_dataset_id = s.output_dataset_id AND NOT origin.cache_hit "
-            "  AND origin.status = 'completed' "
-            "JOIN drops d ON d.stage_run_id = origin.stage_run_id "
-            "WHERE s.run_id = ? AND s.status = 'completed' ORDER BY s.started_at, d.dropped DESC, d.docs DESC",
-            [run_id])
+        """Drops and notes per stage and reason for a run (all sources together); a cache hit shows the funnel of
+        the run that computed it."""
+        return self.query(self._ORIGINS + """
+            SELECT o.stage, d.reason, d.dropped, sum(d.docs)::BIGINT AS docs, sum(d.bytes)::BIGINT AS bytes
+            FROM origins o JOIN drops d ON d.stage_run_id = o.origin
+            GROUP BY o.stage, o.started_at, d.reason, d.dropped
+            ORDER BY o.started_at, d.dropped DESC, docs DESC, d.reason""", [run_id])
+
+    def source_funnel(self, run_id: str) -> list[dict[str, Any]]:
+        """Drops per stage, source and reason for a run (sources as counted; NULL before sources existed)."""
+        return self.query(self._ORIGINS + """
+            SELECT o.stage, d.source, d.reason, d.docs, d.bytes
+            FROM origins o JOIN drops d ON d.stage_run_id = o.origin AND d.dropped AND d.source IS NOT NULL
+            ORDER BY o.started_at, d.source, d.docs DESC""", [run_id])
+
+    def source_figures(self, run_id: str) -> list[dict[str, Any]]:
+        """Per stage and source for a run: documents in, out and dropped, and at tokenize the mixture's tokens,
+        shares and passes. Cache hits show the figures of the run that made the dataset."""
+        return self.query(self._ORIGINS + """
+            SELECT o.stage, f.source, f.docs_in, f.docs_out, f.docs_in - f.docs_out AS dropped, f.tokens,
+                   f.target_share, f.share, f.epochs, f.val_docs
+            FROM origins o JOIN stage_sources f ON f.stage_run_id = o.origin
+            ORDER BY o.started_at, f.source""", [run_id])
 
     def lineage(self, dataset_id: str) -> list[dict[str, Any]]:
         """The dataset and every ancestor back to the raw inputs, nearest first, with the edge depth."""
@@ -589,11 +629,14 @@ class Warehouse:
         union = " UNION ALL BY NAME ".join(f"SELECT '{stage}' AS stage, * FROM read_parquet({literal(f)})"
                                    for stage, f in drop_files if Path(f).exists())
         empty = ("SELECT NULL::VARCHAR AS stage, NULL::VARCHAR AS doc_id, NULL::VARCHAR AS reason, NULL::BIGINT AS bytes,"
+                 " NULL::VARCHAR AS source,"
                  " NULL::VARCHAR AS url, NULL::VARCHAR AS warc_file, NULL::BIGINT AS warc_offset,"
                  " NULL::VARCHAR AS detail, NULL::VARCHAR AS text WHERE false")
         con.execute(f"CREATE OR REPLACE VIEW doc_drops AS {union or empty}")
         if base in stages:  # the documents as collected, joined to every later stage's
-            cols = ["i.doc_id", "i.url", "i.warc_file", "i.warc_offset", "i.fetch_time"]
+            have = {d[0] for d in con.execute(f"SELECT * FROM docs_{base} LIMIT 0").description}
+            cols = ["i.doc_id", *(["i.source"] if "source" in have else []), "i.url", "i.warc_file",
+                    "i.warc_offset", "i.fetch_time"]
             joins = []
             for stage in stages:
                 if stage == base:

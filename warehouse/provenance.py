@@ -1,7 +1,8 @@
 """Provenance queries: exactly which documents trained a checkpoint, and which checkpoints a document trained.
 
 A checkpoint dataset lists, among its files, the Parquet file of the documents that trained it
-(``provenance-<checkpoint>.parquet``: doc_id, split, times_seen, tokens_seen, tokens; tasks/provenance.py). The
+(``provenance-<checkpoint>.parquet``: doc_id, split, times_seen, tokens_seen, tokens, source, repeats;
+tasks/provenance.py). The
 documents' sources come from the collection dataset (the one a stage with role "collection" made) in that
 checkpoint's own lineage, never from a later run's, so a rerun of any stage leaves an older checkpoint's answer as
 it was. Read-only: these work while a pipeline runs.
@@ -63,8 +64,10 @@ def checkpoint_documents(wh: Warehouse, checkpoint_id: str, *, limit: int | None
         join = (f"LEFT JOIN (SELECT doc_id, {picked} FROM read_parquet({literal_list(sources)})) s "
                 f"USING (doc_id)" if sources else "")
         columns = ", ".join(f"s.{c}" if sources else f"NULL AS {c}" for c in SOURCE_COLUMNS)
+        mine = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({literal_list([prov])})").fetchall()}
+        mixed = ", ".join(f"p.{c}" if c in mine else f"NULL AS {c}" for c in ("source", "repeats"))
         cur = con.execute(
-            f"SELECT p.doc_id, p.split, p.times_seen, p.tokens_seen, p.tokens, {columns} "
+            f"SELECT p.doc_id, p.split, {mixed}, p.times_seen, p.tokens_seen, p.tokens, {columns} "
             f"FROM read_parquet({literal_list([prov])}) p {join} {where} "
             f"ORDER BY p.split DESC, p.times_seen DESC, p.doc_id" + (f" LIMIT {int(limit)}" if limit else ""))
         documents = Warehouse._rows(cur)

@@ -1,0 +1,215 @@
+"""Readers for curated text: plain text, JSON Lines and Parquet files, each document a dict of ingest's columns.
+
+Every reader streams (a compressed file is decompressed as it is read, a Parquet file a row group at a time) and
+never holds more than one document, or one bounded line, in memory: a line longer than ``max_bytes`` is skipped
+in pieces. What cannot be a document is a counted drop with its reason, never an error for the whole file:
+
+- ``payload_too_large``: a document (a line, a paragraph, a file, a field) over ``max_bytes``;
+- ``not_utf8``: bytes that are not UTF-8; ``bad_json`` / ``not_an_object``: a JSON line that is neither;
+- ``missing_text_field`` / ``text_not_string``: the configured text field is absent or not a string;
+- ``empty_payload``: nothing but white space; ``read_error``: the file ends early or is damaged (the documents
+  read before are kept).
+
+The document's place is recorded as ``warc_file`` (the file) and ``warc_offset``: the byte offset of its first line
+in the (decompressed) text, or its row number in a Parquet file.
+
+    for doc in read_text("books/*.txt.gz" file, source, drops, max_bytes=10 << 20): ...
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import IO, Any, Iterator
+from urllib.parse import urlsplit
+
+import fsspec
+import pyarrow.parquet as pq
+
+from tasks.config import SourceConfig
+from tasks.shards import DropLog
+
+READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
+CHUNK = 1 << 20
+
+
+def open_stream(uri: str) -> IO[bytes]:
+    """The file's bytes, decompressed by its suffix (.gz, .bz2, .zst, .xz), opened lazily."""
+    return fsspec.open(uri, "rb", compression="infer").open()
+
+
+def make_document(source: SourceConfig, uri: str, offset: int, text: str, *, doc_key: str | None = None,
+                  url: str | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest's record for one document of curated text: content type text/plain, so extract passes it through."""
+    from tasks.ingest import make_doc_id
+
+    key = f"{source.name}\0id\0{doc_key}" if doc_key is not None else f"{source.name}\0{uri}\0{offset}"
+    host = (urlsplit(url).hostname or "").lower() or None if url else None
+    return {"doc_id": make_doc_id(key), "url": url, "host": host, "warc_file": uri, "warc_offset": offset,
+            "fetch_time": None, "http_status": None, "content_type": "text/plain", "source": source.name,
+            "metadata": json.dumps(metadata, ensure_ascii=False, default=str) if metadata else None,
+            "record_id": doc_key, "charset": "utf-8", "html": text}
+
+
+def _lines(fh: IO[bytes], max_bytes: int, drops: DropLog, uri: str) -> Iterator[tuple[int, bytes | None]]:
+    """(offset, line) for every line; a line over ``max_bytes`` is read past in pieces and given as None."""
+    pos = 0
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        start = pos
+        pos += len(line)
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while True:  # the rest of an over-long line, a piece at a time
+                piece = fh.readline(CHUNK)
+                pos += len(piece)
+                if not piece or piece.endswith(b"\n"):
+                    break
+            drops.add("payload_too_large", nbytes=pos - start, warc_file=uri, warc_offset=start,
+                      detail=f"a line of {pos - start} bytes > {max_bytes}")
+            yield start, None
+            continue
+        yield start, line
+
+
+def _decode(raw: bytes, drops: DropLog, uri: str, offset: int) -> str | None:
+    try:
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+    except UnicodeDecodeError as err:
+        drops.add("not_utf8", nbytes=len(raw), warc_file=uri, warc_offset=offset, detail=str(err)[:200])
+        return None
+
+
+def read_text(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
+              max_bytes: int) -> Iterator[dict[str, Any]]:
+    """Documents of a plain-text file: the whole file, each blank-line-separated block, or each line."""
+    split = source.text_split
+    if split == "file":
+        raw = fh.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            size = len(raw)
+            while chunk := fh.read(CHUNK):
+                size += len(chunk)
+            drops.add("payload_too_large", nbytes=size, warc_file=uri, warc_offset=0, detail=f"> {max_bytes} bytes")
+            return
+        text = _decode(raw, drops, uri, 0)
+        if text is not None:
+            if text.strip():
+                yield make_document(source, uri, 0, text)
+            else:
+                drops.add("empty_payload", warc_file=uri, warc_offset=0)
+        return
+    block: list[bytes] = []
+    start, size, spoiled = 0, 0, False
+
+    def flush() -> Iterator[dict[str, Any]]:
+        if spoiled or not block:
+            return
+        text = _decode(b"".join(block), drops, uri, start)
+        if text is not None and text.strip():
+            yield make_document(source, uri, start, text.strip("\n"))
+
+    for offset, line in _lines(fh, max_bytes, drops, uri):
+        if split == "line":
+            if line is not None and line.strip():
+                text = _decode(line, drops, uri, offset)
+                if text is not None and text.strip():
+                    yield make_document(source, uri, offset, text.rstrip("\r\n"))
+            continue
+        if line is not None and not line.strip():  # a blank line ends the paragraph
+            yield from flush()
+            block, size, spoiled = [], 0, False
+            continue
+        if not block and not spoiled:
+            start = offset
+        if line is None:  # one over-long line spoils its paragraph (counted once, by _lines)
+            block, spoiled = [], True
+            continue
+        if spoiled:
+            continue
+        size += len(line)
+        if size > max_bytes:
+            drops.add("payload_too_large", nbytes=size, warc_file=uri, warc_offset=start,
+                      detail=f"a paragraph over {max_bytes} bytes")
+            block, spoiled = [], True
+            continue
+        block.append(line)
+    yield from flush()
+
+
+def _fields(record: dict[str, Any], source: SourceConfig, drops: DropLog, uri: str, offset: int,
+            nbytes: int) -> dict[str, Any] | None:
+    """The document of one JSON object or Parquet row, or None with the reason counted."""
+    where = {"warc_file": uri, "warc_offset": offset, "nbytes": nbytes}
+    if source.text_field not in record or record[source.text_field] is None:
+        drops.add("missing_text_field", detail=f"no {source.text_field!r}", **where)
+        return None
+    text = record[source.text_field]
+    if not isinstance(text, str):
+        drops.add("text_not_string", detail=f"{source.text_field!r} is {type(text).__name__}", **where)
+        return None
+    if not text.strip():
+        drops.add("empty_payload", **where)
+        return None
+    doc_key = record.get(source.id_field) if source.id_field else None
+    url = record.get(source.url_field) if source.url_field else None
+    meta = {k: record[k] for k in source.metadata_fields if record.get(k) is not None}
+    return make_document(source, uri, offset, text, doc_key=None if doc_key is None else str(doc_key),
+                         url=url if isinstance(url, str) and url else None, metadata=meta)
+
+
+def read_jsonl(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
+               max_bytes: int) -> Iterator[dict[str, Any]]:
+    """Documents of a JSON Lines file: one object per line, its text in ``text_field``."""
+    for offset, line in _lines(fh, max_bytes, drops, uri):
+        if line is None or not line.strip():
+            continue
+        raw = line
+        try:
+            record = json.loads(raw)
+        except UnicodeDecodeError as err:
+            drops.add("not_utf8", nbytes=len(raw), warc_file=uri, warc_offset=offset, detail=str(err)[:200])
+            continue
+        except ValueError as err:
+            drops.add("bad_json", nbytes=len(raw), warc_file=uri, warc_offset=offset, detail=str(err)[:200])
+            continue
+        if not isinstance(record, dict):
+            drops.add("not_an_object", nbytes=len(raw), warc_file=uri, warc_offset=offset,
+                      detail=f"a JSON {type(record).__name__}")
+            continue
+        doc = _fields(record, source, drops, uri, offset, len(raw))
+        if doc is not None:
+            yield doc
+
+
+def parquet_row_groups(uri: str) -> list[int]:
+    """Rows in each row group of a Parquet file (its footer only is read)."""
+    with fsspec.open(uri, "rb").open() as fh:
+        meta = pq.ParquetFile(fh).metadata
+        return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+
+def read_parquet(uri: str, groups: range, source: SourceConfig, drops: DropLog, max_bytes: int,
+                 batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+    """Documents of row groups ``groups`` of a Parquet file, a batch of rows at a time."""
+    with fsspec.open(uri, "rb").open() as fh:
+        pf = pq.ParquetFile(fh)
+        meta = pf.metadata
+        first = sum(meta.row_group(g).num_rows for g in range(groups.start))
+        present = set(pf.schema_arrow.names)
+        wanted = [f for f in dict.fromkeys([source.text_field, source.id_field, source.url_field,
+                                             *source.metadata_fields]) if f and f in present]
+        row = first
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(groups), columns=wanted):
+            for record in batch.to_pylist():
+                text = record.get(source.text_field)
+                size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else 0
+                if size > max_bytes:
+                    drops.add("payload_too_large", nbytes=size, warc_file=uri, warc_offset=row,
+                              detail=f"> {max_bytes} bytes")
+                else:
+                    doc = _fields(record, source, drops, uri, row, size)
+                    if doc is not None:
+                        yield doc
+                row += 1
