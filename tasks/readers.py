@@ -18,6 +18,7 @@ in the (decompressed) text, or its row number in a Parquet file.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from typing import IO, Any, Iterator
@@ -34,8 +35,29 @@ CHUNK = 1 << 20
 
 
 def open_stream(uri: str) -> IO[bytes]:
-    """The file's bytes, decompressed by its suffix (.gz, .bz2, .zst, .xz), opened lazily."""
-    return fsspec.open(uri, "rb", compression="infer").open()
+    """The file's bytes, decompressed by its suffix (.gz, .bz2, .zst, .xz), buffered so that lines can be read
+    (zstandard's reader has no readline of its own)."""
+    raw = fsspec.open(uri, "rb", compression="infer").open()
+    return raw if hasattr(raw, "peek") else io.BufferedReader(_Readable(raw), CHUNK)
+
+
+class _Readable(io.RawIOBase):
+    """A raw stream over any object with read(n), for io.BufferedReader."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
 
 
 def make_document(source: SourceConfig, uri: str, offset: int, text: str, *, doc_key: str | None = None,

@@ -1,0 +1,79 @@
+"""A crawl plus curated sources through the whole pipeline: the source is carried to training, counted per source
+in the warehouse, the curated copy survives dedup, the mixture is realised and validation is reported per source."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.config import parse_config
+from tests.helpers import TINY_TRAIN, prose, write_prose_warc
+from warehouse.lineage import Warehouse
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_a_mixture_of_a_crawl_and_curated_sources_end_to_end(tmp_path):
+    from flows.pipeline import pipeline_flow
+    from tasks.registry import ORDER
+
+    from tasks.config import QualityConfig
+    from tasks.quality import QualityFilter
+
+    warc = write_prose_warc(tmp_path / "web.warc.gz", 24)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    rules = QualityFilter(QualityConfig())
+    page = next(i for i in range(24) if rules.apply(prose(i, 30).replace("\n\n", "\n"), None)[0])
+    (notes / "copy-of-a-page.txt").write_text(prose(page, 30))  # the same text as a crawled page that passes
+    (notes / "short.txt").write_text("A short curated note the quality rules would drop.")
+    for i in range(6):
+        (notes / f"note-{i}.txt").write_text(prose(1000 + i, 30))
+    with open(tmp_path / "wiki.jsonl", "w") as fh:
+        for i in range(12):
+            fh.write(json.dumps({"text": prose(2000 + i, 20), "id": f"w{i}"}) + "\n")
+        fh.write("{broken\n")
+    cfg = parse_config({
+        "paths": {"work_dir": str(tmp_path / "work")},
+        "ingest": {"inputs": [str(warc)], "shard_max_docs": 10},
+        "sources": [{"name": "notes", "inputs": [str(notes / "*.txt")], "format": "text", "epochs": 2,
+                     "val_docs": 1},
+                    {"name": "wiki", "inputs": [str(tmp_path / "wiki.jsonl")], "format": "jsonl", "id_field": "id",
+                     "weight": 0.25, "val_docs": 2}],
+        "tokenize": {"vocab_size": 512, "val_fraction": 0.15},
+        "train": {**TINY_TRAIN, "max_steps": 4, "eval_every": 2, "checkpoint_every": 4},
+    }, base=tmp_path)
+    run_id = pipeline_flow(cfg, ORDER[:ORDER.index("train") + 1], "manual", None)
+    wh = Warehouse(cfg.warehouse_path)
+    assert wh.resolve_run(run_id)["status"] == "completed"
+
+    figures = {(f["stage"], f["source"]): f for f in wh.source_figures(run_id)}
+    assert figures[("ingest", "web")]["docs_out"] == 24 and figures[("ingest", "notes")]["docs_out"] == 8
+    assert figures[("ingest", "wiki")]["docs_out"] == 12 and figures[("ingest", "wiki")]["dropped"] == 1
+    assert figures[("quality", "notes")]["docs_out"] == 8  # curated text skips the quality rules by default
+    # the crawled copy of page 3 is the exact duplicate; the curated copy (priority 1) survives
+    dedup = {(f["source"], f["reason"]): f["docs"] for f in wh.source_funnel(run_id) if f["stage"] == "dedup"}
+    assert dedup == {("web", "exact_duplicate"): 1}
+    assert figures[("dedup", "notes")]["docs_out"] == 8
+    assert figures[("dedup", "web")]["docs_out"] == figures[("quality", "web")]["docs_out"] - 1
+    tok = {s: figures[("tokenize", s)] for s in ("web", "notes", "wiki")}
+    assert tok["notes"]["epochs"] == 2 and tok["web"]["epochs"] == 1
+    assert tok["notes"]["val_docs"] == 1 and tok["wiki"]["val_docs"] == 2
+    assert abs(tok["wiki"]["share"] - 0.25) < 0.05 and tok["wiki"]["target_share"] == 0.25
+    assert abs(sum(t["share"] for t in tok.values()) - 1) < 1e-9
+
+    # every stage carried the source to the token shards, and the report of drops adds up per source
+    for stage in ("extract", "language", "quality", "dedup", "decontaminate"):
+        sources = {r["source"] for r in wh.query(f"SELECT DISTINCT source FROM docs_{stage}")}
+        assert sources == {"web", "notes", "wiki"}, stage
+    totals = {f["reason"]: f["docs"] for f in wh.funnel(run_id) if f["dropped"] and f["stage"] == "dedup"}
+    assert totals == {"exact_duplicate": 1}
+
+    # validation per source, and provenance with each document's repeats
+    names = {r["name"] for r in wh.query("SELECT DISTINCT name FROM metrics WHERE name LIKE 'train.val_bpb/%'")}
+    assert names == {"train.val_bpb/web", "train.val_bpb/notes", "train.val_bpb/wiki"}
+    [prov] = wh.query("SELECT f.path FROM dataset_files f JOIN datasets d USING (dataset_id) "
+                      "WHERE d.format = 'checkpoint' AND f.path LIKE '%provenance-%' ORDER BY f.path DESC LIMIT 1")
+    table = pq.read_table(prov["path"]).to_pylist()
+    repeats = {(r["source"], r["split"]): r["repeats"] for r in table}
+    assert repeats[("notes", "train")] == 2 and repeats[("web", "train")] == 1 and repeats[("wiki", "val")] == 0
