@@ -18,7 +18,7 @@ from tasks.ingest import IngestStage
 from tasks.mixture import build_mixture, choose_repeats, plan_epochs
 from tasks.sharded import run_unit
 from tests.conftest import shared_path
-from tests.helpers import prose, write_prose_warc
+from tests.helpers import prose
 
 
 def ingest(tmp_path, *sources: SourceConfig, **cfg):
