@@ -12,6 +12,7 @@ from flows.cli_base import (console, fail, handle_errors, main, rich_table, ware
                             warehouse_option)
 from tasks.config import load_config, to_toml
 from warehouse.lineage import Warehouse, WarehouseError
+from warehouse.sources import source_overview
 
 @main.command()
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
@@ -57,7 +58,7 @@ def print_run(wh: Warehouse, run: dict[str, Any]) -> None:
             kind, task = figure.split(".", 1)
             table = scores if f["role"] == "evaluation" else per_task
             table.setdefault(task, {"benchmark": task})[kind.replace("_", " ")] = value
-        elif figure != "seconds":
+        elif figure != "seconds" and "/" not in figure:  # share/<source>…: in the per-source table
             facts.append({"stage": f["stage"], "role": f["role"], "figure": figure.replace("_", " "), "value": value})
     if facts:
         console.print(rich_table("stage figures", facts, ["stage", "figure", "value"]))
@@ -71,6 +72,7 @@ def print_run(wh: Warehouse, run: dict[str, Any]) -> None:
         console.print(rich_table("benchmarks (centered = (accuracy - baseline) / (1 - baseline))", rows,
                              ["benchmark", "items", "accuracy", "centered", "accuracy clean",
                               "contaminated items", "accuracy contaminated"]))
+    print_sources(wh, run["run_id"])
     funnel = wh.funnel(run["run_id"])
     if funnel:
         for f in funnel:
@@ -79,12 +81,31 @@ def print_run(wh: Warehouse, run: dict[str, Any]) -> None:
                              ["stage", "reason", "kind", "docs", "bytes"]))
 
 
+def print_sources(wh: Warehouse, run_id: str) -> None:
+    """Documents per source after each stage, the mixture at tokenize, and the drops per source."""
+    overview = source_overview(wh, run_id)
+    if not overview["rows"]:
+        return
+    rows = []
+    for r in overview["rows"]:
+        row = {"source": r["source"], "in": r["docs_in"], **{s: r.get(f"out.{s}") for s in overview["stages"]}}
+        if "tokens" in r:
+            row.update({"tokens": r["tokens"], "target": f"{r['target_share']:.1%}" if r.get("target_share") else "",
+                        "share": f"{r['share']:.1%}", "epochs": round(r["epochs"], 2), "val docs": r["val_docs"]})
+        rows.append(row)
+    columns = ["source", "in", *overview["stages"]] + (["tokens", "target", "share", "epochs", "val docs"]
+                                                       if any("tokens" in r for r in rows) else [])
+    console.print(rich_table("sources (documents after each stage; the mixture at tokenize)", rows, columns))
+    if overview["drops"]:
+        console.print(rich_table("drops per source", overview["drops"], ["stage", "source", "reason", "docs", "bytes"]))
+
+
 @main.command()
 @click.argument("run_ref", metavar="RUN", default="latest")
 @warehouse_option
 @handle_errors
 def show(run_ref: str, warehouse_path: str | None, config_path: str | None) -> None:
-    """Show one run: its stages, counts, timings, cache hits and the drop funnel.
+    """Show one run: its stages, counts, timings, cache hits, every figure per source and the drop funnel.
 
     RUN is a run id, a unique prefix of one, or 'latest'.
 

@@ -111,7 +111,8 @@ def _run_view(wh: Warehouse, ref: str) -> dict[str, Any]:
         training["curves"] = live_curves(training["out_dir"])
         training["live"] = True
     if training is not None:
-        training["curves"] = {k: v for k, v in training["curves"].items() if k in CURVES}
+        training["curves"] = {k: v for k, v in training["curves"].items()
+                              if k in CURVES or k.startswith("val_bpb/")}  # val bpb per source, drawn together
     snap["run"]["prefect_url"] = (f"{prefect_ui_url()}/runs/flow-run/{snap['run']['flow_run_id']}"
                                   if snap["run"].get("flow_run_id") else None)
     return snap

@@ -28,6 +28,7 @@ def build(data: dict[str, Any]) -> Doc:
     doc.h(1, f"Crucible report: {run['run_id']}")
     section_header(doc, data)
     section_funnel(doc, data)
+    section_sources(doc, data)
     section_tokenizer(doc, facts)
     section_training(doc, data)
     section_compute(doc, facts)
@@ -80,6 +81,27 @@ def section_funnel(doc: Doc, data: dict[str, Any]) -> None:
                   [[t, items.get(f"decontaminate.items.{t}"), v] for t, v in sorted(contamination.items())])
 
 
+def section_sources(doc: Doc, data: dict[str, Any]) -> None:
+    """Every figure per source: documents after each stage, the mixture at tokenize, the drops."""
+    overview = data.get("source_overview") or {}
+    if not overview.get("rows"):
+        return
+    doc.h(2, "Sources")
+    stages = overview["stages"]
+    doc.p("Documents of each source after each stage; at tokenize the mixture: training tokens (each document "
+          "once), the target and realised share of a training pass, and how many times a pass uses the source.")
+    doc.table(["source", "in", *stages, "tokens", "target", "share", "epochs", "val docs"], [
+        [r["source"], r["docs_in"], *(r.get(f"out.{s}") for s in stages), r.get("tokens"),
+         f"{r['target_share']:.1%}" if r.get("target_share") else "",
+         f"{r['share']:.1%}" if r.get("share") is not None else "",
+         f"{r['epochs']:.2f}" if r.get("epochs") is not None else "", r.get("val_docs")]
+        for r in overview["rows"]])
+    if overview["drops"]:
+        doc.h(3, "Drops per source")
+        doc.table(["stage", "source", "reason", "docs", "bytes"],
+                  [[d["stage"], d["source"], d["reason"], d["docs"], d["bytes"]] for d in overview["drops"]])
+
+
 def section_tokenizer(doc: Doc, facts: dict[str, float]) -> None:
     doc.h(2, "Tokenizer")
     doc.table(["figure", "value"], [
@@ -97,8 +119,11 @@ def section_training(doc: Doc, data: dict[str, Any]) -> None:
     doc.image("loss", _plot({"train loss": curves.get("loss", []), "val loss": curves.get("val_loss", [])},
                             "loss (nats per token)", "loss"), "training and validation loss")
     if curves.get("val_bpb"):
-        doc.image("val_bpb", _plot({"val bpb": curves["val_bpb"]}, "validation bits per byte", "bits/byte"),
-                  "validation bits per byte")
+        per_source = {f"val bpb: {k.split('/', 1)[1]}": v for k, v in sorted(curves.items())
+                      if k.startswith("val_bpb/")}
+        doc.image("val_bpb", _plot({"val bpb (all)": curves["val_bpb"], **per_source}, "validation bits per byte"
+                                   + (" by source" if per_source else ""), "bits/byte"),
+                  "validation bits per byte" + (", overall and per source" if per_source else ""))
     doc.image("lr", _plot({"lr": curves.get("lr", [])}, "learning rate", "lr"), "learning-rate schedule")
     doc.image("throughput", _plot({"tokens/s": curves.get("tokens_per_s", [])}, "throughput", "tokens/s"),
               "tokens per second")

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from warehouse.lineage import Warehouse
+from warehouse.sources import source_overview
 
 STAGE_COLUMNS = ("stage_run_id", "stage", "status", "cache_hit", "units", "units_resumed", "docs_in", "docs_out",
                  "bytes_in", "bytes_out", "seconds", "started_at", "ended_at", "error", "output_dataset_id",
@@ -60,6 +61,7 @@ def run_snapshot(wh: Warehouse, run_ref: str) -> dict[str, Any]:
         "config": json.loads(run["config_json"]) if run.get("config_json") else {},
         "stages": stages,
         "funnel": wh.funnel(run_id),
+        "source_overview": source_overview(wh, run_id),
         "training": None, "evaluation": None, "lineage": [], "sources": [],
     }
     train = latest.get("training")

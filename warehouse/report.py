@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from warehouse.lineage import Warehouse
+from warehouse.sources import source_overview
 from warehouse.sql import literal_list
 
 LIBRARIES = ("prefect", "duckdb", "pyarrow", "trafilatura", "langid", "datasketch", "tokenizers", "tiktoken",
@@ -58,6 +59,7 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
         "stages": [{k: s.get(k) for k in ("stage", "status", "cache_hit", "docs_in", "docs_out", "bytes_in",
                                           "bytes_out", "seconds", "output_dataset_id", "error")} for s in stages],
         "funnel": wh.funnel(run_id), "facts": facts, "environment": environment(),
+        "source_overview": source_overview(wh, run_id),
     }
     with wh.connect(read_only=True) as con:
         def files(role: str) -> list[str]:

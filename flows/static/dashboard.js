@@ -93,16 +93,22 @@ function funnel(stages, drops) {
   }).join("");
 }
 
-function chart(name, points) {
+function chart(name, points, more = []) {
+  // more: [[label, points]] drawn on the same axes (validation bits per byte per source)
   const W = 340, H = 150, L = 46, R = 8, T = 8, B = 22;
-  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const all = [points, ...more.map((m) => m[1])].flat();
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
   let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) { y1 += Math.abs(y1) * 0.05 || 1; y0 -= Math.abs(y0) * 0.05 || 1; }
   const px = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
   const py = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
-  const line = points.map((p) => `${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join(" ");
+  const line = (pts) => pts.map((p) => `${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join(" ");
   const lastPoint = points[points.length - 1];
+  const extra = more.map(([label, pts], i) => pts.length > 1
+    ? `<polyline class="series s${i % 6}" data-source="${esc(label)}" points="${line(pts)}"/>` : "").join("");
+  const legend = more.length ? `<p class="legend"><span class="key s-all">all</span> ${more.map(([label, pts], i) =>
+    `<span class="key s${i % 6}">${esc(label)} ${short(pts[pts.length - 1][1])}</span>`).join(" ")}</p>` : "";
   return `<div class="chart" data-curve="${esc(name)}" data-points="${points.length}">
     <h3>${esc(CURVE_TITLES[name] || name)} <span class="muted">· ${short(lastPoint[1])} at step ${num(lastPoint[0])}</span></h3>
     <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(name)} by step">
@@ -112,9 +118,10 @@ function chart(name, points) {
       <text x="${L - 4}" y="${H - B}" text-anchor="end">${short(y0)}</text>
       <text x="${L}" y="${H - 6}">${num(x0)}</text>
       <text x="${W - R}" y="${H - 6}" text-anchor="end">step ${num(x1)}</text>
-      ${points.length > 1 ? `<polyline points="${line}"/>` : ""}
+      ${extra}
+      ${points.length > 1 ? `<polyline points="${line(points)}"/>` : ""}
       <circle cx="${px(lastPoint[0]).toFixed(1)}" cy="${py(lastPoint[1]).toFixed(1)}" r="2.5"/>
-    </svg></div>`;
+    </svg>${legend}</div>`;
 }
 
 function training(t) {
@@ -124,7 +131,28 @@ function training(t) {
     ${t.live ? `<span class="muted">live from <code>${esc(t.out_dir)}/metrics.jsonl</code></span>` : ""}
     ${t.checkpoint ? `checkpoint <code>${esc(t.checkpoint)}</code>` : ""}</p>`;
   if (!names.length) return head + `<p class="muted">No step has been logged yet.</p>`;
-  return head + `<div class="charts">${names.map((n) => chart(n, t.curves[n])).join("")}</div>`;
+  const perSource = Object.keys(t.curves).filter((k) => k.startsWith("val_bpb/") && t.curves[k].length).sort()
+    .map((k) => [k.slice("val_bpb/".length), t.curves[k]]);
+  return head + `<div class="charts">${names.map((n) => chart(n, t.curves[n], n === "val_bpb" ? perSource : []))
+    .join("")}</div>`;
+}
+
+function sources(overview) {
+  if (!overview || !overview.rows.length) return `<p class="muted">No per-source figures for this run.</p>`;
+  const stages = overview.stages;
+  const pct = (v) => v == null ? "" : `${(100 * v).toFixed(1)}%`;
+  const dropsOf = (source, stage) => overview.drops.filter((d) => d.source === source && d.stage === stage)
+    .map((d) => `${d.reason} ${d.docs}`).join(", ");
+  const rows = overview.rows.map((r) => `<tr data-source="${esc(r.source)}"><td>${esc(r.source)}</td>
+    <td class="num">${num(r.docs_in)}</td>${stages.map((s) => `<td class="num" title="${esc(dropsOf(r.source, s))}">
+    ${num(r["out." + s])}</td>`).join("")}<td class="num">${num(r.tokens)}</td><td class="num">${pct(r.target_share)}</td>
+    <td class="num">${pct(r.share)}</td><td class="num">${r.epochs == null ? "" : r.epochs.toFixed(2)}</td>
+    <td class="num">${num(r.val_docs)}</td></tr>`).join("");
+  return `<table id="sources-table"><thead><tr><th>source</th><th class="num">in</th>
+    ${stages.map((s) => `<th class="num">${esc(s)}</th>`).join("")}<th class="num">tokens</th><th class="num">target</th>
+    <th class="num">share</th><th class="num">epochs</th><th class="num">val docs</th></tr></thead>
+    <tbody>${rows}</tbody></table><p class="muted">Documents of each source after each stage (hover a count for its
+    drops); the mixture at tokenize: tokens once each, target and realised share of a training pass, passes.</p>`;
 }
 
 function evaluation(e) {
@@ -171,6 +199,7 @@ function renderRun(snap) {
       ${stageStrip(r, snap.stages)}</section>
     <section id="stages"><h2>Stages</h2>${stageTable(snap.stages)}</section>
     <section id="funnel"><h2>Data funnel</h2>${funnel(snap.stages, snap.funnel)}</section>
+    <section id="sources"><h2>Sources</h2>${sources(snap.source_overview)}</section>
     <section id="curves"><h2>Training</h2>${training(snap.training)}</section>
     <section id="eval"><h2>Evaluation</h2>${evaluation(snap.evaluation)}</section>
     <section id="lineage"><h2>Lineage from the checkpoint back to its inputs</h2>${lineage(snap.lineage, snap.sources)}</section>`;

@@ -77,3 +77,38 @@ def test_a_mixture_of_a_crawl_and_curated_sources_end_to_end(tmp_path):
     table = pq.read_table(prov["path"]).to_pylist()
     repeats = {(r["source"], r["split"]): r["repeats"] for r in table}
     assert repeats[("notes", "train")] == 2 and repeats[("web", "train")] == 1 and repeats[("wiki", "val")] == 0
+
+    # the report and the dashboard show every source: a table, and validation curves per source
+    from tasks.report import build
+    from warehouse.report import report_data
+
+    markdown = build(report_data(wh, run_id)).markdown()
+    assert "## Sources" in markdown and "| wiki |" in markdown and "25.0%" in markdown
+    _dashboard_shows_the_sources(wh.path, run_id)
+
+
+def _dashboard_shows_the_sources(warehouse, run_id):
+    from tests.flows.test_dashboard import CHROMIUM, CHROMIUM_ARGS, _serve_dashboard
+
+    if CHROMIUM is None:
+        return  # the API is checked; the page needs Debian's chromium
+    from playwright.sync_api import expect, sync_playwright
+
+    proc, url = _serve_dashboard(warehouse)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(f"{url}/#{run_id}")
+            expect(page.locator("#sources-table tbody tr")).to_have_count(3)
+            expect(page.locator("#sources-table tr[data-source=wiki]")).to_contain_text("25.0%")
+            chart = page.locator("#curves .chart[data-curve=val_bpb]")
+            expect(chart.locator("polyline.series")).to_have_count(3)
+            expect(chart.locator(".legend")).to_contain_text("notes")
+            browser.close()
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
