@@ -194,7 +194,9 @@ def pydoc_server(url: str):
               show_default=True, help="The demo config.")
 @handle_errors
 def demo(config_path: str) -> None:
-    """Serve Python's documentation with pydoc, crawl it, and run every stage on what was archived.
+    """Serve Python's documentation with pydoc, crawl it, and run every stage on what was archived, mixed with a
+    curated source: the docstrings of the installed standard library (a [[sources]] entry named 'docstrings',
+    written to its inputs path here when it is missing).
 
     Needs no network: the site is a pydoc server on 127.0.0.1, started and stopped here. Run it again and the
     recrawl finds nothing new, so every later stage is a cache hit.
@@ -206,6 +208,11 @@ def demo(config_path: str) -> None:
     cfg = load_config(config_path)
     if not cfg.crawl.seeds:
         raise click.UsageError(f"{config_path} has no crawl.seeds to serve")
+    for source in cfg.sources:
+        if source.name == "docstrings" and source.format == "jsonl" and source.inputs:
+            from flows.demo_data import write_docstrings
+
+            write_docstrings(Path(source.inputs[0]), cfg.crawl.seeds[0].rstrip("/"))
     with pydoc_server(cfg.crawl.seeds[0]):
         try:
             run_id = _run_pipeline(cfg, stage_range(None, None), "manual", None)

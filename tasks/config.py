@@ -467,14 +467,16 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sources_fit(self) -> "Config":
-        names = [s.name for s in self.all_sources()]
-        empty = [s.name for s in self.sources if not s.inputs]
+        implicit = {"crawl": bool(self.crawl.seeds or self.crawl.seeds_file), "web": bool(self.ingest.inputs)}
+        empty = [s.name for s in self.sources if not s.inputs and not implicit.get(s.name)]
         if empty:
-            raise ValueError(f"sources {empty} have no inputs")
+            raise ValueError(f"sources {empty} have no inputs (a source without inputs may only name the crawl, "
+                             "'crawl', or ingest.inputs, 'web', to set their weights and filters)")
+        names = [s.name for s in self.all_sources()]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"source names must be unique, {repeated} repeat (ingest.inputs is the source 'web', "
-                             "crawl.seeds the source 'crawl')")
+                             "crawl.seeds the source 'crawl'; to set their weights give them no inputs)")
         weights = [s.weight for s in self.all_sources() if s.weight is not None]
         if sum(weights) > 1 + 1e-9:
             raise ValueError(f"source weights are shares of the training tokens and add up to {sum(weights):g} > 1")
@@ -483,13 +485,17 @@ class Config(Section):
         return self
 
     def all_sources(self) -> list[SourceConfig]:
-        """The configured sources, with ingest.inputs as the source 'web' and the crawl's WARCs as 'crawl'."""
+        """The configured sources, with ingest.inputs as the source 'web' and the crawl's WARCs as 'crawl'. A
+        ``[[sources]]`` entry named 'crawl' or 'web' without inputs sets those two's weight, filters and split."""
+        settings = {s.name: s for s in self.sources if not s.inputs and s.name in ("crawl", "web")}
         implicit = []
-        if self.crawl.seeds or self.crawl.seeds_file:
-            implicit.append(SourceConfig(name="crawl", format="warc"))  # its files are the crawl's WARCs
+        if self.crawl.seeds or self.crawl.seeds_file:  # its files are the crawl's WARCs
+            given = settings.get("crawl")
+            implicit.append(given.model_copy(update={"format": "warc"}) if given else SourceConfig(name="crawl"))
         if self.ingest.inputs:
-            implicit.append(SourceConfig(name="web", inputs=self.ingest.inputs, format="warc"))
-        return implicit + list(self.sources)
+            given = settings.get("web") or SourceConfig(name="web")
+            implicit.append(given.model_copy(update={"inputs": self.ingest.inputs, "format": "warc"}))
+        return implicit + [s for s in self.sources if s.inputs]
 
     @property
     def work_dir(self) -> Path:

@@ -191,7 +191,7 @@ class TokenizeStage(ReduceStage):
         load_encoder(scratch / "tokenizer.json", encoder, built=(tok, chosen))  # process, in this process, reuses it
         return {"vocab_size": tok.get_vocab_size(), "separator_id": separator, "encoder": encoder,
                 "tokenizer_sha256": hashlib.sha256(blob).hexdigest(), "docs": sum(s["docs"] for s in scans),
-                "units": len(scans), "val_cutoffs": cutoffs}
+                "units": len(scans)}
 
     @staticmethod
     def check(dataset_dir: Path) -> list[dict[str, Any]]:
