@@ -15,14 +15,12 @@ archive at all fails its unit with a message naming the file.
 """
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
 import io
-import re
 import time
 import zlib
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
@@ -31,9 +29,10 @@ import fsspec
 import pyarrow as pa
 
 from tasks.config import IngestConfig, SourceConfig, stable_hash
+from tasks.charsets import charset_of as _charset_of, decode_html, fetch_time as _fetch_time, looks_binary  # noqa: F401
 from tasks.encodings import EncodingRefused
-from tasks.inputs import InputFile, expand_inputs, file_url, is_html_file, size_of  # noqa: F401
-from tasks.readers import open_stream, parquet_row_groups, read_jsonl, read_parquet, read_text
+from tasks.inputs import InputFile, expand_inputs, file_url, is_html_file, make_doc_id, size_of  # noqa: F401
+from tasks.readers import parquet_row_groups, read_curated
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
@@ -57,65 +56,6 @@ SOURCE_FIELDS = [
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("record_id", pa.string()), pa.field("charset", pa.string()),
                     pa.field("html", pa.large_string())])  # record_id: the WARC-Record-ID (none for ARC, files)
 
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Decoding
-
-
-def decode_html(body: bytes, declared: str | None) -> tuple[str, str, bool]:
-    """Decode by BOM, then the declared charset, then a <meta> charset, then UTF-8; (text, charset, fell_back)."""
-    for bom, name in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
-        if body.startswith(bom):
-            return body.decode(name, errors="replace"), name, False
-    meta = _META_CHARSET.search(body[:4096])
-    for name in (declared, meta.group(1).decode("ascii", "ignore") if meta else None, "utf-8"):
-        if not name:
-            continue
-        try:
-            codec = codecs.lookup(name).name
-            return body.decode(codec), codec, False
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return body.decode("cp1252", errors="replace"), "cp1252", True
-
-
-_CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
-
-
-def looks_binary(body: bytes) -> bool:
-    """True for bytes that are no text in any charset: many NULs or control bytes in the first 4 KiB."""
-    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return False
-    sample = body[:4096]
-    if not sample:
-        return False
-    controls = len(sample) - len(sample.translate(None, _CONTROL))
-    return sample.count(0) > 16 or controls / len(sample) > 0.05
-
-
-def _charset_of(content_type: str | None) -> str | None:
-    if not content_type:
-        return None
-    m = re.search(r"charset\s*=\s*[\"']?([^\s;\"']+)", content_type, re.I)
-    return m.group(1) if m else None
-
-
-def _fetch_time(value: str | None) -> datetime | None:
-    if not value or value.lower() == "null":
-        return None
-    try:
-        if value.isdigit() and len(value) == 14:
-            return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
-def make_doc_id(key: str) -> str:
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,7 +181,7 @@ class IngestStage(ShardedStage):
         source = self.source_named(part.origin)
         drops.source = source.name
         if source.format in ("text", "jsonl", "parquet"):
-            self.curated(unit, source, writer, drops, result)
+            read_curated(unit.sources[0], source, writer, drops, result, self.config.max_payload_bytes)
             return
         try:
             opened = fsspec.open(uri, "rb").open()
@@ -263,33 +203,6 @@ class IngestStage(ShardedStage):
                 record["source"] = source.name
                 writer.add(record)
         result.bytes_in = size_of(uri)
-
-    def curated(self, unit: Unit, source: SourceConfig, writer: ShardWriter, drops: DropLog,
-                result: ShardResult) -> None:
-        """Documents of a text, jsonl or parquet file; a file that cannot be read, or stops being readable, is a
-        counted ``read_error`` and the documents read before it are kept."""
-        part = unit.sources[0]
-        limit = self.config.max_payload_bytes
-        counted = drops.total()
-        try:
-            if source.format == "parquet":
-                groups = range(part.start, part.stop) if part.stop is not None else range(0)
-                if part.stop is None:  # planning could not read its footer
-                    parquet_row_groups(part.uri)
-                docs = read_parquet(part.uri, groups, source, drops, limit)
-                for doc in docs:
-                    result.docs_in += 1
-                    writer.add(doc)
-            else:
-                with open_stream(part.uri) as fh:
-                    reader = read_text if source.format == "text" else read_jsonl
-                    for doc in reader(fh, part.uri, source, drops, limit):
-                        result.docs_in += 1
-                        writer.add(doc)
-        except Exception as err:  # damaged compression, a file cut short, not Parquet at all
-            drops.add("read_error", warc_file=part.uri, detail=f"{type(err).__name__}: {err}"[:500])
-        result.docs_in += drops.total() - counted
-        result.bytes_in = size_of(part.uri) if part.start == 0 else 0
 
     def _unusable(self, body: bytes, drops: DropLog, where: dict[str, Any]) -> bool:
         """Count a payload that is too large, empty or binary as a drop with its reason; True if it was one."""

@@ -5,6 +5,7 @@ the files it has read before (tasks/ingest.py).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,3 +57,8 @@ def size_of(uri: str) -> int:
         return int(fs.info(paths[0]).get("size") or 0)
     except (OSError, IndexError):
         return 0
+
+
+def make_doc_id(key: str) -> str:
+    """A document's id: 24 hex digits of a hash of what names it (a WARC-Record-ID, a source and place)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()

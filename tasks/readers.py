@@ -28,6 +28,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from tasks.config import SourceConfig
+from tasks.inputs import make_doc_id, size_of
 from tasks.shards import DropLog
 
 READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
@@ -63,8 +64,6 @@ class _Readable(io.RawIOBase):
 def make_document(source: SourceConfig, uri: str, offset: int, text: str, *, doc_key: str | None = None,
                   url: str | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ingest's record for one document of curated text: content type text/plain, so extract passes it through."""
-    from tasks.ingest import make_doc_id
-
     key = f"{source.name}\0id\0{doc_key}" if doc_key is not None else f"{source.name}\0{uri}\0{offset}"
     host = (urlsplit(url).hostname or "").lower() or None if url else None
     return {"doc_id": make_doc_id(key), "url": url, "host": host, "warc_file": uri, "warc_offset": offset,
@@ -235,3 +234,28 @@ def read_parquet(uri: str, groups: range, source: SourceConfig, drops: DropLog, 
                     if doc is not None:
                         yield doc
                 row += 1
+
+
+def read_curated(part: Any, source: SourceConfig, writer: Any, drops: DropLog, result: Any, max_bytes: int) -> None:
+    """Ingest's unit over one text, jsonl or parquet file (``part``: a ``tasks.sharded.Source``, row groups
+    [start, stop) of a Parquet file). A file that cannot be read, or stops being readable, is a counted
+    ``read_error`` and the documents read before it are kept."""
+    counted = drops.total()
+    try:
+        if source.format == "parquet":
+            if part.stop is None:  # planning could not read its footer: say why, as a read error
+                parquet_row_groups(part.uri)
+            docs = read_parquet(part.uri, range(part.start, part.stop or 0), source, drops, max_bytes)
+            for doc in docs:
+                result.docs_in += 1
+                writer.add(doc)
+        else:
+            with open_stream(part.uri) as fh:
+                reader = read_text if source.format == "text" else read_jsonl
+                for doc in reader(fh, part.uri, source, drops, max_bytes):
+                    result.docs_in += 1
+                    writer.add(doc)
+    except Exception as err:  # damaged compression, a file cut short, not Parquet at all
+        drops.add("read_error", warc_file=part.uri, detail=f"{type(err).__name__}: {err}"[:500])
+    result.docs_in += drops.total() - counted
+    result.bytes_in = size_of(part.uri) if part.start == 0 else 0
