@@ -195,9 +195,24 @@ class TokenizeStage(ReduceStage):
 
     @staticmethod
     def check(dataset_dir: Path) -> list[dict[str, Any]]:
-        """Validate every token shard of a tokenize dataset against its manifests and tokenizer (check-shards)."""
-        return check_token_manifest(dataset_dir, [f for f in read_dataset_manifest(dataset_dir).files
-                                                  if f.name != MIXTURE_FILE])
+        """Validate every token shard of a tokenize dataset against its manifests and tokenizer, and the mixture's
+        repeat counts against the training shards (check-shards)."""
+        from tasks.mixture import read_mixture
+        from tasks.token_shards import ShardCheckError
+
+        files = read_dataset_manifest(dataset_dir).files
+        rows = check_token_manifest(dataset_dir, [f for f in files if f.name != MIXTURE_FILE])
+        mixture = read_mixture(dataset_dir)
+        if mixture is not None:
+            docs = {r["shard"]: r["documents"] for r in rows if r["shard"].endswith("-train.arrow")}
+            listed = next((f for f in files if f.name == MIXTURE_FILE), None)
+            if listed is None or _sha256(Path(dataset_dir) / MIXTURE_FILE) != listed.sha256:
+                raise ShardCheckError(f"{MIXTURE_FILE}: not the file the dataset manifest lists")
+            wrong = [n for n in docs if n not in mixture or len(mixture[n]) != docs[n]]
+            if wrong or set(mixture) != set(docs):
+                raise ShardCheckError(f"{MIXTURE_FILE}: its repeat counts do not match the documents of "
+                                      f"{', '.join(wrong or sorted(set(mixture) ^ set(docs)))}")
+        return rows
 
     def artifacts(self, out_dir: Path) -> list[Path]:
         return [self.scratch_dir(out_dir) / "tokenizer.json"]

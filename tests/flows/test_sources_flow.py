@@ -2,6 +2,7 @@
 in the warehouse, the curated copy survives dedup, the mixture is realised and validation is reported per source."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,7 +34,7 @@ def test_a_mixture_of_a_crawl_and_curated_sources_end_to_end(tmp_path):
         for i in range(12):
             fh.write(json.dumps({"text": prose(2000 + i, 20), "id": f"w{i}"}) + "\n")
         fh.write("{broken\n")
-    cfg = parse_config({
+    cfg = parse_config(data := {
         "paths": {"work_dir": str(tmp_path / "work")},
         "ingest": {"inputs": [str(warc)], "shard_max_docs": 10},
         "sources": [{"name": "notes", "inputs": [str(notes / "*.txt")], "format": "text", "epochs": 2,
@@ -77,6 +78,28 @@ def test_a_mixture_of_a_crawl_and_curated_sources_end_to_end(tmp_path):
     table = pq.read_table(prov["path"]).to_pylist()
     repeats = {(r["source"], r["split"]): r["repeats"] for r in table}
     assert repeats[("notes", "train")] == 2 and repeats[("web", "train")] == 1 and repeats[("wiki", "val")] == 0
+
+    # check-shards checks the mixture's repeat counts against the shards, and its hash against the manifest
+    from tasks.mixture import MIXTURE_FILE, read_mixture, write_mixture
+    from tasks.token_shards import ShardCheckError
+    from tasks.tokenize import TokenizeStage
+
+    tokens = Path(wh.run_dataset(run_id, "tokenize")["uri"])
+    assert TokenizeStage.check(tokens)
+    mixture = read_mixture(tokens)
+    first = sorted(mixture)[0]
+    write_mixture(tokens, {**mixture, first: mixture[first][:-1]})
+    with pytest.raises(ShardCheckError, match=MIXTURE_FILE):
+        TokenizeStage.check(tokens)
+
+    # a new weight reruns tokenize (and what follows) only: the sources are read and filtered as before
+    data["sources"][1]["weight"] = 0.4
+    again = pipeline_flow(parse_config(data, base=tmp_path), ORDER[:ORDER.index("tokenize") + 1], "manual", None)
+    hits = {s["stage"]: s["cache_hit"] for s in wh.stage_runs(again)}
+    assert all(hits[s] for s in ("ingest", "extract", "language", "quality", "dedup", "decontaminate"))
+    assert not hits["tokenize"]
+    shares = {f["source"]: f["share"] for f in wh.source_figures(again) if f["stage"] == "tokenize"}
+    assert abs(shares["wiki"] - 0.4) < 0.05
 
     # the report and the dashboard show every source: a table, and validation curves per source
     from tasks.report import build
