@@ -39,7 +39,8 @@ def open_stream(uri: str) -> IO[bytes]:
     """The file's bytes, decompressed by its suffix (.gz, .bz2, .zst, .xz), buffered so that lines can be read
     (zstandard's reader has no readline of its own)."""
     raw = fsspec.open(uri, "rb", compression="infer").open()
-    return raw if hasattr(raw, "peek") else io.BufferedReader(_Readable(raw), CHUNK)
+    # a C-level readline: GzipFile's and BZ2File's own go through Python checks on every line (~20% of the stage)
+    return raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Readable(raw), CHUNK)
 
 
 class _Readable(io.RawIOBase):
@@ -52,6 +53,8 @@ class _Readable(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if hasattr(self.inner, "readinto"):
+            return self.inner.readinto(buffer)
         data = self.inner.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
