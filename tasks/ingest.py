@@ -181,7 +181,7 @@ class IngestStage(ShardedStage):
         source = self.source_named(part.origin)
         drops.source = source.name
         if source.format in ("text", "jsonl", "parquet"):
-            read_curated(unit.sources[0], source, writer, drops, result, self.config.max_payload_bytes)
+            read_curated(unit.sources[0], source, writer, drops, result, self.config.max_payload_bytes, self.schema)
             return
         try:
             opened = fsspec.open(uri, "rb").open()

@@ -25,6 +25,9 @@ from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.config import SourceConfig
@@ -215,31 +218,79 @@ def parquet_row_groups(uri: str) -> list[int]:
 
 
 def read_parquet(uri: str, groups: range, source: SourceConfig, drops: DropLog, max_bytes: int,
-                 batch_rows: int = 256) -> Iterator[dict[str, Any]]:
-    """Documents of row groups ``groups`` of a Parquet file, a batch of rows at a time."""
+                 schema: pa.Schema, batch_rows: int = 1024) -> Iterator[pa.RecordBatch]:
+    """Documents of row groups ``groups`` of a Parquet file as record batches in ingest's ``schema``, a batch of
+    rows at a time and column-wise: only the rows that are dropped, and the ids, become Python objects."""
     with fsspec.open(uri, "rb").open() as fh:
         pf = pq.ParquetFile(fh)
         meta = pf.metadata
-        first = sum(meta.row_group(g).num_rows for g in range(groups.start))
+        row = sum(meta.row_group(g).num_rows for g in range(groups.start))
         present = set(pf.schema_arrow.names)
         wanted = [f for f in dict.fromkeys([source.text_field, source.id_field, source.url_field,
                                              *source.metadata_fields]) if f and f in present]
-        row = first
         for batch in pf.iter_batches(batch_size=batch_rows, row_groups=list(groups), columns=wanted):
-            for record in batch.to_pylist():
-                text = record.get(source.text_field)
-                size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else 0
-                if size > max_bytes:
-                    drops.add("payload_too_large", nbytes=size, warc_file=uri, warc_offset=row,
-                              detail=f"> {max_bytes} bytes")
-                else:
-                    doc = _fields(record, source, drops, uri, row, size)
-                    if doc is not None:
-                        yield doc
-                row += 1
+            kept = _parquet_batch(batch, row, uri, source, drops, max_bytes, schema)
+            row += batch.num_rows
+            if kept is not None and kept.num_rows:
+                yield kept
 
 
-def read_curated(part: Any, source: SourceConfig, writer: Any, drops: DropLog, result: Any, max_bytes: int) -> None:
+def _parquet_batch(batch: pa.RecordBatch, first: int, uri: str, source: SourceConfig, drops: DropLog,
+                   max_bytes: int, schema: pa.Schema) -> pa.RecordBatch | None:
+    n = batch.num_rows
+    places = np.arange(first, first + n, dtype=np.int64)
+    names = batch.schema.names
+    field = source.text_field
+    if field not in names or not (pa.types.is_string(batch.schema.field(field).type)
+                                  or pa.types.is_large_string(batch.schema.field(field).type)):
+        reason = "missing_text_field" if field not in names else "text_not_string"
+        detail = f"no {field!r}" if field not in names else f"{field!r} is {batch.schema.field(field).type}"
+        for place in places.tolist():
+            drops.add(reason, warc_file=uri, warc_offset=place, detail=detail)
+        return None
+    text = batch.column(field)
+    sizes = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False)
+    null = pc.is_null(text).to_numpy(zero_copy_only=False)
+    big = sizes > max_bytes
+    blank = ~null & ~big & pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True).to_numpy(
+        zero_copy_only=False)
+    for reason, mask, detail in (("missing_text_field", null, f"no {field!r}"),
+                                 ("payload_too_large", big, f"> {max_bytes} bytes"), ("empty_payload", blank, None)):
+        for i in np.flatnonzero(mask).tolist():
+            drops.add(reason, nbytes=int(sizes[i]), warc_file=uri, warc_offset=int(places[i]), detail=detail)
+    good = ~(null | big | blank)
+    if not good.any():
+        return None
+    batch = batch.filter(pa.array(good))
+    places = places[good]
+    count = batch.num_rows
+
+    def column(name: str | None) -> list[Any] | None:
+        return batch.column(name).to_pylist() if name and name in batch.schema.names else None
+
+    ids = column(source.id_field)
+    keys = [None if v is None else str(v) for v in ids] if ids is not None else [None] * count
+    doc_ids = [make_doc_id(f"{source.name}\0id\0{k}" if k is not None else f"{source.name}\0{uri}\0{p}")
+               for k, p in zip(keys, places.tolist())]
+    urls = column(source.url_field) or [None] * count
+    urls = [u if isinstance(u, str) and u else None for u in urls]
+    hosts = [(urlsplit(u).hostname or "").lower() or None if u else None for u in urls]
+    meta_columns = {k: column(k) for k in source.metadata_fields if k in batch.schema.names}
+    metadata = [json.dumps(m, ensure_ascii=False, default=str) if m else None
+                for m in ({k: v[i] for k, v in meta_columns.items() if v[i] is not None} for i in range(count))]
+    constant = lambda value, kind: pa.array([value] * count, kind)  # noqa: E731
+    arrays = {"doc_id": pa.array(doc_ids, pa.string()), "url": pa.array(urls, pa.string()),
+              "host": pa.array(hosts, pa.string()), "warc_file": constant(uri, pa.string()),
+              "warc_offset": pa.array(places, pa.int64()), "fetch_time": pa.nulls(count, pa.timestamp("us", tz="UTC")),
+              "http_status": pa.nulls(count, pa.int32()), "content_type": constant("text/plain", pa.string()),
+              "source": constant(source.name, pa.string()), "metadata": pa.array(metadata, pa.string()),
+              "record_id": pa.array(keys, pa.string()), "charset": constant("utf-8", pa.string()),
+              "html": batch.column(field).cast(pa.large_string())}
+    return pa.RecordBatch.from_arrays([arrays[f.name].cast(f.type) for f in schema], schema=schema)
+
+
+def read_curated(part: Any, source: SourceConfig, writer: Any, drops: DropLog, result: Any, max_bytes: int,
+                 schema: pa.Schema) -> None:
     """Ingest's unit over one text, jsonl or parquet file (``part``: a ``tasks.sharded.Source``, row groups
     [start, stop) of a Parquet file). A file that cannot be read, or stops being readable, is a counted
     ``read_error`` and the documents read before it are kept."""
@@ -248,10 +299,9 @@ def read_curated(part: Any, source: SourceConfig, writer: Any, drops: DropLog, r
         if source.format == "parquet":
             if part.stop is None:  # planning could not read its footer: say why, as a read error
                 parquet_row_groups(part.uri)
-            docs = read_parquet(part.uri, range(part.start, part.stop or 0), source, drops, max_bytes)
-            for doc in docs:
-                result.docs_in += 1
-                writer.add(doc)
+            for batch in read_parquet(part.uri, range(part.start, part.stop or 0), source, drops, max_bytes, schema):
+                result.docs_in += batch.num_rows
+                writer.add_batch(batch)
         else:
             with open_stream(part.uri) as fh:
                 reader = read_text if source.format == "text" else read_jsonl

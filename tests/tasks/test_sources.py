@@ -302,3 +302,21 @@ def test_validation_reports_each_source_and_their_sum_is_the_whole(tmp_path):
     for name in names:
         assert f"val_bpb/{name}" in val and 0 < val[f"val_bpb/{name}"] < 20
     assert min(val[f"val_bpb/{n}"] for n in names) <= val["val_bpb"] <= max(val[f"val_bpb/{n}"] for n in names)
+
+
+def test_parquet_rows_are_checked_column_wise_like_jsonl_lines(tmp_path):
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"content": [None, "  \n", "x" * 5000, "kept text", "more text"],
+                             "doc": [1, 2, 3, 4, 5],
+                             "link": [None, None, None, "https://Example.org/a", "not a url"],
+                             "title": ["a", "b", "c", "T", None]}), path)
+    pq.write_table(pa.table({"content": [1, 2]}), tmp_path / "numbers.parquet")
+    src = SourceConfig(name="p", inputs=[str(tmp_path / "*.parquet")], format="parquet", text_field="content",
+                       id_field="doc", url_field="link", metadata_fields=["title"])
+    kept, dropped, _ = ingest(tmp_path / "out", src, max_payload_bytes=4096)
+    assert [r["html"] for r in kept] == ["kept text", "more text"]
+    assert [r["record_id"] for r in kept] == ["4", "5"] and [r["warc_offset"] for r in kept] == [3, 4]
+    assert kept[0]["host"] == "example.org" and json.loads(kept[0]["metadata"]) == {"title": "T"}
+    assert kept[1]["metadata"] is None and kept[0]["doc_id"] != kept[1]["doc_id"]
+    assert Counter(r["reason"] for r in dropped) == {"missing_text_field": 1, "empty_payload": 1,
+                                                     "payload_too_large": 1, "text_not_string": 2}
