@@ -386,7 +386,8 @@ class SourceConfig(Section):
     """One source of documents (``[[sources]]``): where its files are, how to read them, how it is filtered, and
     how much of it training sees. Every document carries its source's name through every stage."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Letters, digits, _ . -.")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description=(
+        "Letters, digits, _ and - (it names metrics, such as train.val_bpb/<name>, so no dots)."))
     inputs: list[str] = Field(default_factory=list, description=(
         "Paths, globs or fsspec URLs; .gz/.bz2/.zst/.xz stream."))
     format: Literal["warc", "html", "text", "jsonl", "parquet"] = Field("warc", description=(

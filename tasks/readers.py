@@ -192,7 +192,7 @@ def read_jsonl(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
     for offset, line in _lines(fh, max_bytes, drops, uri):
         if line is None or not line.strip():
             continue
-        raw = line
+        raw = line[3:] if offset == 0 and line.startswith(b"\xef\xbb\xbf") else line  # a UTF-8 byte order mark
         try:
             record = json.loads(raw)
         except UnicodeDecodeError as err:

@@ -75,7 +75,7 @@ def test_compressed_inputs_stream_to_the_same_documents(tmp_path, suffix, opener
 def test_jsonl_fields_metadata_and_every_bad_line_counted(tmp_path):
     good = [{"text": prose(i, 3), "id": f"w{i}", "url": f"https://wiki.example.org/{i}", "title": f"T{i}",
              "lang": "en"} for i in range(5)]
-    lines = [json.dumps(good[0]).encode(), b"{not json", b"[1, 2]", json.dumps({"body": "x"}).encode(),
+    lines = [b"\xef\xbb\xbf" + json.dumps(good[0]).encode(), b"{not json", b"[1, 2]", json.dumps({"body": "x"}).encode(),
              json.dumps({"text": 42}).encode(), json.dumps({"text": "   "}).encode(),
              b'{"text": "caf\xe9 au lait"}',  # Latin-1, not UTF-8
              json.dumps({"text": "x" * 5000}).encode(),  # over max_payload_bytes
