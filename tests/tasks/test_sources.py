@@ -320,3 +320,35 @@ def test_parquet_rows_are_checked_column_wise_like_jsonl_lines(tmp_path):
     assert kept[1]["metadata"] is None and kept[0]["doc_id"] != kept[1]["doc_id"]
     assert Counter(r["reason"] for r in dropped) == {"missing_text_field": 1, "empty_payload": 1,
                                                      "payload_too_large": 1, "text_not_string": 2}
+
+
+@pytest.mark.slow
+def test_a_2_gib_line_in_a_compressed_file_costs_a_counted_skip_not_the_memory(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.jsonl.gz"
+    piece = b"a" * (1 << 20)
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(json.dumps({"text": "before"}).encode() + b"\n" + b'{"text": "')
+        for _ in range(2048):  # 2 GiB of one line, ~2 MB on disk
+            fh.write(piece)
+        fh.write(b'"}\n' + json.dumps({"text": "after"}).encode() + b"\n")
+    assert path.stat().st_size < 20 << 20  # the file is small; the line is not
+    script = f"""
+import json, resource, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from tests.tasks.test_sources import ingest
+from tasks.config import SourceConfig
+from pathlib import Path
+kept, dropped, _ = ingest(Path({str(tmp_path / "out")!r}), SourceConfig(name="j", inputs=[{str(path)!r}],
+                          format="jsonl"))
+print(json.dumps({{"kept": [r["html"] for r in kept], "drops": [(r["reason"], r["bytes"]) for r in dropped],
+                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+    out = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    assert out["kept"] == ["before", "after"]
+    [(reason, size)] = out["drops"]
+    assert reason == "payload_too_large" and size > 2 << 30
+    assert out["rss"] < 600 << 20  # the default 10 MiB cap, read past in 1 MiB pieces
