@@ -239,6 +239,13 @@ class DedupConfig(ShardedStageConfig):
     incremental: bool = Field(True, description=(
         "Remember accepted documents, so a later run drops near-duplicates of documents accepted before."))
     state_dir: Path | None = Field(None, description="Where accepted signatures live; default <work_dir>/dedup_state.")
+    segments: bool = Field(False, description=(
+        "Segment-level dedup: a line (paragraph) held by more than segment_max_repeats kept documents is removed "
+        "from all but one of them (boilerplate that survived extraction)."))
+    segment_max_repeats: int = Field(1, ge=1, le=1_000_000, description="Documents a segment may be in before it goes.")
+    segment_min_chars: int = Field(40, ge=1, description="Shorter lines are not segments (they are never removed).")
+    segment_min_doc_chars: int = Field(200, ge=0, description=(
+        "A document shorter than this after its segments went is dropped ('segments_left_too_short')."))
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "DedupConfig":

@@ -17,6 +17,12 @@ With ``incremental`` the accepted documents' signatures and band keys are kept i
 stage run, so a scheduled run drops near-duplicates of documents accepted in earlier runs. A document is never a
 duplicate of itself: earlier entries with a doc_id that is in this run's input are ignored. A source that skips
 dedup (``skip = ["dedup"]``) passes through, neither a survivor nor a duplicate.
+
+With ``segments`` on, the scan also writes each document's segment hashes (tasks/segments.py), the reduce counts
+them over the surviving documents of the whole dataset, and process removes a segment held by more than
+``segment_max_repeats`` documents from all but one (the smallest doc_id); a document left shorter than
+``segment_min_doc_chars`` is dropped as ``segments_left_too_short``. ``removed_segments.parquet`` in the dataset
+lists the most repeated segments with their text, for the report.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ from tasks.ngrams import ngram_hashes, normalized_words, word_hashes
 from tasks.quality import SCHEMA as QUALITY_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
 from tasks.sharded import ReduceStage, Unit
-from tasks.dedup_cluster import cluster_documents
+from tasks.dedup_cluster import cluster_documents, count_segments
+from tasks.segments import SEGMENT_SCHEMA, remove_segments, segment_hash, segment_hashes
 
 SCHEMA = pa.schema([*QUALITY_SCHEMA, pa.field("exact_hash", pa.string()), pa.field("minhash_cluster_id", pa.string()),
                     pa.field("dedup_kept", pa.bool_())])
@@ -134,24 +141,67 @@ class DedupStage(ReduceStage):
                               "band_hash": pa.array(keys.ravel())})
             write_parquet_atomic(bands, scratch / f"bands-{unit.name}.parquet")
         write_parquet_atomic(docs, scratch / f"docs-{unit.name}.parquet")
+        if cfg.segments:
+            pairs = [(r["doc_id"], h) for r, t in zip(rows, texts) for h in segment_hashes(t, cfg.segment_min_chars)]
+            write_parquet_atomic(pa.table({"doc_id": [p[0] for p in pairs], "unit": [unit.name] * len(pairs),
+                                           "seg": [p[1] for p in pairs]}, schema=SEGMENT_SCHEMA),
+                                 scratch / f"segs-{unit.name}.parquet")
         return {"docs": len(rows)}
 
     def reduce(self, scratch: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:
         cfg = self.config
         state = cfg.state_dir / signature_params(cfg) if cfg.incremental and cfg.state_dir else None
-        return cluster_documents(
+        facts = cluster_documents(
             docs=sorted(scratch.glob("docs-part-*.parquet")), bands=sorted(scratch.glob("bands-part-*.parquet")),
             out_dir=scratch / "decisions", exact=cfg.exact, near=cfg.minhash,
             threshold=cfg.threshold if cfg.verify else None, memory_limit=cfg.memory_limit,
             state_dir=state, state_name=stage_key[:16])
+        if cfg.segments:
+            facts.update(count_segments(segments=sorted(scratch.glob("segs-part-*.parquet")),
+                                        decisions=scratch / "decisions", out_dir=scratch / "segments",
+                                        max_repeats=cfg.segment_max_repeats, memory_limit=cfg.memory_limit))
+        return facts
 
     def after_reduce(self, scratch: Path) -> None:
-        for f in [*scratch.glob("docs-part-*.parquet"), *scratch.glob("bands-part-*.parquet")]:
+        for f in [*scratch.glob("docs-part-*.parquet"), *scratch.glob("bands-part-*.parquet"),
+                  *scratch.glob("segs-part-*.parquet")]:
             f.unlink(missing_ok=True)
 
+    def _removals(self, scratch: Path, unit: str) -> tuple[dict[str, set[int]], set[int]]:
+        """This unit's segments to remove, by document, and the most repeated segments' hashes."""
+        removals: dict[str, set[int]] = {}
+        path = scratch / "segments" / f"{unit}.parquet"
+        if path.exists():
+            for row in pq.read_table(path).to_pylist():
+                removals.setdefault(row["doc_id"], set()).add(row["seg"])
+        top = scratch / "segments" / "top.parquet"
+        return removals, set(pq.read_table(top)["seg"].to_pylist()) if top.exists() else set()
+
+    def finalize(self, out_dir: Path) -> None:
+        """The most repeated segments with their text (each unit noted the ones it removed), for the report."""
+        scratch = self.scratch_dir(out_dir)
+        top = scratch / "segments" / "top.parquet"
+        if not self.config.segments or not top.exists():
+            return
+        texts: dict[int, str] = {}
+        for f in sorted(scratch.glob("segtext-part-*.parquet")):
+            for row in pq.read_table(f).to_pylist():
+                texts.setdefault(row["seg"], row["text"])
+        counts = pq.read_table(top).to_pylist()
+        write_parquet_atomic(pa.table({"docs": [c["docs"] for c in counts],
+                                       "removed_from": [c["docs"] - 1 for c in counts],
+                                       "text": [texts.get(c["seg"]) for c in counts]},
+                                      schema=pa.schema([("docs", pa.int64()), ("removed_from", pa.int64()),
+                                                        ("text", pa.string())])),
+                             out_dir / "removed_segments.parquet")
+
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        decisions_file = self.scratch_dir(writer.out_dir) / "decisions" / f"{unit.name}.parquet"
+        cfg = self.config
+        scratch = self.scratch_dir(writer.out_dir)
+        decisions_file = scratch / "decisions" / f"{unit.name}.parquet"
         decided = {d["doc_id"]: d for d in pq.read_table(decisions_file).to_pylist()} if decisions_file.exists() else {}
+        removals, top = self._removals(scratch, unit.name) if cfg.segments else ({}, set())
+        seen_top: dict[int, str] = {}
         for row in self.input_rows(unit):
             result.docs_in += 1
             result.bytes_in += len(row["text"])
@@ -163,5 +213,22 @@ class DedupStage(ReduceStage):
                 drops.add_record(d["reason"], row, nbytes=len(row["text"]),
                                  detail=f"duplicate of {d['duplicate_of']} (cluster {d['cluster_id']})")
                 continue
+            remove = removals.get(row["doc_id"])
+            if remove:
+                for line in row["text"].split("\n"):
+                    h = segment_hash(line) if top and len(line.strip()) >= cfg.segment_min_chars else None
+                    if h in top and h in remove:
+                        seen_top.setdefault(h, line.strip()[:300])
+                text, cut = remove_segments(row["text"], remove, cfg.segment_min_chars)
+                result.stats["segment_lines_removed"] = result.stats.get("segment_lines_removed", 0) + cut
+                if len(text) < cfg.segment_min_doc_chars:
+                    drops.add_record("segments_left_too_short", row, nbytes=len(row["text"]),
+                                     detail=f"{cut} repeated segments removed, {len(text)} characters left")
+                    continue
+                row = {**row, "text": text}
             writer.add({**row, "exact_hash": d["exact_hash"], "minhash_cluster_id": d["cluster_id"],
                         "dedup_kept": True})
+        if seen_top:
+            write_parquet_atomic(pa.table({"seg": pa.array(list(seen_top), pa.int64()),
+                                           "text": pa.array(list(seen_top.values()), pa.string())}),
+                                 scratch / f"segtext-{unit.name}.parquet")

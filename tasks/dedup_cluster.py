@@ -14,6 +14,9 @@ The dedup stage's scan writes, per unit, ``docs-*.parquet`` (doc_id, exact_hash,
 4. joins the kept pairs into clusters with a vectorised union-find over an array of one integer per document;
 5. picks one survivor per cluster by the same rule, and writes every document's decision per unit.
 
+``count_segments`` is segment-level dedup's count (tasks/segments.py): every kept document's segments, how many
+distinct documents hold each across the whole dataset, and which holders lose it.
+
 Memory: DuckDB stays within its limit; Python holds the union-find array (8 bytes per document) and the verified
 pairs (16 bytes each), and streams everything else in batches.
 """
@@ -219,3 +222,56 @@ def _write_state(con: duckdb.DuckDBPyConnection, state_dir: Path, name: str, ban
     for path, query in targets:
         with atomic_file(path) as tmp:
             con.execute(f"COPY ({query}) TO {literal(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+
+
+TOP_SEGMENTS = 30  # the most repeated segments kept for the report
+
+
+def count_segments(*, segments: list[Path], decisions: Path, out_dir: Path, max_repeats: int,
+                   memory_limit: str) -> dict[str, Any]:
+    """Write ``out_dir/<unit>.parquet`` (doc_id, seg) of the segments to remove and ``out_dir/top.parquet`` (seg,
+    docs) of the most repeated; only documents dedup kept take part. Returns counts."""
+    scratch = out_dir.parent / "duckdb-segments"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    con = duckdb.connect(str(scratch / "segments.duckdb"))
+    kept = sorted(decisions.glob("*.parquet"))
+    facts = {"segments_repeated": 0, "segments_removed": 0}
+    try:
+        con.execute(f"SET memory_limit = {literal(memory_limit)}")
+        con.execute(f"SET temp_directory = {literal(scratch / 'spill')}")
+        con.execute("SET preserve_insertion_order = false")
+        if segments and kept:
+            facts = _count(con, segments, kept, tmp, max_repeats)
+    finally:
+        con.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return facts
+
+
+def _count(con: duckdb.DuckDBPyConnection, segments: list[Path], kept: list[Path], tmp: Path,
+           max_repeats: int) -> dict[str, Any]:
+    con.execute(f"""
+        CREATE TABLE segs AS SELECT s.doc_id, s.unit, s.seg FROM read_parquet({literal_list(segments)}) s
+        SEMI JOIN (SELECT doc_id FROM read_parquet({literal_list(kept)}) WHERE kept) USING (doc_id)""")
+    con.execute(f"""
+        CREATE TABLE repeated AS SELECT seg, count(DISTINCT doc_id) AS docs, min(doc_id) AS keeper
+        FROM segs GROUP BY seg HAVING count(DISTINCT doc_id) > {int(max_repeats)}""")
+    con.execute("""
+        CREATE TABLE removal AS SELECT s.doc_id, s.unit, s.seg FROM segs s JOIN repeated r USING (seg)
+        WHERE s.doc_id <> r.keeper""")
+    repeated, removed = con.execute(
+        "SELECT (SELECT count(*) FROM repeated), (SELECT count(*) FROM removal)").fetchone()
+    for (unit,) in con.execute("SELECT DISTINCT unit FROM removal").fetchall():
+        with atomic_file(tmp / f"{unit}.parquet") as path:
+            con.execute(f"COPY (SELECT doc_id, seg FROM removal WHERE unit = {literal(unit)} ORDER BY doc_id) "
+                        f"TO {literal(path)} (FORMAT parquet)")
+    with atomic_file(tmp / "top.parquet") as path:
+        con.execute(f"COPY (SELECT seg, docs FROM repeated ORDER BY docs DESC, seg LIMIT {TOP_SEGMENTS}) "
+                    f"TO {literal(path)} (FORMAT parquet)")
+    return {"segments_repeated": repeated, "segments_removed": removed}

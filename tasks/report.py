@@ -72,6 +72,11 @@ def section_funnel(doc: Doc, data: dict[str, Any]) -> None:
     if data.get("dedup_clusters") is not None:
         doc.h(3, "Duplicate clusters")
         doc.table(["cluster size", "clusters"], [[r["size"], r["clusters"]] for r in data["dedup_clusters"]])
+    if data.get("removed_segments"):
+        doc.h(3, "Repeated segments removed (segment-level dedup)")
+        doc.p("The lines held by the most documents; each was kept in one document and removed from the others.")
+        doc.table(["documents", "removed from", "segment"],
+                  [[r["docs"], r["removed_from"], (r["text"] or "")[:160]] for r in data["removed_segments"]])
     contamination = {k.split(".", 2)[2]: v for k, v in data.get("facts", {}).items()
                      if k.startswith("decontaminate.contaminated_items.")}
     if contamination:

@@ -88,6 +88,11 @@ def report_data(wh: Warehouse, run_id: str) -> dict[str, Any]:
             drops = [str(Path(uri[0]) / f) for f in json.loads(manifest.read_text())["drops_files"]] \
                 if manifest and manifest.exists() else []
             drops = [f for f in drops if Path(f).exists()]
+            segments = Path(uri[0]) / "removed_segments.parquet" if uri else None
+            if segments is not None and segments.exists():  # segment-level dedup's most repeated segments
+                data["removed_segments"] = [dict(zip(("docs", "removed_from", "text"), r)) for r in con.execute(
+                    f"SELECT docs, removed_from, text FROM read_parquet({literal_list([str(segments)])}) "
+                    f"ORDER BY docs DESC").fetchall()]
             if drops:
                 data["dedup_clusters"] = [dict(zip(("size", "clusters"), r)) for r in con.execute(
                     f"SELECT size, count(*) FROM (SELECT detail, count(*) + 1 AS size FROM "

@@ -155,3 +155,34 @@ def test_config_refuses_impossible_settings(bad):
 
     with pytest.raises(ValidationError):
         DedupConfig(**bad)
+
+
+def test_segment_dedup_counts_each_segment_once_across_units_and_keeps_one_copy(tmp_path):
+    import pyarrow.parquet as pq
+
+    footer = "Sign up for our newsletter to get the latest stories delivered to your inbox every week."
+    pair = "This sentence about the harbour appears in exactly two of the documents here."
+    docs = {f"d{i}": "\n".join([text(i, 120), footer, "Share this", text(100 + i, 120)]) for i in range(6)}
+    docs["d0"] += "\n" + pair
+    docs["d1"] += "\n" + pair
+    docs["d9"] = footer + "\nShare this\nA short note."  # nothing of its own but a few words
+    kept, dropped, facts = dedup(tmp_path, docs, shard_docs=3, segments=True, minhash=False)  # 3 units
+    assert footer in kept["d0"]["text"]  # the first holder (smallest doc_id) keeps the footer
+    for d in ("d1", "d2", "d3", "d4", "d5"):
+        assert footer not in kept[d]["text"]
+        assert "Share this" in kept[d]["text"]  # shorter than segment_min_chars: never a segment
+    assert pair not in kept["d1"]["text"] and pair in kept["d0"]["text"]
+    assert dropped["d9"]["reason"] == "segments_left_too_short"
+    assert facts["segments_repeated"] == 2 and facts["segments_removed"] == 5 + 1 + 1
+    top = pq.read_table(tmp_path / "run-out" / "removed_segments.parquet").to_pylist()
+    assert top[0] == {"docs": 7, "removed_from": 6, "text": footer}
+
+    kept, _, _ = dedup(tmp_path, docs, name="two", shard_docs=3, segments=True, minhash=False,
+                       segment_max_repeats=2)
+    assert pair in kept["d1"]["text"] and footer not in kept["d1"]["text"]  # in 2 documents: allowed
+
+
+def test_segment_dedup_is_off_by_default(tmp_path):
+    footer = "Sign up for our newsletter to get the latest stories delivered to your inbox every week."
+    kept, _, facts = dedup(tmp_path, {f"d{i}": text(i) + "\n" + footer for i in range(3)}, minhash=False)
+    assert all(footer in r["text"] for r in kept.values()) and "segments_removed" not in facts
