@@ -186,3 +186,15 @@ def test_segment_dedup_is_off_by_default(tmp_path):
     footer = "Sign up for our newsletter to get the latest stories delivered to your inbox every week."
     kept, _, facts = dedup(tmp_path, {f"d{i}": text(i) + "\n" + footer for i in range(3)}, minhash=False)
     assert all(footer in r["text"] for r in kept.values()) and "segments_removed" not in facts
+
+
+def test_the_report_lists_the_most_repeated_segments():
+    from tasks.report import section_funnel
+    from tasks.report_doc import Doc
+
+    doc = Doc()
+    section_funnel(doc, {"stages": [], "funnel": [], "removed_segments": [
+        {"docs": 79, "removed_from": 78, "text": "This and all associated files | of various formats"}]})
+    markdown = doc.markdown()
+    assert "Repeated segments removed" in markdown
+    assert "| 79 | 78 | This and all associated files \\| of various formats |" in markdown
