@@ -45,6 +45,8 @@ class SourceMix:
     epochs: float               # planned passes over its tokens
     tokens_used: int = 0        # realised: sum of repeats x tokens
     share: float = 0.0
+    repeats_min: int = 0        # the fewest and most times a pass uses one of its documents
+    repeats_max: int = 0
 
 
 def plan_epochs(tokens: dict[str, int], weights: dict[str, float], epochs: dict[str, float]) -> dict[str, float]:
@@ -112,7 +114,8 @@ def build_mixture(shards: list[tuple[str, list[str], list[str | None], np.ndarra
         for (n, i), r in zip(refs, chosen):
             repeats[n][i] = r
         mixes.append(SourceMix(s, tokens[s], len(refs), weights.get(s), planned.get(s, 1.0),
-                               int((lens * chosen).sum())))
+                               int((lens * chosen).sum()), repeats_min=int(chosen.min()) if len(chosen) else 0,
+                               repeats_max=int(chosen.max()) if len(chosen) else 0))
     used = sum(m.tokens_used for m in mixes)
     for m in mixes:
         m.share = m.tokens_used / used if used else 0.0
@@ -139,4 +142,5 @@ def read_mixture(dataset_dir: Path) -> dict[str, np.ndarray] | None:
 
 def mixture_summary(mixes: list[SourceMix]) -> dict[str, Any]:
     return {m.name: {"tokens": m.tokens, "docs": m.docs, "target_share": m.target_share, "epochs": m.epochs,
-                     "tokens_used": m.tokens_used, "share": m.share} for m in mixes}
+                     "tokens_used": m.tokens_used, "share": m.share, "repeats_min": m.repeats_min,
+                     "repeats_max": m.repeats_max} for m in mixes}

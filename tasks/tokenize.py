@@ -293,13 +293,15 @@ class TokenizeStage(ReduceStage):
         result = super().seal(ctx, inp, units, [*results, mixed], out_dir, key, t0)
         val_docs = self._val_docs_by_source(out_dir, results)
         for m in mixes:
-            if m.epochs > self.config.max_epochs:
+            if m.epochs > self.config.max_epochs * (1 + 1e-9):
                 ctx.say(f"tokenize: warning: source {m.name or '(none)'} is repeated {m.epochs:.1f} times per pass, "
                         f"more than tokenize.max_epochs {self.config.max_epochs:g}: repeated text is worth less past "
                         "about 4 epochs (Muennighoff et al. 2023); lower its weight or add data")
                 result.notes["source_over_max_epochs"] = result.notes.get("source_over_max_epochs", 0) + 1
-            ctx.say(f"tokenize: source {m.name or '(none)'}: {m.tokens:,} training tokens, {m.epochs:.2f} passes, "
-                    f"share {m.share:.1%}" + (f" (target {m.target_share:.1%})" if m.target_share else ""))
+            each = (f"{m.repeats_min}" if m.repeats_min == m.repeats_max else f"{m.repeats_min}-{m.repeats_max}")
+            ctx.say(f"tokenize: source {m.name or '(none)'}: {m.tokens:,} training tokens, {m.epochs:.2f} passes "
+                    f"(each document {each} times), share {m.share:.1%}"
+                    + (f" (target {m.target_share:.1%})" if m.target_share else ""))
             result.metrics += [(None, f"tokenize.share/{m.name}", m.share), (None, f"tokenize.epochs/{m.name}", m.epochs)]
         for name in {m.name for m in mixes} | set(val_docs):
             m = next((x for x in mixes if x.name == name), None)
