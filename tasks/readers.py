@@ -11,16 +11,17 @@ in pieces. What cannot be a document is a counted drop with its reason, never an
   read before are kept).
 
 The document's place is recorded as ``warc_file`` (the file) and ``warc_offset``: the byte offset of its first line
-in the (decompressed) text, or its row number in a Parquet file.
+in the (decompressed) text, or its row number in a Parquet file. Only reading is guarded: an error writing the
+output (a full disk) fails the unit, and a connection or time-out error is raised again so that the unit is
+retried, never recorded as a damaged file.
 
-    for doc in read_text("books/*.txt.gz" file, source, drops, max_bytes=10 << 20): ...
+    with open_stream("books/b1.txt.gz") as fh:
+        for doc in read_text(fh, "books/b1.txt.gz", source, drops, max_bytes=10 << 20): ...
 """
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import zlib
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
@@ -34,7 +35,6 @@ from tasks.config import SourceConfig
 from tasks.inputs import make_doc_id, size_of
 from tasks.shards import DropLog
 
-READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
 CHUNK = 1 << 20
 
 
@@ -47,18 +47,19 @@ def open_stream(uri: str) -> IO[bytes]:
 
 
 class _Readable(io.RawIOBase):
-    """A raw stream over any object with read(n), for io.BufferedReader."""
+    """A raw stream over a decompressor, for io.BufferedReader. It hands on what one step of the decompressor gives
+    (``read1``), so the lines before a truncated or damaged spot are read before its error is raised: a ``readinto``
+    that filled the whole buffer first would lose up to a buffer's worth of them."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self._read = getattr(inner, "read1", None) or inner.read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        if hasattr(self.inner, "readinto"):
-            return self.inner.readinto(buffer)
-        data = self.inner.read(len(buffer))
+        data = self._read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
 
@@ -167,7 +168,7 @@ def read_text(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
 
 def _fields(record: dict[str, Any], source: SourceConfig, drops: DropLog, uri: str, offset: int,
             nbytes: int) -> dict[str, Any] | None:
-    """The document of one JSON object or Parquet row, or None with the reason counted."""
+    """The document of one JSON object, or None with the reason counted."""
     where = {"warc_file": uri, "warc_offset": offset, "nbytes": nbytes}
     if source.text_field not in record or record[source.text_field] is None:
         drops.add("missing_text_field", detail=f"no {source.text_field!r}", **where)
@@ -292,23 +293,46 @@ def _parquet_batch(batch: pa.RecordBatch, first: int, uri: str, source: SourceCo
 def read_curated(part: Any, source: SourceConfig, writer: Any, drops: DropLog, result: Any, max_bytes: int,
                  schema: pa.Schema) -> None:
     """Ingest's unit over one text, jsonl or parquet file (``part``: a ``tasks.sharded.Source``, row groups
-    [start, stop) of a Parquet file). A file that cannot be read, or stops being readable, is a counted
+    [start, stop) of a Parquet file). A file that cannot be opened, or stops being readable, is a counted
     ``read_error`` and the documents read before it are kept."""
     counted = drops.total()
-    try:
-        if source.format == "parquet":
-            if part.stop is None:  # planning could not read its footer: say why, as a read error
-                parquet_row_groups(part.uri)
-            for batch in read_parquet(part.uri, range(part.start, part.stop or 0), source, drops, max_bytes, schema):
-                result.docs_in += batch.num_rows
-                writer.add_batch(batch)
-        else:
-            with open_stream(part.uri) as fh:
-                reader = read_text if source.format == "text" else read_jsonl
-                for doc in reader(fh, part.uri, source, drops, max_bytes):
-                    result.docs_in += 1
-                    writer.add(doc)
-    except Exception as err:  # damaged compression, a file cut short, not Parquet at all
-        drops.add("read_error", warc_file=part.uri, detail=f"{type(err).__name__}: {err}"[:500])
+    if source.format == "parquet":
+        for batch in _guarded(_parquet_part(part, source, drops, max_bytes, schema), drops, part.uri):
+            result.docs_in += batch.num_rows
+            writer.add_batch(batch)
+    else:
+        for doc in _guarded(_text_part(part, source, drops, max_bytes), drops, part.uri):
+            result.docs_in += 1
+            writer.add(doc)
     result.docs_in += drops.total() - counted
     result.bytes_in = size_of(part.uri) if part.start == 0 else 0
+
+
+def _parquet_part(part: Any, source: SourceConfig, drops: DropLog, max_bytes: int,
+                  schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    if part.stop is None:  # planning could not read its footer: say why, as a read error
+        parquet_row_groups(part.uri)
+    yield from read_parquet(part.uri, range(part.start, part.stop or 0), source, drops, max_bytes, schema)
+
+
+def _text_part(part: Any, source: SourceConfig, drops: DropLog, max_bytes: int) -> Iterator[dict[str, Any]]:
+    with open_stream(part.uri) as fh:
+        reader = read_text if source.format == "text" else read_jsonl
+        yield from reader(fh, part.uri, source, drops, max_bytes)
+
+
+def _guarded(items: Iterator[Any], drops: DropLog, uri: str) -> Iterator[Any]:
+    """The reader's items until it fails; a damaged or unopenable file ends as one ``read_error``. Errors of the
+    consumer (the shard writer) are not caught here, and neither are connection and time-out errors, which a
+    retry may get past."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception as err:  # damaged compression, a file cut short, not Parquet at all, not there
+            drops.add("read_error", warc_file=uri, detail=f"{type(err).__name__}: {err}"[:500])
+            return
+        yield item

@@ -45,3 +45,20 @@ def test_a_unit_that_fills_the_disk_fails_saying_so(tmp_path, tiny_disk):
         run_unit(stage, unit, Path(tiny_disk) / "out")
     assert not is_transient(failed.value.__cause__)
     assert not list((Path(tiny_disk) / "out").glob("part-*.json"))  # nothing recorded as finished
+
+
+def test_a_full_disk_while_writing_a_curated_source_fails_the_unit_not_the_file(tmp_path, tiny_disk):
+    import json
+
+    from tasks.config import SourceConfig
+
+    path = tmp_path / "notes.jsonl"
+    with open(path, "w") as fh:  # random words: they do not compress below the disk's 64 KiB
+        for _ in range(60):
+            fh.write(json.dumps({"text": " ".join(os.urandom(4).hex() for _ in range(600))}) + "\n")
+    stage = IngestStage(IngestConfig(shard_max_docs=10), [SourceConfig(name="notes", inputs=[str(path)],
+                                                                      format="jsonl")])
+    [unit] = stage.plan(stage.sources())
+    with pytest.raises(UnitFailed, match="the disk is full"):
+        run_unit(stage, unit, Path(tiny_disk) / "out")
+    assert not list((Path(tiny_disk) / "out").glob("part-*.json"))  # not finished with a 'read_error'

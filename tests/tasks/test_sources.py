@@ -354,3 +354,28 @@ print(json.dumps({{"kept": [r["html"] for r in kept], "drops": [(r["reason"], r[
     [(reason, size)] = out["drops"]
     assert reason == "payload_too_large" and size > 2 << 30
     assert out["rss"] < 600 << 20  # the default 10 MiB cap, read past in 1 MiB pieces
+
+
+def test_a_truncated_file_keeps_what_came_before_and_a_lost_connection_is_raised(tmp_path):
+    from tasks.readers import _guarded
+    from tasks.shards import DropLog
+
+    path = tmp_path / "cut.jsonl.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"".join(json.dumps({"text": prose(i, 6)}).encode() + b"\n" for i in range(400)))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])  # cut in the middle, as a killed download leaves it
+    kept, dropped, _ = ingest(tmp_path / "out", SourceConfig(name="j", inputs=[str(path)], format="jsonl"))
+    assert 50 < len(kept) < 400 and [r["reason"] for r in dropped] == ["read_error"]
+    assert "EOFError" in dropped[0]["detail"]
+
+    def reader():
+        yield "first"
+        raise ConnectionResetError("Connection reset by peer")
+
+    drops = DropLog()
+    with pytest.raises(ConnectionResetError):
+        list(_guarded(reader(), drops, "s3://bucket/x.jsonl"))
+    assert not drops.rows  # not counted as a damaged file: the unit fails and is retried
+    missing = ingest(tmp_path / "gone", SourceConfig(name="j", inputs=[str(path)], format="jsonl"))
+    assert missing[0]  # the same file, still readable up to the cut
