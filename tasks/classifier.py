@@ -128,10 +128,5 @@ def positive_scores(model: Any, texts: list[str], max_chars: int = 10_000) -> np
     return out
 
 
-def model_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 __all__ = ["ClassifierParams", "POSITIVE", "NEGATIVE", "train_classifier", "load_classifier", "positive_scores",
-           "roc_auc", "fasttext_line", "model_sha256"]
+           "roc_auc", "fasttext_line"]

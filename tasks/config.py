@@ -384,9 +384,7 @@ class EvaluateConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-SOURCE_FORMATS = ("warc", "html", "text", "jsonl", "parquet")
 CURATED_FORMATS = frozenset({"text", "jsonl", "parquet"})  # text as written: no HTML to extract, no crawl to filter
-SKIPPABLE = ("language", "quality", "dedup")
 
 
 class SourceConfig(Section):

@@ -3,8 +3,8 @@
 Sources (``[[sources]]``, plus ``ingest.inputs`` as the source 'web' and a crawl's WARCs as 'crawl') are read by
 format: WARC 1.0/1.1/0.17/0.18, ARC and WET files (gzip or plain) and saved pages give HTML documents; plain text,
 JSON Lines and Parquet (tasks/readers.py) give text documents (content type text/plain, which extract passes
-through). One unit is one input file, or a run of row groups of a Parquet file. Every record either becomes a document or a counted skip with a reason
-(``not_html``, ``payload_too_large``, ``read_error`` …; records that are not documents, such as requests, warcinfo and
+through). One unit is one input file, or a run of row groups of a Parquet file. Every record either becomes a
+document or a counted skip with a reason (``not_html``, ``payload_too_large``, ``read_error`` …; records that are not documents, such as requests, warcinfo and
 revisits, are counted by type as notes: ``record_request`` …); a damaged region of a file is skipped
 by resynchronising on the next record, so one bad record never costs the rest of the file. A file that is not an
 archive at all fails its unit with a message naming the file.
@@ -80,7 +80,9 @@ class IngestStage(ShardedStage):
         for s in self.source_list():
             if s.name == name:
                 return s
-        return SourceConfig(name=name or "crawl", format="warc")  # a crawl's WARC files
+        if name == "crawl":  # a crawl's WARC files, for a stage made without the config's sources
+            return SourceConfig(name="crawl", format="warc")
+        raise ValueError(f"no source named {name!r}; the sources are {[s.name for s in self.source_list()]}")
 
     def source_params(self) -> Any:
         """How the [[sources]] beyond ingest.inputs and the crawl are read (their weights and filters are not
@@ -180,8 +182,8 @@ class IngestStage(ShardedStage):
         uri = part.uri
         source = self.source_named(part.origin)
         drops.source = source.name
-        if source.format in ("text", "jsonl", "parquet"):
-            read_curated(unit.sources[0], source, writer, drops, result, self.config.max_payload_bytes, self.schema)
+        if source.curated:
+            read_curated(part, source, writer, drops, result, self.config.max_payload_bytes, self.schema)
             return
         try:
             opened = fsspec.open(uri, "rb").open()

@@ -18,7 +18,6 @@ The loader (``model.data.TrainLoader``) visits each document that many times per
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.shards import write_parquet_atomic
+from tasks.tokenizer import seeded_hash
 
 MIXTURE_FILE = "_mixture.parquet"
 MAX_REPEATS = np.iinfo(np.uint16).max
@@ -68,8 +68,7 @@ def plan_epochs(tokens: dict[str, int], weights: dict[str, float], epochs: dict[
 
 
 def _rank(doc_ids: list[str], seed: int) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(f"mix:{seed}:{d}".encode(), digest_size=8).digest(), "big")
-                     for d in doc_ids], dtype=np.uint64)
+    return np.array([seeded_hash("mix", seed, d) for d in doc_ids], dtype=np.uint64)
 
 
 def choose_repeats(lengths: np.ndarray, doc_ids: list[str], epochs: float, seed: int) -> np.ndarray:

@@ -35,20 +35,17 @@ from tasks.shards import (DropLog, ShardFile, ShardResult, ShardWriter, atomic_w
                           write_parquet_atomic)
 from tasks.sharded import ReduceStage, Unit
 from tasks.token_shards import (check_token_manifest, shuffled, write_token_manifest, write_token_shard)
+from tasks.atomic import file_sha256
 from tasks.mixture import MIXTURE_FILE, build_mixture, mixture_summary, write_mixture
 from tasks.stage import StageResult
 from tasks.token_shards import read_token_shard
-from tasks.tokenizer import (TiktokenEncoder, TokenizersEncoder, fastest_encoder, fraction_cutoff, train_bpe,
-                             validation_hash)
+from tasks.tokenizer import (TiktokenEncoder, TokenizersEncoder, fastest_encoder, fraction_cutoff, seeded_hash,
+                             train_bpe, validation_hash)
 
 SCATTER_SCHEMA = pa.schema([("shard", pa.uint32()), ("doc_id", pa.string()), ("text", pa.string()),
                             ("source", pa.string()), ("vhash", pa.uint64()), ("rank", pa.uint64()),
                             ("bytes", pa.int64())])
 PROBE_DOCS, PROBE_BYTES = 64, 1 << 18  # the equality probe: this many sample documents, at most this much text
-
-
-def _hash(kind: str, seed: int, doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{kind}:{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
 
 
 _loaded: dict[str, Any] = {}
@@ -88,10 +85,10 @@ class TokenizeStage(ReduceStage):
         for batch in self.input_batches(unit, ["doc_id", "text", "source"]):
             ids = batch.column("doc_id").to_pylist()
             parts.append(pa.record_batch([
-                pa.array([_hash("shard", cfg.shuffle_seed, d) % unit.of for d in ids], pa.uint32()),
+                pa.array([seeded_hash("shard", cfg.shuffle_seed, d) % unit.of for d in ids], pa.uint32()),
                 batch.column("doc_id"), batch.column("text"), batch.column("source"),
                 pa.array([validation_hash(d, cfg.split_seed) for d in ids], pa.uint64()),
-                pa.array([_hash("sample", cfg.split_seed, d) for d in ids], pa.uint64()),
+                pa.array([seeded_hash("sample", cfg.split_seed, d) for d in ids], pa.uint64()),
                 pc.fill_null(pc.binary_length(batch.column("text")), 0).cast(pa.int64())], schema=SCATTER_SCHEMA))
             docs += len(ids)
         table = pa.Table.from_batches(parts, SCATTER_SCHEMA).sort_by("shard")  # stable: input order within a shard
@@ -206,7 +203,7 @@ class TokenizeStage(ReduceStage):
         if mixture is not None:
             docs = {r["shard"]: r["documents"] for r in rows if r["shard"].endswith("-train.arrow")}
             listed = next((f for f in files if f.name == MIXTURE_FILE), None)
-            if listed is None or _sha256(Path(dataset_dir) / MIXTURE_FILE) != listed.sha256:
+            if listed is None or file_sha256(Path(dataset_dir) / MIXTURE_FILE) != listed.sha256:
                 raise ShardCheckError(f"{MIXTURE_FILE}: not the file the dataset manifest lists")
             wrong = [n for n in docs if n not in mixture or len(mixture[n]) != docs[n]]
             if wrong or set(mixture) != set(docs):
@@ -289,7 +286,7 @@ class TokenizeStage(ReduceStage):
         summary = mixture_summary(mixes)
         scratch = self.scratch_dir(out_dir)
         atomic_write_bytes(scratch / "mixture.json", json.dumps(summary, sort_keys=True).encode())
-        mixed = ShardResult("mixture", files=[ShardFile(path.name, 0, path.stat().st_size, _sha256(path))])
+        mixed = ShardResult("mixture", files=[ShardFile(path.name, 0, path.stat().st_size, file_sha256(path))])
         result = super().seal(ctx, inp, units, [*results, mixed], out_dir, key, t0)
         val_docs = self._val_docs_by_source(out_dir, results)
         for m in mixes:
@@ -320,8 +317,3 @@ class TokenizeStage(ReduceStage):
                 for item in pc.value_counts(table["source"]).to_pylist():
                     counts[item["values"] or ""] = counts.get(item["values"] or "", 0) + item["counts"]
         return counts
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

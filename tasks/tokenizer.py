@@ -110,6 +110,11 @@ def fastest_encoder(tok, probe: list[str]) -> Encoder:
     return reference
 
 
+def seeded_hash(kind: str, seed: int, doc_id: str) -> int:
+    """A 64-bit hash of a document for one purpose (its output shard, its sampling rank, its mixture rank)."""
+    return int.from_bytes(hashlib.blake2b(f"{kind}:{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
+
+
 def validation_hash(doc_id: str, seed: int = 0) -> int:
     """The 64-bit hash that holds a document out: below a source's cut-off, it is in the val split."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest(), "big")
