@@ -10,7 +10,8 @@ exactly. There is no padding; the cropped tail of a document is not used (``toke
 Order: epoch ``e`` visits the shards in a permutation seeded by (seed, e), and each shard's documents in a
 permutation seeded by (seed, e, shard). With a mixture (``tasks.mixture``: the sources' weights) a document is in
 that permutation as many times as its repeat count (0: a down-sampled document is not used), so one epoch is one
-pass over the mixture and every source gets its share throughout, not in blocks. Every rank packs that one global sequence of rows (packing needs only the
+pass over the mixture and every source gets its share throughout, not in blocks. Every rank packs that one global
+sequence of rows (packing needs only the
 documents' lengths, read from the index) and keeps rows ``r, r + world_size, ...``, copying only their tokens; so
 ranks never share a row or a document, and the rows of a global batch are the same whatever the world size: one
 process with gradient accumulation sees exactly what N ranks see together. The tokenize stage spreads every source

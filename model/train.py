@@ -340,6 +340,7 @@ def validate(model: torch.nn.Module, data_dir: str | Path, *, batch_size: int, s
     model.eval()
     loader = ValLoader(data_dir, batch_size=batch_size, seq_len=seq_len, rank=d.rank, world_size=d.world)
     k = len(loader.sources)
+    tb = tbytes.cpu()
     sums = torch.zeros((4, k + 1), dtype=torch.float64)  # nll, count, nll_text, bytes; per source, then all
     for i, (x, y, src) in enumerate(loader.with_sources()):
         if max_batches is not None and i >= max_batches:
@@ -349,8 +350,8 @@ def validate(model: torch.nn.Module, data_dir: str | Path, *, batch_size: int, s
             losses = model(x, y, reduction="none").float().cpu().double()
         y, src = y.cpu(), src.clamp(min=0)
         real = y != IGNORE
-        text = real & (y != separator) & (tbytes.cpu()[y.clamp(min=0)] > 0)
-        nbytes = tbytes.cpu()[y.clamp(min=0)].double()
+        nbytes = tb[y.clamp(min=0)].double()
+        text = real & (y != separator) & (nbytes > 0)
         for row, mask, values in ((0, real, losses), (1, real, torch.ones_like(losses)), (2, text, losses),
                                   (3, text, nbytes)):
             sums[row, :k] += torch.bincount(src[mask], weights=values[mask], minlength=k)[:k]

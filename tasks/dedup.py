@@ -42,7 +42,7 @@ from tasks.quality import SCHEMA as QUALITY_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
 from tasks.sharded import ReduceStage, Unit
 from tasks.dedup_cluster import cluster_documents, count_segments
-from tasks.segments import SEGMENT_SCHEMA, remove_segments, segment_hash, segment_hashes
+from tasks.segments import SEGMENT_SCHEMA, remove_segments, segment_hashes
 
 SCHEMA = pa.schema([*QUALITY_SCHEMA, pa.field("exact_hash", pa.string()), pa.field("minhash_cluster_id", pa.string()),
                     pa.field("dedup_kept", pa.bool_())])
@@ -215,15 +215,14 @@ class DedupStage(ReduceStage):
                 continue
             remove = removals.get(row["doc_id"])
             if remove:
-                for line in row["text"].split("\n"):
-                    h = segment_hash(line) if top and len(line.strip()) >= cfg.segment_min_chars else None
-                    if h in top and h in remove:
-                        seen_top.setdefault(h, line.strip()[:300])
                 text, cut = remove_segments(row["text"], remove, cfg.segment_min_chars)
-                result.stats["segment_lines_removed"] = result.stats.get("segment_lines_removed", 0) + cut
+                for h, line in cut:
+                    if h in top:
+                        seen_top.setdefault(h, line[:300])
+                result.stats["segment_lines_removed"] = result.stats.get("segment_lines_removed", 0) + len(cut)
                 if len(text) < cfg.segment_min_doc_chars:
                     drops.add_record("segments_left_too_short", row, nbytes=len(row["text"]),
-                                     detail=f"{cut} repeated segments removed, {len(text)} characters left")
+                                     detail=f"{len(cut)} repeated segments removed, {len(text)} characters left")
                     continue
                 row = {**row, "text": text}
             writer.add({**row, "exact_hash": d["exact_hash"], "minhash_cluster_id": d["cluster_id"],

@@ -33,13 +33,14 @@ def segment_hashes(text: str, min_chars: int) -> list[int]:
     return sorted({segment_hash(line) for line in text.split("\n") if len(line.strip()) >= min_chars})
 
 
-def remove_segments(text: str, remove: set[int], min_chars: int) -> tuple[str, int]:
+def remove_segments(text: str, remove: set[int], min_chars: int) -> tuple[str, list[tuple[int, str]]]:
     """The text without the lines whose segment hash is in ``remove`` (blank-line runs left behind folded);
-    returns (text, lines removed)."""
-    kept, removed = [], 0
+    returns (text, the removed lines with their hashes)."""
+    kept, removed = [], []
     for line in text.split("\n"):
-        if len(line.strip()) >= min_chars and segment_hash(line) in remove:
-            removed += 1
+        h = segment_hash(line) if len(line.strip()) >= min_chars else None
+        if h is not None and h in remove:
+            removed.append((h, line.strip()))
             continue
         kept.append(line)
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip(), removed
