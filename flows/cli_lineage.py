@@ -117,5 +117,5 @@ def provenance(checkpoint: str | None, doc_id: str | None, url: str | None, item
                              ["split", "documents", "seen", "times_seen", "tokens_seen"]))
     console.print(rich_table(f"documents ({'seen, ' if seen else ''}most seen first"
                              f"{f', first {limit}' if limit else ''})", result["documents"],
-                             ["doc_id", "split", "source", "repeats", "times_seen", "tokens_seen", "tokens", "url", "warc_file",
-                              "warc_offset"]))
+                             ["doc_id", "split", "source", "repeats", "times_seen", "tokens_seen", "tokens", "url",
+                              "warc_file", "warc_offset"]))

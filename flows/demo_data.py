@@ -55,8 +55,11 @@ def write_docstrings(path: Path, base_url: str = "http://127.0.0.1:8765") -> Pat
     """Write the standard library's docstrings to ``path`` (JSON Lines), in a child process; returns the path."""
     path = Path(path)
     if not path.is_file():
-        subprocess.run([sys.executable, "-m", "flows.demo_data", str(path), base_url], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+        done = subprocess.run([sys.executable, "-m", "flows.demo_data", str(path), base_url], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode != 0 or not path.is_file():
+            raise RuntimeError(f"could not write the standard library's docstrings to {path}: "
+                               f"{done.stderr.strip()[-1000:] or f'exit code {done.returncode}'}")
     return path
 
 

@@ -3,6 +3,7 @@ snapshot while another process holds the file, and the page itself in headless C
 by Playwright) for a finished pipeline run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -126,12 +127,34 @@ def _serve_dashboard(warehouse: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"the dashboard did not start: {proc.stdout.read().decode()[-2000:]}")
 
 
+@contextlib.contextmanager
+def dashboard_page(warehouse: Path, width: int = 1280, height: int = 1600):
+    """A served dashboard open in headless Chromium: (page, url, errors), errors collecting page errors and any
+    request that leaves the dashboard."""
+    from playwright.sync_api import sync_playwright
+
+    proc, url = _serve_dashboard(warehouse)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.on("request", lambda req: None if req.url.startswith(url) or req.url.startswith("data:")
+                    else errors.append(f"external request {req.url}"))
+            yield page, url, errors
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
 def test_dashboard_in_a_real_browser(tmp_path):
     from click.testing import CliRunner
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from flows.cli import main
     from tests.flows.test_cli import write_config
@@ -146,48 +169,36 @@ def test_dashboard_in_a_real_browser(tmp_path):
     wh = Warehouse(tmp_path / "work" / "warehouse.duckdb")
     finished = wh.resolve_run("latest")["run_id"]
 
-    proc, url = _serve_dashboard(wh.path)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1600})
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("request", lambda req: None if req.url.startswith(url) or req.url.startswith("data:")
-                    else errors.append(f"external request {req.url}"))
-            page.goto(f"{url}/#{finished}")
-            expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
-            expect(page.locator("#stage-strip .badge")).to_have_count(11)
-            expect(page.locator("#stage-strip [data-stage=crawl]")).to_contain_text("skipped")  # no seeds
-            expect(page.locator("#stage-strip [data-stage=report]")).to_contain_text("completed")
-            for stage in ("ingest", "extract", "quality", "dedup", "tokenize"):
-                expect(page.locator(f"#funnel .funnel-row[data-stage={stage}]")).to_be_visible()
-            expect(page.locator("#curves .chart[data-curve=loss] polyline")).to_be_visible()
-            expect(page.locator("#curves .chart[data-curve=lr] polyline")).to_be_visible()
-            expect(page.locator("#eval-table tbody tr")).to_have_count(7)  # the smoke set's seven tasks
-            expect(page.locator("#core7")).not_to_be_empty()
-            expect(page.locator("#lineage-table")).to_contain_text("source-")
-            assert page.locator("#prefect-link").get_attribute("href").startswith("http")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    with dashboard_page(wh.path) as (page, url, errors):
+        page.goto(f"{url}/#{finished}")
+        expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
+        expect(page.locator("#stage-strip .badge")).to_have_count(11)
+        expect(page.locator("#stage-strip [data-stage=crawl]")).to_contain_text("skipped")  # no seeds
+        expect(page.locator("#stage-strip [data-stage=report]")).to_contain_text("completed")
+        for stage in ("ingest", "extract", "quality", "dedup", "tokenize"):
+            expect(page.locator(f"#funnel .funnel-row[data-stage={stage}]")).to_be_visible()
+        expect(page.locator("#curves .chart[data-curve=loss] polyline")).to_be_visible()
+        expect(page.locator("#curves .chart[data-curve=lr] polyline")).to_be_visible()
+        expect(page.locator("#eval-table tbody tr")).to_have_count(7)  # the smoke set's seven tasks
+        expect(page.locator("#core7")).not_to_be_empty()
+        expect(page.locator("#lineage-table")).to_contain_text("source-")
+        assert page.locator("#prefect-link").get_attribute("href").startswith("http")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
-            # a second run starts training: its curve grows in the open page without a reload (the run holds
-            # the pipeline lock, as a live one does; without it readers would show it crashed)
-            out_dir = tmp_path / "live-train"
-            with wh.pipeline_lock():
-                live = _training_run(wh, out_dir)
-                _log_steps(out_dir, range(1, 4))
-                page.goto(f"{url}/#{live}")
-                chart = page.locator("#curves .chart[data-curve=loss]")
-                expect(chart).to_have_attribute("data-points", "3")
-                _log_steps(out_dir, range(4, 9))
-                expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
-                expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
-            browser.close()
-        assert not errors, errors
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        # a second run starts training: its curve grows in the open page without a reload (the run holds
+        # the pipeline lock, as a live one does; without it readers would show it crashed)
+        out_dir = tmp_path / "live-train"
+        with wh.pipeline_lock():
+            live = _training_run(wh, out_dir)
+            _log_steps(out_dir, range(1, 4))
+            page.goto(f"{url}/#{live}")
+            chart = page.locator("#curves .chart[data-curve=loss]")
+            expect(chart).to_have_attribute("data-points", "3")
+            _log_steps(out_dir, range(4, 9))
+            expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
+            expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
+    assert not errors, errors
 
 
 def test_api_refuses_foreign_hosts_bad_limits_and_patterns_and_bounds_its_cache(tmp_path):
