@@ -102,8 +102,10 @@ def _lines(fh: IO[bytes], max_bytes: int, drops: DropLog, uri: str) -> Iterator[
 
 
 def _decode(raw: bytes, drops: DropLog, uri: str, offset: int) -> str | None:
+    """UTF-8 text (a byte order mark at the start of the file dropped) with Windows line endings made \\n, as
+    Python's text mode does; bytes that are not UTF-8 are a counted ``not_utf8``."""
     try:
-        return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+        return raw.decode("utf-8-sig" if offset == 0 else "utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as err:
         drops.add("not_utf8", nbytes=len(raw), warc_file=uri, warc_offset=offset, detail=str(err)[:200])
         return None
@@ -143,7 +145,7 @@ def read_text(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
             if line is not None and line.strip():
                 text = _decode(line, drops, uri, offset)
                 if text is not None and text.strip():
-                    yield make_document(source, uri, offset, text.rstrip("\r\n"))
+                    yield make_document(source, uri, offset, text.rstrip("\n"))
             continue
         if line is not None and not line.strip():  # a blank line ends the paragraph
             yield from flush()

@@ -379,3 +379,25 @@ def test_a_truncated_file_keeps_what_came_before_and_a_lost_connection_is_raised
     assert not drops.rows  # not counted as a damaged file: the unit fails and is retried
     missing = ingest(tmp_path / "gone", SourceConfig(name="j", inputs=[str(path)], format="jsonl"))
     assert missing[0]  # the same file, still readable up to the cut
+
+
+def test_line_endings_and_encodings_real_files_come_in(tmp_path):
+    """WikiText as Windows writes it (CRLF) gives the same paragraphs; as UTF-16 or Latin-1 it is counted, not
+    guessed at."""
+    wiki = shared_path("corpora", "english", "wikitext2", "valid.txt").read_text(encoding="utf-8")
+    (tmp_path / "unix.txt").write_text(wiki, encoding="utf-8", newline="\n")
+    (tmp_path / "dos.txt").write_text(wiki, encoding="utf-8", newline="\r\n")
+    (tmp_path / "wide.txt").write_text(wiki[:20_000], encoding="utf-16")
+    (tmp_path / "latin.txt").write_bytes("Café au lait, señor; naïve façade.\n\nÀ bientôt.".encode("latin-1"))
+
+    def paragraphs(name):
+        return ingest(tmp_path / f"out-{name}", SourceConfig(name="w", inputs=[str(tmp_path / name)], format="text",
+                                                             text_split="paragraph"))
+
+    unix, _, _ = paragraphs("unix.txt")
+    dos, _, _ = paragraphs("dos.txt")
+    assert len(unix) == len(dos) > 1000
+    assert [r["html"] for r in dos] == [r["html"] for r in unix]  # line endings made \n, as text mode does
+    for name in ("wide.txt", "latin.txt"):
+        kept, dropped, _ = paragraphs(name)
+        assert not kept and dropped and {r["reason"] for r in dropped} == {"not_utf8"}, name
