@@ -35,11 +35,23 @@ def code_version() -> str:
         return f"pkg:{metadata.version('crucible')}"
 
 
-def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
-    """The upstream dataset for a rerun of ``stage``: 'latest', a run id (prefix), or a dataset id."""
-    upstream = stage_class(stage).upstream
-    if upstream is None:
+def effective_upstream(cfg: Config, stage: str) -> str | None:
+    """The stage whose dataset ``stage`` reads under this config: its upstream, or when that is an optional stage
+    switched off (crawl without seeds, select without a filter), the nearest one before it that runs."""
+    for name in stage_class(stage).upstreams:
+        if configured(cfg, name).enabled:
+            return name
+    return None
+
+
+def resolve_input(wh: Warehouse, stage: str, ref: str, cfg: Config | None = None) -> dict[str, Any]:
+    """The upstream dataset for a rerun of ``stage``: 'latest', a run id (prefix), or a dataset id. With ``cfg``,
+    the upstream is the one that config runs (see ``effective_upstream``); a dataset id may be any stage's that
+    ``stage`` can read."""
+    cls = stage_class(stage)
+    if cls.upstream is None:
         raise WarehouseError(f"stage {stage} has no upstream stage; it takes no --input")
+    upstream = (effective_upstream(cfg, stage) if cfg is not None else None) or cls.upstream
     if ref == "latest":
         found = wh.latest_dataset(upstream)
         if found is None:
@@ -47,8 +59,9 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
         return found
     found = wh.dataset(ref)
     if found is not None:
-        if found["stage"] != upstream:
-            raise WarehouseError(f"{ref} is a {found['stage']} dataset; {stage} reads a {upstream} dataset")
+        if found["stage"] not in cls.upstreams:
+            raise WarehouseError(f"{ref} is a {found['stage']} dataset; {stage} reads a "
+                                 f"{' or '.join(cls.upstreams)} dataset")
         return found
     run = wh.resolve_run(ref)
     found = wh.run_dataset(run["run_id"], upstream)
@@ -59,16 +72,15 @@ def resolve_input(wh: Warehouse, stage: str, ref: str) -> dict[str, Any]:
 
 def reads_upstream(cfg: Config, stage: str) -> bool:
     """Whether ``stage`` run alone reads a dataset: not when it has no upstream stage (it reads the web) or when
-    that stage is switched off (ingest without crawl.seeds reads only its configured inputs)."""
-    upstream = stage_class(stage).upstream
-    return upstream is not None and configured(cfg, upstream).enabled
+    every stage it could read is switched off (ingest without crawl.seeds reads only its configured inputs)."""
+    return effective_upstream(cfg, stage) is not None
 
 
 def stage_input(cfg: Config, stage: str, ref: str = "latest") -> dict[str, Any] | None:
     """The dataset a stage started alone reads (see ``resolve_input``), or None where it reads none."""
     if not reads_upstream(cfg, stage):
         return None
-    return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref)
+    return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref, cfg)
 
 
 @flow(name="crucible-pipeline", validate_parameters=False)
@@ -99,5 +111,5 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     return run_id
 
 
-__all__ = ["pipeline_flow", "resolve_input", "stage_input", "reads_upstream", "code_version", "StageFailed",
+__all__ = ["pipeline_flow", "resolve_input", "effective_upstream", "stage_input", "reads_upstream", "code_version", "StageFailed",
            "TRIGGERS"]

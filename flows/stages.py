@@ -47,7 +47,10 @@ def say(message: str) -> None:
 
 def configured(cfg: Config, stage: str) -> Stage:
     """The stage object for ``stage`` with its config section."""
-    return stage_class(stage)(cfg.section(stage), cfg.all_sources())
+    made = stage_class(stage)(cfg.section(stage), cfg.all_sources())
+    if hasattr(made, "bind"):  # a stage that reads another section's settings (select: tokenize's split)
+        made.bind(cfg)
+    return made
 
 
 # -- what a running stage is lent ------------------------------------------------------------------------------

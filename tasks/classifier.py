@@ -69,19 +69,22 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def train_classifier(positives: Iterable[str], negatives: Iterable[str], out: Path,
                      params: ClassifierParams = ClassifierParams()) -> dict[str, Any]:
     """Train on the two classes (empty texts left out), hold out ``val_fraction`` of each, save the model to ``out``
-    atomically; returns the sample sizes and the held-out accuracy and ROC AUC."""
+    atomically; returns the sample sizes, the held-out accuracy and ROC AUC, and ``held_out``: the positions of
+    the held-out texts in ``positives`` ("reference") and ``negatives`` ("crawl")."""
     import fasttext
 
-    pos = [line for line in (fasttext_line(t, params.max_chars) for t in positives) if line]
-    neg = [line for line in (fasttext_line(t, params.max_chars) for t in negatives) if line]
+    pos = [(i, line) for i, line in enumerate(fasttext_line(t, params.max_chars) for t in positives) if line]
+    neg = [(i, line) for i, line in enumerate(fasttext_line(t, params.max_chars) for t in negatives) if line]
     if not pos or not neg:
         raise ValueError(f"a classifier needs both classes: {len(pos)} positive and {len(neg)} negative texts")
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+    held_out: dict[str, list[int]] = {}
     for label, lines in ((POSITIVE, pos), (NEGATIVE, neg)):
         order = _order(len(lines), params.seed, label)
         held = int(round(len(lines) * params.val_fraction)) if len(lines) > 1 else 0
-        splits["val"] += [(label, lines[i]) for i in order[:held]]
-        splits["train"] += [(label, lines[i]) for i in order[held:]]
+        splits["val"] += [(label, lines[i][1]) for i in order[:held]]
+        splits["train"] += [(label, lines[i][1]) for i in order[held:]]
+        held_out["reference" if label == POSITIVE else "crawl"] = sorted(int(lines[i][0]) for i in order[:held])
     train = [splits["train"][i] for i in _order(len(splits["train"]), params.seed, "train")]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.txt"
@@ -96,7 +99,7 @@ def train_classifier(positives: Iterable[str], negatives: Iterable[str], out: Pa
                                "train_negative": sum(1 for lab, _ in train if lab == NEGATIVE),
                                "val_positive": sum(1 for lab, _ in splits["val"] if lab == POSITIVE),
                                "val_negative": sum(1 for lab, _ in splits["val"] if lab == NEGATIVE),
-                               "params": asdict(params)}
+                               "params": asdict(params), "held_out": held_out}
     if splits["val"]:
         labels = np.array([lab == POSITIVE for lab, _ in splits["val"]])
         scores = positive_scores(model, [line for _, line in splits["val"]], params.max_chars)

@@ -255,6 +255,77 @@ class DedupConfig(ShardedStageConfig):
         return self
 
 
+class ClassifierConfig(Section):
+    """select's fastText quality classifier (DCLM's recipe): trained on the reference against the crawl, or loaded."""
+
+    enabled: bool = Field(False, description="Score every document with a quality classifier and keep the best.")
+    model: Path | None = Field(None, description=(
+        "A fastText model file (.bin) to load instead of training one, e.g. DCLM's openhermes_reddit classifier; "
+        "its positive label must be __label__hq."))
+    max_positives: int = Field(20_000, ge=2, description="Reference documents it trains on (a seeded sample).")
+    max_negatives: int = Field(20_000, ge=2, description="Crawl documents it trains on (a seeded sample).")
+    balance: bool = Field(True, description=(
+        "Train on as many reference documents as crawl documents (the smaller sample sets both), as DCLM does."))
+    epochs: int = Field(5, ge=1, le=1000)
+    lr: float = Field(0.1, gt=0, le=10)
+    word_ngrams: int = Field(2, ge=1, le=5, description="2: words and word bigrams, as DCLM's classifier.")
+    dim: int = Field(100, ge=2, le=1000)
+    min_count: int = Field(1, ge=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Held out of both classes for accuracy and AUC.")
+    max_chars: int = Field(10_000, ge=100, description="A document's first characters read, in training and scoring.")
+    seed: int = Field(0, ge=0, description="Seeds the samples, the split and fastText (one thread: reproducible).")
+    keep: Literal["threshold", "top_fraction"] = Field("top_fraction", description=(
+        "threshold: keep a document scoring at least threshold; top_fraction: keep the best-scoring top_fraction "
+        "of the scored documents, over the whole dataset."))
+    threshold: float = Field(0.5, ge=0, le=1, description="Least P(reference) kept (keep = threshold).")
+    top_fraction: float = Field(0.5, gt=0, le=1, description="Share of the scored documents kept (keep = top_fraction).")
+
+
+class PerplexityConfig(Section):
+    """select's perplexity filter (CCNet's): a small GPT trained on the reference scores every document."""
+
+    enabled: bool = Field(False, description="Score every document's perplexity under a reference language model.")
+    vocab_size: int = Field(4096, ge=300, le=65536, description="The reference model's own BPE vocabulary.")
+    depth: int = Field(2, ge=1, le=12)
+    d_model: int = Field(128, ge=16, le=2048)
+    seq_len: int = Field(256, ge=16, le=4096, description="Also the most tokens of a document that are scored.")
+    batch_size: int = Field(16, ge=1)
+    steps: int = Field(300, ge=1, description="Training steps on the reference (batch_size x seq_len tokens each).")
+    lr: float = Field(3e-3, gt=0)
+    max_train_bytes: int = Field(64 * 2**20, ge=1024, description="Most reference text it trains on.")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    keep: Literal["band", "threshold"] = Field("band", description=(
+        "band: keep the bands named in bands, cut per source at its perplexity terciles (CCNet's head, middle "
+        "and tail); threshold: keep a document whose perplexity is at most max_perplexity."))
+    bands: list[Literal["head", "middle", "tail"]] = Field(["head", "middle"], min_length=1)
+    max_perplexity: float = Field(1000.0, gt=1)
+
+
+class SelectConfig(ShardedStageConfig):
+    """Model-based selection between dedup and decontaminate; skipped unless classifier or perplexity is on."""
+
+    reference: str | None = Field(None, description=(
+        "The [[sources]] entry whose documents are the positives (the classifier) and the text the reference LM "
+        "trains on (perplexity); its held-out validation documents are never used."))
+    reference_files: list[str] = Field(default_factory=list, description=(
+        "Or: text files (a document per paragraph) or .jsonl files (the 'text' field) holding the reference."))
+    negative_sources: list[str] = Field(default_factory=list, description=(
+        "Sources the classifier's negatives come from; default every warc/html source (the crawl and the web)."))
+    classifier: ClassifierConfig = ClassifierConfig()
+    perplexity: PerplexityConfig = PerplexityConfig()
+
+    @model_validator(mode="after")
+    def _reference_given(self) -> "SelectConfig":
+        needs = (self.classifier.enabled and self.classifier.model is None) or self.perplexity.enabled
+        if needs and not self.reference and not self.reference_files:
+            raise ValueError("select needs a reference to train on: set select.reference to a [[sources]] name or "
+                             "select.reference_files")
+        if self.reference and self.reference_files:
+            raise ValueError("set select.reference or select.reference_files, not both")
+        return self
+
+
 class DecontaminateConfig(ShardedStageConfig):
     benchmarks_dir: Path | None = Field(None, description=(
         "Directory of benchmark JSONL files (CORE formats). Unset: the small smoke benchmark Crucible writes into "
@@ -405,17 +476,17 @@ class SourceConfig(Section):
     url_field: str | None = Field(None, description="jsonl/parquet: a field holding each document's URL.")
     metadata_fields: list[str] = Field(default_factory=list, description=(
         "jsonl/parquet: fields kept as the document's metadata (a JSON object carried through every stage)."))
-    skip: list[Literal["language", "quality", "dedup"]] | None = Field(None, description=(
-        "Stages this source's documents pass through untouched. Default: language and quality for text, jsonl "
-        "and parquet (curated text), none for warc and html. Decontamination always applies."))
+    skip: list[Literal["language", "quality", "dedup", "select"]] | None = Field(None, description=(
+        "Stages this source's documents pass through untouched. Default: language, quality and select for text, "
+        "jsonl and parquet (curated text), none for warc and html. Decontamination always applies."))
     priority: int | None = Field(None, ge=-1000, le=1000, description=(
         "Dedup keeps the copy from the source with the highest priority. Default: 1 for curated formats "
         "(text, jsonl, parquet), 0 for warc and html, so a curated copy beats a crawled one."))
     weight: float | None = Field(None, gt=0, le=1, description=(
         "Target share of training tokens (0..1]; the source is up- or down-sampled to reach it."))
-    epochs: float | None = Field(None, gt=0, le=1000, description=(
-        "Or: how many times training sees each of its documents per pass (2: twice, 0.5: half of them). "
-        "Neither set: 1."))
+    epochs: float | None = Field(None, ge=0, le=1000, description=(
+        "Or: how many times training sees each of its documents per pass (2: twice, 0.5: half of them; 0: never, "
+        "so that its held-out slice is an evaluation text no variant trains on). Neither set: 1."))
     val_fraction: float | None = Field(None, ge=0, le=0.5, description="Held out for validation; default tokenize's.")
     val_docs: int | None = Field(None, ge=0, description="Or: exactly this many documents held out.")
 
@@ -432,7 +503,7 @@ class SourceConfig(Section):
         return self.format in CURATED_FORMATS
 
     def skips(self, stage: str) -> bool:
-        skip = self.skip if self.skip is not None else (["language", "quality"] if self.curated else [])
+        skip = self.skip if self.skip is not None else (["language", "quality", "select"] if self.curated else [])
         return stage in skip
 
     @property
@@ -460,6 +531,7 @@ class Config(Section):
     language: LanguageConfig = LanguageConfig()
     quality: QualityConfig = QualityConfig()
     dedup: DedupConfig = DedupConfig()
+    select: SelectConfig = SelectConfig()
     decontaminate: DecontaminateConfig = DecontaminateConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
@@ -483,6 +555,10 @@ class Config(Section):
         if repeated:
             raise ValueError(f"source names must be unique, {repeated} repeat (ingest.inputs is the source 'web', "
                              "crawl.seeds the source 'crawl'; to set their weights give them no inputs)")
+        unknown = [n for n in ([self.select.reference] if self.select.reference else []) + self.select.negative_sources
+                   if n not in names]
+        if unknown:
+            raise ValueError(f"select names sources {unknown} that are not configured; the sources are {names}")
         weights = [s.weight for s in self.all_sources() if s.weight is not None]
         if sum(weights) > 1 + 1e-9:
             raise ValueError(f"source weights are shares of the training tokens and add up to {sum(weights):g} > 1")

@@ -28,6 +28,7 @@ __all__ = ["CrawlStage", "Crawler", "SeenPage", "VISITED", "recover", "job_files
 
 class CrawlStage(Stage):
     name = "crawl"
+    optional = True
     disabled_because = "no crawl.seeds configured; ingest reads ingest.inputs"
 
     config: CrawlConfig

@@ -1,8 +1,10 @@
 """The stages in pipeline order: the one place that says which stage reads which.
 
 Each stage reads the output of the one before it (``upstream``, set here on every class; crawl reads the web, and
-ingest reads a crawl's WARC files when crawl.seeds are set, else only ``ingest.inputs``). A new stage is a class in
-tasks/<stage>.py, added to ``PIPELINE`` here and to the config tree.
+ingest reads a crawl's WARC files when crawl.seeds are set, else only ``ingest.inputs``). A stage its config can
+switch off (crawl without seeds, select without a classifier or perplexity filter) is ``optional``: the stage
+after it then reads the one before it (``upstreams`` lists every stage a stage may read, nearest first). A new stage
+is a class in tasks/<stage>.py, added to ``PIPELINE`` here and to the config tree.
 """
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ from tasks.language import LanguageStage
 from tasks.quality import QualityStage
 from tasks.evaluate import EvaluateStage
 from tasks.report import ReportStage
+from tasks.select import SelectStage
 from tasks.tokenize import TokenizeStage
 from tasks.train import TrainStage
 
 PIPELINE: tuple[type[Any], ...] = (CrawlStage, IngestStage, ExtractStage, LanguageStage, QualityStage, DedupStage,
-                                   DecontaminateStage, TokenizeStage, TrainStage, EvaluateStage, ReportStage)
+                                   SelectStage, DecontaminateStage, TokenizeStage, TrainStage, EvaluateStage, ReportStage)
 STAGES: dict[str, type[Any]] = {cls.name: cls for cls in PIPELINE}
 ORDER: list[str] = list(STAGES)
 for _before, _cls in zip((None, *PIPELINE), PIPELINE):
     _cls.upstream = _before.name if _before is not None else None
+    _cls.upstreams = ((_before.name, *(_before.upstreams if _before.optional else ())) if _before is not None else ())
 
 
 def stage_class(name: str) -> type[Any]:

@@ -175,6 +175,8 @@ class Stage(ABC):
 
     name: ClassVar[str]
     upstream: ClassVar[str | None] = None  # set by tasks/registry.py from the pipeline order
+    upstreams: ClassVar[tuple[str, ...]] = ()  # upstream, and those before it when it is optional (registry.py)
+    optional: ClassVar[bool] = False  # its config may switch it off, and the next stage then reads its upstream
     enabled: ClassVar[bool] = True  # a stage that is switched off by its config is skipped, and says why
     disabled_because: ClassVar[str] = ""
     role: ClassVar[str | None] = None  # what the report and dashboard show it as (warehouse/migrations/0006)
@@ -227,9 +229,9 @@ class Stage(ABC):
         """The upstream dataset, which must be the upstream stage's (a stage without one reads nothing)."""
         if self.upstream is None:
             return Input()
-        if upstream is None or upstream["stage"] != self.upstream:
+        if upstream is None or upstream["stage"] not in self.upstreams:
             got = upstream["dataset_id"] if upstream else "nothing"
-            raise StageFailed(f"stage {self.name} reads a {self.upstream} dataset, got {got}")
+            raise StageFailed(f"stage {self.name} reads a {' or '.join(self.upstreams)} dataset, got {got}")
         return Input(upstream["fingerprint"], [upstream["dataset_id"]], upstream, bytes=upstream.get("bytes"))
 
     def stage_key(self, inp: Input, ctx: StageContext) -> str:

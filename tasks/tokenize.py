@@ -144,13 +144,20 @@ class TokenizeStage(ReduceStage):
         return [self._scattered(scratch, u) for u in units]
 
     def _sample_texts(self, scratch: Path) -> Iterator[str]:
-        """Training-split texts whose rank is under the cut-off that fills ``sample_max_bytes``."""
+        """Training-split texts whose rank is under the cut-off that fills ``sample_max_bytes`` (not those of a
+        source training never sees, ``epochs = 0``: its held-out slice is an evaluation text)."""
         files = self._scatter_files(scratch)
         if not files:
             return
         cutoffs = json.loads((scratch / "cutoffs.json").read_text())
+        unused = pa.array(sorted(s.name for s in self.source_configs if s.epochs == 0), pa.string())
+
+        def trains(table: pa.Table) -> Any:
+            train = pc.invert(self.held_out(table, cutoffs))
+            return pc.and_(train, pc.invert(pc.fill_null(pc.is_in(table["source"], value_set=unused), False)))
+
         meta = pa.concat_tables([pq.read_table(f, columns=["source", "vhash", "rank", "bytes"]) for f in files])
-        meta = meta.filter(pc.invert(self.held_out(meta, cutoffs))).sort_by("rank")
+        meta = meta.filter(trains(meta)).sort_by("rank")
         used = np.cumsum(meta["bytes"].to_numpy())
         take = max(1, int(np.searchsorted(used, self.config.sample_max_bytes, side="right"))) if len(used) else 0
         if not take:
@@ -158,7 +165,7 @@ class TokenizeStage(ReduceStage):
         cutoff = meta["rank"][take - 1]
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(columns=["source", "vhash", "rank", "text"]):
-                train = pc.invert(self.held_out(pa.Table.from_batches([batch]), cutoffs))
+                train = trains(pa.Table.from_batches([batch]))
                 chosen = pc.and_(train, pc.less_equal(pa.chunked_array([batch.column("rank")]), cutoff))
                 yield from (t or "" for t in pa.Table.from_batches([batch]).filter(chosen)["text"].to_pylist())
 

@@ -641,8 +641,8 @@ class Warehouse:
             for stage in stages:
                 if stage == base:
                     continue
-                cols.append(f"{stage}.doc_id IS NOT NULL AS kept_{stage}")
-                joins.append(f"LEFT JOIN (SELECT doc_id FROM docs_{stage}) {stage} USING (doc_id)")
+                cols.append(f'"{stage}".doc_id IS NOT NULL AS kept_{stage}')  # quoted: a stage may be a keyword
+                joins.append(f'LEFT JOIN (SELECT doc_id FROM docs_{stage}) "{stage}" USING (doc_id)')
             cols.append("(SELECT string_agg(dd.stage || ':' || dd.reason, ', ') FROM doc_drops dd "
                         "WHERE dd.doc_id = i.doc_id) AS drop_reasons")
             con.execute(f"CREATE OR REPLACE VIEW doc_lineage AS SELECT {', '.join(cols)} "

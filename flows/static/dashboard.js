@@ -1,7 +1,7 @@
 // The Crucible dashboard: polls /api/runs and /api/runs/<run>, and draws everything itself (no libraries).
 "use strict";
 
-const STAGE_ORDER = ["crawl", "ingest", "extract", "language", "quality", "dedup", "decontaminate", "tokenize",
+const STAGE_ORDER = ["crawl", "ingest", "extract", "language", "quality", "dedup", "select", "decontaminate", "tokenize",
   "train", "evaluate", "report"];
 const CURVE_TITLES = { loss: "training loss (nats)", val_bpb: "validation bits per byte", lr: "learning rate",
   tokens_per_s: "tokens per second", mfu: "model FLOPs utilisation", grad_norm: "gradient norm" };
