@@ -6,7 +6,8 @@ variant shares are cache hits after the first, so only what a setting changes is
 ``train.max_steps`` (a time limit would give the variants different token counts, so it is refused), and each run is
 scored on the held-out slice of one source (``--eval-source``): the same documents in every variant when that source
 skips the stage being varied, which is what a curated source does by default (use ``epochs = 0`` on it so no variant
-trains on any of it). CORE-7 comes from the evaluate stage when the runs go that far.
+trains on any of it). Every run uses one tokenizer, the first variant's (``shared_tokenizer``). CORE-7 comes from
+the evaluate stage when the runs go that far.
 
     rows = run_ablation(Path("configs/selection_ablation.toml"), ["select.classifier.enabled=true,false"],
                         seeds=[0, 1, 2], eval_source="wikitext", run=run_pipeline)
@@ -75,15 +76,29 @@ def check_equal_tokens(cfg: Config) -> None:
                           "different numbers of tokens; remove it and set train.max_steps")
 
 
+def shared_tokenizer(path: Path, varies: list[str], tokenize: Callable[[Config], Path],
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The override that gives every run one tokenizer: the one the first variant's data trains (put the baseline
+    first). Bits per byte and tokens then compare like with like: with a tokenizer per variant, one that packs more
+    bytes into a token would see more text at equal tokens. None when the config fixes a tokenizer or a --vary
+    changes tokenize."""
+    base = variant_config(path, variants(varies)[0], None)
+    if base.tokenize.tokenizer_path is not None or any(v.strip().startswith("tokenize.") for v in varies):
+        return {}
+    made = tokenize(base)
+    say(f"ablate: every run uses the tokenizer of the first variant, {made}")
+    return {"tokenize.tokenizer_path": str(made)}
+
+
 def run_ablation(path: Path, varies: list[str], *, seeds: list[int], eval_source: str,
                  run: Callable[[Config], str], facts: Callable[[Config, str], dict[str, float]],
-                 say: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every variant with every seed; one row each with the run id, its tokens, bpb on the evaluation text
-    and CORE-7 (None where the run did not evaluate)."""
+                 say: Callable[[str], None] = print, fixed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run every variant with every seed (``fixed`` settings applied to all); one row each with the run id, its
+    tokens, bpb on the evaluation text and CORE-7 (None where the run did not evaluate)."""
     rows = []
     for overrides in variants(varies):
         for seed in seeds:
-            cfg = variant_config(path, overrides, seed)
+            cfg = variant_config(path, {**(fixed or {}), **overrides}, seed)
             check_equal_tokens(cfg)
             if eval_source not in {s.name for s in cfg.all_sources()}:
                 raise ConfigError(f"--eval-source {eval_source}: no such source in {path}")
@@ -148,5 +163,5 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[
     return md, js
 
 
-__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "summarize", "table", "write_results",
+__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "shared_tokenizer", "summarize", "table", "write_results",
            "check_equal_tokens"]

@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,16 +147,18 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
 
     Each variant is CONFIG with one value of every --vary; stages the variants share are cache hits. Every run is
     scored by bits per byte on the held-out slice of --eval-source (give that source `epochs = 0` so that no
-    variant trains on it) and, with --to evaluate, CORE-7. Prints the runs and each variant's mean and spread over
+    variant trains on it) and, with --to evaluate, CORE-7. Every run uses one tokenizer: the first variant's
+    (put the baseline first), unless the config sets tokenize.tokenizer_path. Prints the runs and each variant's mean and spread over
     the seeds, and writes them to <work_dir>/ablations/ablation-<time>.md and .json. Each run is in the warehouse
     too (`crucible report --compare RUN_A RUN_B`).
 
     \b
     Example:
-        crucible ablate configs/selection_ablation.toml --vary select.classifier.enabled=true,false \\
-            --seeds 0,1,2 --eval-source wikitext
+        crucible ablate configs/selection_ablation.toml --vary select.classifier.enabled=false,true \\
+            --seeds 0,1,2 --eval-source books
     """
-    from flows.ablate import run_ablation, summarize, table, write_results
+    from flows.ablate import check_equal_tokens, run_ablation, shared_tokenizer, summarize, table, write_results
+    from tasks.atomic import atomic_file, file_sha256
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -171,13 +174,38 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
 
     def facts(cfg, run_id: str) -> dict[str, float]:
         wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
-        return {f["name"]: f["value"] for f in wh.stage_facts(run_id)}
+        got = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}
+        key = f"train.final_val_bpb/{eval_source}"
+        if key not in got and "train.final_val_bpb" in got:  # training splits val per source only if 2+ hold out
+            held = {f["source"] for f in wh.source_figures(run_id) if f["stage"] == "tokenize" and f.get("val_docs")}
+            if held == {eval_source}:
+                got[key] = got["train.final_val_bpb"]
+        return got
 
+    cfg = load_config(config)
+    say = lambda m: console.print(m, highlight=False)  # noqa: E731
+
+    def tokenizer_of(base) -> Path:
+        """Tokenize the first variant, and keep its tokenizer beside the ablation's results."""
+        try:
+            run_id = _run_pipeline(base, stage_range(None, "tokenize"), "manual", None)
+        except Exception as err:
+            fail(f"pipeline failed: {err}")
+        wh = Warehouse(base.warehouse_path, base.warehouse.lock_timeout_s)
+        made = Path(wh.run_dataset(run_id, "tokenize")["uri"]) / "_reduce" / "tokenizer.json"
+        keep = cfg.work_dir / "ablations" / f"tokenizer-{file_sha256(made)[:12]}.json"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        if not keep.is_file():
+            with atomic_file(keep) as tmp:
+                shutil.copyfile(made, tmp)
+        return keep.resolve()
+
+    check_equal_tokens(cfg)
+    fixed = shared_tokenizer(Path(config), list(varies), tokenizer_of, say)
     rows = run_ablation(Path(config), list(varies), seeds=seed_list, eval_source=eval_source, run=run_one,
-                        facts=facts, say=lambda m: console.print(m, highlight=False))
+                        facts=facts, say=say, fixed=fixed)
     summary = summarize(rows)
     console.print(table(rows, summary, eval_source), highlight=False, markup=False)
-    cfg = load_config(config)
     md, js = write_results(cfg.work_dir / "ablations", rows, summary, eval_source,
                            {"config": config, "vary": list(varies), "seeds": seed_list, "to": last})
     console.print(f"wrote {md} and {js}", highlight=False)

@@ -77,6 +77,7 @@ def section_funnel(doc: Doc, data: dict[str, Any]) -> None:
         doc.p("The lines held by the most documents; each was kept in one document and removed from the others.")
         doc.table(["documents", "removed from", "segment"],
                   [[r["docs"], r["removed_from"], (r["text"] or "")[:160]] for r in data["removed_segments"]])
+    section_selection(doc, data.get("facts", {}))
     contamination = {k.split(".", 2)[2]: v for k, v in data.get("facts", {}).items()
                      if k.startswith("decontaminate.contaminated_items.")}
     if contamination:
@@ -84,6 +85,24 @@ def section_funnel(doc: Doc, data: dict[str, Any]) -> None:
         doc.h(3, "Contamination per benchmark")
         doc.table(["benchmark", "items checked", "contaminated items"],
                   [[t, items.get(f"decontaminate.items.{t}"), v] for t, v in sorted(contamination.items())])
+
+
+def section_selection(doc: Doc, facts: dict[str, float]) -> None:
+    """The select stage's models and cut-offs, when it ran."""
+    rows = [(label, facts.get(name)) for label, name in (
+        ("classifier: reference documents trained on", "select.classifier.train_positive"),
+        ("classifier: crawl documents trained on", "select.classifier.train_negative"),
+        ("classifier: held-out accuracy", "select.classifier.val_accuracy"),
+        ("classifier: held-out ROC AUC", "select.classifier.val_auc"),
+        ("documents scored", "select.docs_scored"),
+        ("median quality_score", "select.quality_score_median"),
+        ("quality_score cut-off", "select.classifier_cutoff"),
+        ("reference LM: tokens trained on", "select.perplexity.tokens"),
+        ("reference LM: final training loss (nats)", "select.perplexity.final_loss"),
+        ("median perplexity", "select.perplexity_median")) if facts.get(name) is not None]
+    if rows:
+        doc.h(3, "Model-based selection")
+        doc.table(["figure", "value"], [[label, round(v, 4) if isinstance(v, float) else v] for label, v in rows])
 
 
 def section_sources(doc: Doc, data: dict[str, Any]) -> None:

@@ -404,36 +404,57 @@ class SelectStage(ReduceStage):
     # -- 5. process ----------------------------------------------------------------------------------------------
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        c = self.config
+        """Keep or drop each document by the reduce's cut-offs, a batch at a time (the scores are joined by
+        position: scan wrote them in the unit's order); the kept ones go on with their scores."""
         scratch = self.scratch_dir(writer.out_dir)
         cutoffs = json.loads((scratch / "cutoffs.json").read_text())
         scored = pq.read_table(scratch / f"scores-{unit.name}.parquet")
-        found = {d: (q, p) for d, q, p in zip(scored["doc_id"].to_pylist(), scored["quality_score"].to_pylist(),
-                                                scored["perplexity"].to_pylist())}
-        clf_cut = cutoffs.get("classifier")
-        bands = cutoffs.get("bands", {})
-        for row in self.input_rows(unit):
-            result.docs_in += 1
-            result.bytes_in += len(row["text"] or "")
-            q, p = found.get(row["doc_id"], (None, None))
-            if c.classifier.enabled and q is not None and clf_cut and not kept_by_cutoff(q, row["doc_id"], clf_cut):
-                drops.add_record("quality_classifier", row, nbytes=len(row["text"] or ""),
-                                 detail=f"quality_classifier:{q:.4f} < {clf_cut[0]:.4f} ({c.classifier.keep})")
-                continue
-            if c.perplexity.enabled and p is not None and not math.isnan(p):
-                if c.perplexity.keep == "threshold":
-                    if p > c.perplexity.max_perplexity:
-                        drops.add_record("perplexity", row, nbytes=len(row["text"] or ""),
-                                         detail=f"perplexity:{p:.1f} > {c.perplexity.max_perplexity:g}")
-                        continue
-                elif row["source"] in bands:
-                    band = band_of(p, tuple(bands[row["source"]]))
-                    if band not in c.perplexity.bands:
-                        drops.add_record("perplexity", row, nbytes=len(row["text"] or ""),
-                                         detail=f"perplexity:{p:.1f} {band} (terciles "
-                                                f"{bands[row['source']][0]:.1f}, {bands[row['source']][1]:.1f})")
-                        continue
-            writer.add({**row, "quality_score": q, "perplexity": p})
+        where = {d: i for i, d in enumerate(scored["doc_id"].to_pylist())}
+        quality = scored["quality_score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        ppl = scored["perplexity"].to_numpy(zero_copy_only=False).astype(np.float64)
+        for batch in self.input_batches(unit):
+            ids = batch.column("doc_id").to_pylist()
+            rows = np.array([where.get(d, -1) for d in ids], dtype=np.int64)
+            has = rows >= 0
+            q = np.where(has, quality[rows], np.nan)
+            p = np.where(has, ppl[rows], np.nan)
+            reasons = self._decide(ids, batch.column("source").to_pylist(), q, p, cutoffs)
+            keep = np.array([r is None for r in reasons])
+            texts = batch.column("text")
+            result.docs_in += batch.num_rows
+            result.bytes_in += int(pc.sum(pc.fill_null(pc.utf8_length(texts), 0)).as_py() or 0)
+            out = pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array(q, pa.float32(), from_pandas=True),
+                 pa.array(p, pa.float32(), from_pandas=True)], schema=SCHEMA)
+            writer.add_batch(out.filter(pa.array(keep)))
+            if not keep.all():
+                dropped = batch.filter(pa.array(~keep)).select(["doc_id", "url", "warc_file", "warc_offset",
+                                                                 "source", "text"]).to_pylist()
+                for row, (reason, detail) in zip(dropped, (r for r in reasons if r is not None)):
+                    drops.add_record(reason, row, nbytes=len(row["text"] or ""), detail=detail)
+
+    def _decide(self, ids: list[str], sources: list[str], q: np.ndarray, p: np.ndarray,
+                cutoffs: dict[str, Any]) -> list[tuple[str, str] | None]:
+        """Per document: None to keep it, else (reason, detail)."""
+        c = self.config
+        clf_cut, bands = cutoffs.get("classifier"), cutoffs.get("bands", {})
+        out: list[tuple[str, str] | None] = []
+        for doc_id, source, score, perplexity in zip(ids, sources, q.tolist(), p.tolist()):
+            if c.classifier.enabled and clf_cut and not math.isnan(score) and \
+                    not kept_by_cutoff(score, doc_id, clf_cut):
+                out.append(("quality_classifier", f"quality_classifier:{score:.4f} < {clf_cut[0]:.4f} "
+                                                  f"({c.classifier.keep})"))
+            elif c.perplexity.enabled and not math.isnan(perplexity) and c.perplexity.keep == "threshold" and \
+                    perplexity > c.perplexity.max_perplexity:
+                out.append(("perplexity", f"perplexity:{perplexity:.1f} > {c.perplexity.max_perplexity:g}"))
+            elif c.perplexity.enabled and not math.isnan(perplexity) and c.perplexity.keep == "band" and \
+                    source in bands and band_of(perplexity, tuple(bands[source])) not in c.perplexity.bands:
+                lo, hi = bands[source]
+                out.append(("perplexity", f"perplexity:{perplexity:.1f} {band_of(perplexity, (lo, hi))} "
+                                          f"(terciles {lo:.1f}, {hi:.1f})"))
+            else:
+                out.append(None)
+        return out
 
     # -- the steps together --------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from tasks.registry import ORDER
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["provenance"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
-            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"]]
+            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"], ["ablate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
@@ -73,7 +73,7 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert "ingest" in result.output and "completed" in result.output
 
     again = cli.invoke(main, ["run", str(path)])
-    stages = len(ORDER) - 1  # every stage but crawl; all cache hits but the report, written for every run
+    stages = len(ORDER) - 2  # every stage but crawl and select (off); all cache hits but the report, written anew
     assert again.exit_code == 0 and len(re.findall(r"│\s*hit\s*│", again.output)) == stages - 1, again.output
 
     wh = ["--config", str(path)]
