@@ -56,6 +56,10 @@ def main() -> None:
     separated = other["bpb_max"] < base["bpb_min"] or base["bpb_max"] < other["bpb_min"]
     print(f"{other['variant']} - {base['variant']}: {diff:+.4f} bpb ({diff / base['bpb_mean']:+.1%}); "
           f"the seeds' ranges {'do not overlap' if separated else 'overlap'}")
+    for pair in results.get("paired", []):
+        seeds = ", ".join(f"seed {k} {v:+.4f}" for k, v in pair["by_seed"].items())
+        print(f"{pair['variant']} - {pair['against']}, seed by seed: {seeds}; mean {pair['mean']:+.4f}, lower in "
+              f"{pair['lower_in']} of {pair['seeds']} seeds")
     print(f"lower bpb with {other['variant']}: {'yes' if diff < 0 else 'no'}")
     if base["core7_std"] is not None and other["core7_std"] is not None:
         noise = max(base["core7_std"], other["core7_std"])

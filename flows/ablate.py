@@ -131,6 +131,23 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each variant against the first, seed by seed: the seed sets the initialisation and the data order, which
+    move bpb more than many a data change, so the per-seed difference is the sharper comparison."""
+    labels = list(dict.fromkeys(r["variant"] for r in rows))
+    base = {r["seed"]: r["bpb"] for r in rows if r["variant"] == labels[0] and r["bpb"] is not None}
+    out = []
+    for label in labels[1:]:
+        diffs = {r["seed"]: r["bpb"] - base[r["seed"]] for r in rows
+                 if r["variant"] == label and r["bpb"] is not None and r["seed"] in base}
+        if diffs:
+            values = list(diffs.values())
+            out.append({"variant": label, "against": labels[0], "by_seed": diffs,
+                        "mean": statistics.fmean(values), "min": min(values), "max": max(values),
+                        "lower_in": sum(v < 0 for v in values), "seeds": len(values)})
+    return out
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -145,6 +162,13 @@ def table(rows: list[dict[str, Any]], summary: list[dict[str, Any]], eval_source
     lines += [f"| {s['variant']} | {s['runs']} | {_fmt(s['bpb_mean'], '.4f')} | {_fmt(s['bpb_min'], '.4f')}.."
               f"{_fmt(s['bpb_max'], '.4f')} | {_fmt(s['bpb_std'], '.4f')} | {_fmt(s['core7_mean'], '+.4f')} "
               f"({_fmt(s['core7_std'], '.4f')}) |" for s in summary]
+    pairs = paired(rows)
+    if pairs:
+        lines += ["", f"| variant - {pairs[0]['against']} | per seed | mean | min..max | lower in |",
+                  "|---|---|---:|---|---:|"]
+        lines += [f"| {p['variant']} | {', '.join(f'{k}: {v:+.4f}' for k, v in p['by_seed'].items())} | "
+                  f"{p['mean']:+.4f} | {p['min']:+.4f}..{p['max']:+.4f} | {p['lower_in']} of {p['seeds']} seeds |"
+                  for p in pairs]
     return "\n".join(lines) + "\n"
 
 
@@ -155,13 +179,13 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / f"ablation-{stamp}.md", out_dir / f"ablation-{stamp}.json"
     with atomic_file(js) as tmp:
-        tmp.write_text(json.dumps({**meta, "eval_source": eval_source, "runs": rows, "summary": summary}, indent=1,
-                                  default=str))
+        tmp.write_text(json.dumps({**meta, "eval_source": eval_source, "runs": rows, "summary": summary,
+                                   "paired": paired(rows)}, indent=1, default=str))
     with atomic_file(md) as tmp:
         tmp.write_text(f"# Ablation {stamp}\n\n{meta.get('config')}; varied: {', '.join(meta.get('vary', []))}\n\n"
                        + table(rows, summary, eval_source))
     return md, js
 
 
-__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "shared_tokenizer", "summarize", "table", "write_results",
+__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "shared_tokenizer", "summarize", "paired", "table", "write_results",
            "check_equal_tokens"]

@@ -415,9 +415,7 @@ class SelectStage(ReduceStage):
         for batch in self.input_batches(unit):
             ids = batch.column("doc_id").to_pylist()
             rows = np.array([where.get(d, -1) for d in ids], dtype=np.int64)
-            has = rows >= 0
-            q = np.where(has, quality[rows], np.nan)
-            p = np.where(has, ppl[rows], np.nan)
+            q, p = _take(quality, rows), _take(ppl, rows)
             reasons = self._decide(ids, batch.column("source").to_pylist(), q, p, cutoffs)
             keep = np.array([r is None for r in reasons])
             texts = batch.column("text")
@@ -490,6 +488,13 @@ class SelectStage(ReduceStage):
             made.append(Dataset(f"reference_lm-{digest[:12]}", "reference_lm", None, str(lm_dir), "torch", digest,
                                 [_file_row(f) for f in files], parents))
         return made
+
+
+def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """values[rows], NaN where a row is -1 (a document that was not scored)."""
+    if not len(values):
+        return np.full(len(rows), np.nan)
+    return np.where(rows >= 0, values[np.maximum(rows, 0)], np.nan)
 
 
 def _file_row(path: Path) -> tuple[str, int | None, int | None, str | None]:

@@ -42,16 +42,17 @@ def corpus(tmp_path_factory):
     return docstrings, pages
 
 
-def dataset(tmp_path, corpus, shard_docs=150):
+def dataset(tmp_path, corpus, shard_docs=150, shuffle=True):
     docstrings, pages = corpus
     rows = ([{"doc_id": f"doc-{i:04d}", "source": "docstrings", "text": t} for i, t in enumerate(docstrings)]
             + [{"doc_id": f"web-{i:04d}", "source": "web", "text": t} for i, t in enumerate(pages)])
-    random.Random(0).shuffle(rows)  # both sources spread over every unit
+    if shuffle:  # both sources spread over every unit (else the first units hold only the reference)
+        random.Random(0).shuffle(rows)
     return write_dataset(tmp_path / "in", DEDUP_SCHEMA, rows, stage="dedup", shard_docs=shard_docs), rows
 
 
-def select(tmp_path, corpus, name="out", **settings):
-    inp, rows = dataset(tmp_path, corpus)
+def select(tmp_path, corpus, name="out", shuffle=True, **settings):
+    inp, rows = dataset(tmp_path, corpus, shuffle=shuffle)
     cfg = SelectConfig.model_validate({"reference": "docstrings", "shard_max_docs": 120, **settings})
     stage = SelectStage(cfg, SOURCES)
     kept, dropped, facts = run_stage(stage, inp, tmp_path / name)
@@ -99,8 +100,10 @@ def test_the_classifier_keeps_the_global_top_fraction_and_drops_the_rest_with_th
 
 
 def test_a_threshold_keeps_what_scores_at_least_it(tmp_path, corpus):
-    _, rows, kept, dropped, _, _ = select(tmp_path, corpus, classifier={"enabled": True, "epochs": 20,
-                                                                        "keep": "threshold", "threshold": 0.6})
+    _, rows, kept, dropped, _, _ = select(tmp_path, corpus, shuffle=False,  # units with nothing to score too
+                                          classifier={"enabled": True, "epochs": 20, "keep": "threshold",
+                                                      "threshold": 0.6})
+    assert len(kept) + len(dropped) == len(rows)
     web = [r for r in kept if r["source"] == "web"]
     assert web and dropped
     assert all(r["quality_score"] >= 0.6 for r in web)
