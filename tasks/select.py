@@ -303,7 +303,8 @@ class SelectStage(ReduceStage):
         write_parquet_atomic(pa.table({"doc_id": [r["doc_id"] for r in pos[:len(texts)]]}),
                              lm_dir / "lm_sample.parquet")
         return {"path": str(lm_dir), "docs": len(texts), "bytes": size, "final_loss": facts["final_loss"],
-                "first_loss": facts["first_loss"], "tokens": facts["tokens"], "device": facts["device"]}
+                "first_loss": facts["first_loss"], "tokens": facts["tokens"], "device": facts["device"],
+                "steps": p.steps}
 
     # -- 3. score ------------------------------------------------------------------------------------------------
 
@@ -511,8 +512,9 @@ def say_models(ctx: StageContext, models: dict[str, Any]) -> None:
                 f"{clf.get('val_accuracy', float('nan')):.3f}, AUC {clf.get('val_auc', float('nan')):.3f}")
     lm = models.get("perplexity")
     if lm:
-        ctx.say(f"select: reference LM trained on {lm['tokens']:,} tokens of {lm['docs']} documents on {lm['device']}: "
-                f"loss {lm['first_loss']:.2f} -> {lm['final_loss']:.2f}")
+        ctx.say(f"select: reference LM trained for {lm['steps']} steps on {lm['device']}, on a reference of "
+                f"{lm['tokens']:,} tokens in {lm['docs']} documents: loss {lm['first_loss']:.2f} -> "
+                f"{lm['final_loss']:.2f}")
 
 
 def sample_step(stage: SelectStage, unit: Unit, out_dir: Path) -> dict[str, Any]:

@@ -20,13 +20,37 @@ from pathlib import Path
 from warehouse.lineage import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
-KILLABLE = ["ingest", "extract", "language", "quality", "dedup", "decontaminate", "tokenize"]
+KILLABLE = ["ingest", "extract", "language", "quality", "dedup", "select", "decontaminate", "tokenize"]
+REFERENCE_MODULES = ["json", "textwrap", "string", "collections", "itertools", "functools", "re", "random",
+                     "statistics", "fractions", "decimal", "heapq", "bisect", "csv", "difflib", "pathlib"]
+
+
+def write_reference(path: Path) -> Path:
+    """select's reference text: the docstrings of some standard-library modules and their members, a paragraph
+    each (real English every machine has)."""
+    import importlib
+    import inspect
+
+    paragraphs = []
+    for name in REFERENCE_MODULES:
+        module = importlib.import_module(name)
+        for obj in [module, *(v for _, v in sorted(vars(module).items()) if callable(v))]:
+            doc = inspect.getdoc(obj) or ""
+            paragraphs += [p for p in doc.split("\n\n") if len(p) > 120]
+    path.write_text("\n\n".join(dict.fromkeys(paragraphs)) + "\n", encoding="utf-8")
+    return path
 
 
 def write_config(path: Path, work_dir: Path, inputs: str, extra: str = "") -> Path:
+    """Every data stage on, select included: a classifier and a small reference LM trained on write_reference."""
+    reference = write_reference(path.parent / f"{path.stem}-reference.txt")
     path.write_text(f'[paths]\nwork_dir = "{work_dir}"\n[runner]\nworkers = 2\n'
                     f'[ingest]\ninputs = ["{inputs}"]\nshard_max_docs = 8\n[extract]\nshard_max_docs = 8\n'
                     f'[language]\nshard_max_docs = 8\n[quality]\nshard_max_docs = 8\nc4_drop_curly_bracket = false\n'
+                    f'[select]\nreference_files = ["{reference}"]\nshard_max_docs = 8\n'
+                    f'[select.classifier]\nenabled = true\nepochs = 20\ntop_fraction = 0.8\n'
+                    f'[select.perplexity]\nenabled = true\nvocab_size = 512\ndepth = 1\nd_model = 64\nseq_len = 64\n'
+                    f'batch_size = 4\nsteps = 30\ndevice = "cpu"\nbands = ["head", "middle", "tail"]\n'
                     f'[tokenize]\nshard_max_docs = 8\nval_fraction = 0.1\n{extra}')
     return path
 

@@ -15,7 +15,7 @@ def uninterrupted(tmp_path_factory, pydoc_warc, prefect_harness):
     return reference(write_config(d / "c.toml", d / "work", str(pydoc_warc)), prefect_harness)
 
 
-@pytest.mark.parametrize("stage,seed", [("dedup", 2), ("tokenize", 3)])  # extract: test_interrupt.py
+@pytest.mark.parametrize("stage,seed", [("dedup", 2), ("select", 5), ("tokenize", 3)])  # extract: test_interrupt.py
 def test_sigkill_in_a_stage_then_rerun_gives_the_same_datasets(tmp_path, pydoc_warc, prefect_harness, uninterrupted,
                                                                 stage, seed):
     config = write_config(tmp_path / "c.toml", tmp_path / "work", str(pydoc_warc))

@@ -61,6 +61,14 @@ def test_select_in_a_pipeline_records_its_models_and_reruns_alone(tmp_path):
     auc = wh.query("SELECT value FROM metrics WHERE name = 'select.classifier.val_auc'")
     assert auc and auc[0]["value"] > 0.9
 
+    # the report shows the models and the cut-offs
+    from tasks.report import build
+    from warehouse.report import report_data
+
+    markdown = build(report_data(wh, run_id)).markdown()
+    assert "### Model-based selection" in markdown and "held-out ROC AUC" in markdown
+    assert "| select | quality_classifier |" in markdown
+
     # a new fraction reruns select and what follows; everything before is a cache hit
     data["select"]["classifier"]["top_fraction"] = 0.8
     again = pipeline_flow(parse_config(data, base=tmp_path), stages, "manual", None)
