@@ -217,6 +217,7 @@ class SelectStage(ReduceStage):
 
     def reference_file_docs(self) -> list[dict[str, Any]]:
         """The documents of ``reference_files``: a paragraph of a text file, or a .jsonl line's 'text'."""
+        from tasks.inputs import make_doc_id
         from tasks.readers import open_stream, read_jsonl, read_text
 
         docs = []
@@ -229,11 +230,14 @@ class SelectStage(ReduceStage):
             with open_stream(path) as fh:
                 reader = read_jsonl if jsonl else read_text
                 for doc in reader(fh, path, source, drops, 64 << 20):
-                    docs.append({"doc_id": doc["doc_id"], "label": POS, "text": doc["html"],
-                                 "rank": seeded_hash("select-positive", seed, doc["doc_id"])})
+                    # named by its text, not its file's path: the same text in another place samples alike
+                    doc_id = make_doc_id("reference\0" + doc["html"])
+                    docs.append({"doc_id": doc_id, "label": POS, "text": doc["html"],
+                                 "rank": seeded_hash("select-positive", seed, doc_id)})
         if not docs:
             raise ValueError(f"select.reference_files {self.config.reference_files} hold no text")
-        return sorted(docs, key=lambda r: (r["rank"], r["doc_id"]))
+        unique = {d["doc_id"]: d for d in docs}  # a repeated paragraph once
+        return sorted(unique.values(), key=lambda r: (r["rank"], r["doc_id"]))
 
     def train(self, out_dir: Path, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Train (or load) the models, once; their files go in ``models/`` with what they trained on."""
