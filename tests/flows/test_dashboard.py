@@ -172,8 +172,9 @@ def test_dashboard_in_a_real_browser(tmp_path):
     with dashboard_page(wh.path) as (page, url, errors):
         page.goto(f"{url}/#{finished}")
         expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
-        expect(page.locator("#stage-strip .badge")).to_have_count(11)
+        expect(page.locator("#stage-strip .badge")).to_have_count(12)
         expect(page.locator("#stage-strip [data-stage=crawl]")).to_contain_text("skipped")  # no seeds
+        expect(page.locator("#stage-strip [data-stage=select]")).to_contain_text("skipped")  # no filter on
         expect(page.locator("#stage-strip [data-stage=report]")).to_contain_text("completed")
         for stage in ("ingest", "extract", "quality", "dedup", "tokenize"):
             expect(page.locator(f"#funnel .funnel-row[data-stage={stage}]")).to_be_visible()

@@ -166,7 +166,7 @@ def test_other_runners_give_identical_datasets(tmp_path, inputs, kind):
     fingerprints = [Warehouse(config(tmp_path / d, inputs).warehouse_path).dataset(s["output_dataset_id"])["fingerprint"]
                     for d, stages in (("t", threads), ("o", other)) for s in stages]
     half = len(fingerprints) // 2
-    assert fingerprints[:half] == fingerprints[half:] and half == len(DATA) - 1  # all but crawl
+    assert fingerprints[:half] == fingerprints[half:] and half == len(DATA) - 2  # all but crawl and select (off)
     assert not any(s["cache_hit"] for s in other)
 
 
@@ -187,7 +187,7 @@ def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
                                  "train": TrainConfig.model_validate(TINY_TRAIN),
                                  "evaluate": cfg.evaluate.model_copy(update={"max_items": 20})})
     stages, run_id = run(cfg, ORDER[1:])
-    assert [s["status"] for s in stages] == ["completed"] * (len(ORDER) - 1)
+    assert [s["status"] for s in stages] == ["completed"] * (len(ORDER) - 2)  # not crawl, not select (off)
     assert by_stage(stages)["ingest"]["docs_out"] >= 700 and by_stage(stages)["decontaminate"]["docs_out"] > 0
     wh = Warehouse(cfg.warehouse_path)
     pages = wh.query("SELECT count(*) AS n FROM docs_extract WHERE warc_file LIKE '%.html.gz'")[0]["n"]
@@ -212,7 +212,7 @@ def test_dask_runner_on_an_existing_cluster_address(tmp_path, inputs):
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         stages, _ = run(config(tmp_path, inputs, runner={"kind": "dask", "address": cluster.scheduler_address}))
-    assert {s["status"] for s in stages} == {"completed"} and len(stages) == len(DATA) - 1
+    assert {s["status"] for s in stages} == {"completed"} and len(stages) == len(DATA) - 2  # crawl, select off
     assert by_stage(stages)["extract"]["docs_out"] == 35
 
 

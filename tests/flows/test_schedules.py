@@ -110,4 +110,4 @@ def test_serve_registers_deployments_and_a_scheduled_run_completes(tmp_path, pre
     assert runs["schedule"]["status"] == "completed" and runs["rerun"]["status"] == "completed"
     assert [s["stage"] for s in wh.stage_runs(runs["rerun"]["run_id"])] == ["extract"]
     assert wh.resolve_run(runs["schedule"]["run_id"])["flow_run_id"] is not None
-    assert len(wh.stage_runs(runs["schedule"]["run_id"])) == len(ORDER) - 1  # crawl has no seeds here
+    assert len(wh.stage_runs(runs["schedule"]["run_id"])) == len(ORDER) - 2  # no crawl seeds, select off
