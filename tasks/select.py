@@ -113,8 +113,7 @@ class SelectStage(ReduceStage):
         params = super().params()
         c = self.config
         if c.classifier.model is not None:  # a model file is read by its content, not its path
-            params["classifier_model_sha256"] = file_sha256(c.classifier.model) if c.classifier.model.is_file() \
-                else None
+            params["classifier_model_sha256"] = _sha256(c.classifier.model) if c.classifier.model.is_file() else None
         for path in c.reference_files:
             params.setdefault("reference_files_sha256", []).append(file_sha256(Path(path)) if Path(path).is_file()
                                                                    else None)
@@ -258,9 +257,8 @@ class SelectStage(ReduceStage):
 
     def _train_classifier(self, pos: list[dict[str, Any]], neg: list[dict[str, Any]], models: Path) -> dict[str, Any]:
         c = self.config.classifier
-        if c.model is not None:
-            load_classifier(c.model)  # fails now, naming the file, if it is not a usable model
-            return {"path": str(c.model), "sha256": file_sha256(c.model), "loaded": True}
+        if c.model is not None:  # scoring loads it (once per process) and names the file if it is not usable
+            return {"path": str(c.model), "sha256": _sha256(c.model), "loaded": True}
         pos, neg = pos[:c.max_positives], neg[:c.max_negatives]
         if c.balance:
             pos, neg = pos[:len(neg)], neg[:len(pos)]
@@ -464,7 +462,9 @@ class SelectStage(ReduceStage):
     def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
         units = self.plan(inp.dir)
         prepare_output(out_dir)
-        samples = ctx.map("sample", sample_step, self, units, out_dir)
+        c = self.config
+        trains = (c.classifier.enabled and c.classifier.model is None) or c.perplexity.enabled
+        samples = ctx.map("sample", sample_step, self, units, out_dir) if trains else []
         models = ctx.call("select:train", train_step, self, out_dir, samples)
         say_models(ctx, models)
         result = super().execute(ctx, inp, out_dir, key)
@@ -482,8 +482,9 @@ class SelectStage(ReduceStage):
             files = [Path(clf["path"])]
             if not clf["loaded"]:
                 files.append(self.models_dir(out_dir) / "classifier_sample.parquet")
+            rows = [(str(files[0]), None, files[0].stat().st_size, clf["sha256"]), *map(_file_row, files[1:])]
             made.append(Dataset(f"quality_classifier-{clf['sha256'][:12]}", "quality_classifier", None, clf["path"],
-                                "fasttext", clf["sha256"], [_file_row(f) for f in files],
+                                "fasttext", clf["sha256"], rows,
                                 [] if clf["loaded"] else parents))
         lm = models.get("perplexity")
         if lm:
@@ -493,6 +494,18 @@ class SelectStage(ReduceStage):
             made.append(Dataset(f"reference_lm-{digest[:12]}", "reference_lm", None, str(lm_dir), "torch", digest,
                                 [_file_row(f) for f in files], parents))
         return made
+
+
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """A model file's sha256, computed once per process while its size and mtime stay (DCLM's is ~1 GB)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        _hashes[key] = file_sha256(Path(path))
+    return _hashes[key]
 
 
 def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
