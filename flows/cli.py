@@ -177,7 +177,7 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
         got = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}
         key = f"train.final_val_bpb/{eval_source}"
         if key not in got and "train.final_val_bpb" in got:  # training splits val per source only if 2+ hold out
-            held = {f["source"] for f in wh.source_figures(run_id) if f["stage"] == "tokenize" and f.get("val_docs")}
+            held = {f["source"] for f in wh.source_figures(run_id) if f.get("val_docs")}  # tokenize's figures
             if held == {eval_source}:
                 got[key] = got["train.final_val_bpb"]
         return got

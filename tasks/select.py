@@ -19,6 +19,10 @@ evaluation text. Five steps, each recorded so that a killed run resumes:
    middle and tail bands), or a fixed ``max_perplexity``;
 5. process, per unit: a kept document goes on with its two scores; the others are drops ``quality_classifier``
    (detail ``quality_classifier:<score> < <cut-off>``) or ``perplexity`` (detail ``perplexity:<ppl> tail``).
+
+Why one module of ~550 lines: the five steps share the reference's sampling, the models' files and the cut-offs,
+and read in order they are the stage's documentation; the model code itself is in tasks/classifier.py and
+model/reference_lm.py.
 """
 from __future__ import annotations
 
