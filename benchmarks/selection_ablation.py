@@ -54,8 +54,9 @@ def main() -> None:
     base, other = summary[0], summary[-1]
     diff = other["bpb_mean"] - base["bpb_mean"]
     separated = other["bpb_max"] < base["bpb_min"] or base["bpb_max"] < other["bpb_min"]
-    print(f"{other['variant']} - {base['variant']}: {diff:+.4f} bpb ({diff / base['bpb_mean']:+.1%}); "
-          f"the seeds' ranges {'do not overlap' if separated else 'overlap'}")
+    spread = ("one seed: no spread to compare" if base["runs"] < 2 else
+              f"the seeds' ranges {'do not overlap' if separated else 'overlap'}")
+    print(f"{other['variant']} - {base['variant']}: {diff:+.4f} bpb ({diff / base['bpb_mean']:+.1%}); {spread}")
     for pair in results.get("paired", []):
         seeds = ", ".join(f"seed {k} {v:+.4f}" for k, v in pair["by_seed"].items())
         print(f"{pair['variant']} - {pair['against']}, seed by seed: {seeds}; mean {pair['mean']:+.4f}, lower in "
