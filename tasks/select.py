@@ -172,7 +172,7 @@ class SelectStage(ReduceStage):
                 docs += 1
                 if not text:
                     continue
-                if source == ref:
+                if ref is not None and source == ref:
                     vhash = validation_hash(doc_id, hold["seed"])
                     if "cutoff" in hold and vhash < hold["cutoff"]:
                         continue  # tokenize holds it out
