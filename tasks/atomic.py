@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -73,3 +74,35 @@ def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, read in blocks."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def hash_cache_dir() -> Path:
+    """Where ``cached_sha256`` keeps its entries: $CRUCIBLE_CACHE_DIR, else $XDG_CACHE_HOME/crucible, else
+    ~/.cache/crucible."""
+    if os.environ.get("CRUCIBLE_CACHE_DIR"):
+        return Path(os.environ["CRUCIBLE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "crucible"
+
+
+def cached_sha256(path: Path) -> str:
+    """A large file's SHA-256 (a user's ~1 GB model), read once and then remembered by its stat, as git's index
+    and DVC do: the entry is named by the file's real path, size, mtime and inode, so any rewrite misses it. A file
+    modified within the last two seconds is hashed but not remembered (git's "racy" rule: a second write in the
+    same clock tick could keep the size and mtime). Where the cache cannot be written, the file is hashed."""
+    st = os.stat(path)
+    key = hashlib.blake2b(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}".encode(),
+                          digest_size=16).hexdigest()
+    entry = hash_cache_dir() / "sha256" / key
+    try:
+        known = entry.read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    digest = file_sha256(path)
+    if time.time() - st.st_mtime > 2:
+        try:
+            atomic_write_text(entry, digest + "\n")
+        except OSError:
+            pass
+    return digest

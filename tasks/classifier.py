@@ -3,8 +3,9 @@
 The building block of model-based selection (issue 21): train on labelled lines (word bigrams, a few epochs, one
 thread so a seed gives the same model), check it on a held-out slice of both classes (accuracy and ROC AUC), save
 it atomically, load it (ours or a downloaded one, such as DCLM's ``openhermes_reddit`` model), and score texts as
-the probability of the positive label. fastText reads one line per example, so a text's white space (newlines
-included) is folded to single spaces, and only its first ``max_chars`` characters are read.
+the probability of the positive label. fastText reads one line per example, so a text's lines are joined with
+single spaces as DCLM's scorer does (``" ".join(text.strip().splitlines())``: a DCLM model sees what it trained
+on), and only its first ``max_chars`` characters are read.
 
     metrics = train_classifier(reference_texts, crawl_texts, Path("quality.bin"), ClassifierParams(seed=0))
     model = load_classifier(Path("quality.bin"))
@@ -38,8 +39,9 @@ class ClassifierParams:
 
 
 def fasttext_line(text: str, max_chars: int = 10_000) -> str:
-    """One example line: the text's first ``max_chars`` characters, white space folded (fastText reads lines)."""
-    return " ".join(text[:max_chars].split())
+    """One example line: the text's first ``max_chars`` characters, its lines joined by spaces (DCLM's
+    preprocessing; fastText's own tokenizer splits words on the remaining white space)."""
+    return " ".join(text[:max_chars].strip().splitlines())
 
 
 def _order(n: int, seed: int, salt: str) -> np.ndarray:
@@ -125,6 +127,10 @@ def positive_scores(model: Any, texts: list[str], max_chars: int = 10_000) -> np
     if not texts:
         return np.empty(0, dtype=np.float32)
     labels, probs = model.predict([fasttext_line(t, max_chars) for t in texts], k=-1)
+    if len(model.get_labels()) == 2 and all(len(names) == 2 for names in labels):  # the usual binary model
+        first = np.fromiter((names[0] == POSITIVE for names in labels), dtype=bool, count=len(texts))
+        both = np.asarray(probs, dtype=np.float32).reshape(len(texts), 2)
+        return np.where(first, both[:, 0], both[:, 1]).astype(np.float32)
     out = np.empty(len(texts), dtype=np.float32)
     for i, (names, values) in enumerate(zip(labels, probs)):
         out[i] = next((float(v) for n, v in zip(names, values) if n == POSITIVE), 0.0)

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.atomic import file_sha256
+from tasks.atomic import cached_sha256, file_sha256
 from tasks.classifier import ClassifierParams, load_classifier, positive_scores, train_classifier
 from tasks.config import SelectConfig, SourceConfig, stable_hash
 from tasks.dedup import SCHEMA as DEDUP_SCHEMA
@@ -67,8 +67,8 @@ def top_fraction_cutoff(scores: np.ndarray, doc_ids: list[str], fraction: float)
     if not len(scores):
         return None
     keep = max(1, math.ceil(fraction * len(scores) - 1e-9))
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), doc_ids[i]))
-    last = order[keep - 1]
+    table = pa.table({"score": pa.array(np.asarray(scores, dtype=np.float64)), "doc_id": pa.array(doc_ids, pa.string())})
+    last = pc.sort_indices(table, sort_keys=[("score", "descending"), ("doc_id", "ascending")])[keep - 1].as_py()
     return float(scores[last]), doc_ids[last]
 
 
@@ -412,54 +412,72 @@ class SelectStage(ReduceStage):
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         """Keep or drop each document by the reduce's cut-offs, a batch at a time (the scores are joined by
-        position: scan wrote them in the unit's order); the kept ones go on with their scores."""
+        doc_id); the kept ones go on with their scores."""
         scratch = self.scratch_dir(writer.out_dir)
         cutoffs = json.loads((scratch / "cutoffs.json").read_text())
         scored = pq.read_table(scratch / f"scores-{unit.name}.parquet")
-        where = {d: i for i, d in enumerate(scored["doc_id"].to_pylist())}
+        scored_ids = scored["doc_id"].combine_chunks()
         quality = scored["quality_score"].to_numpy(zero_copy_only=False).astype(np.float64)
         ppl = scored["perplexity"].to_numpy(zero_copy_only=False).astype(np.float64)
         for batch in self.input_batches(unit):
-            ids = batch.column("doc_id").to_pylist()
-            rows = np.array([where.get(d, -1) for d in ids], dtype=np.int64)
+            ids = batch.column("doc_id")
+            rows = pc.fill_null(pc.index_in(ids, value_set=scored_ids), -1).to_numpy().astype(np.int64)
             q, p = _take(quality, rows), _take(ppl, rows)
-            reasons = self._decide(ids, batch.column("source").to_pylist(), q, p, cutoffs)
-            keep = np.array([r is None for r in reasons])
-            texts = batch.column("text")
+            drop, reasons, details = self._decide(ids, batch.column("source"), q, p, cutoffs)
+            sizes = pc.fill_null(pc.utf8_length(batch.column("text")), 0).to_numpy().astype(np.int64)
             result.docs_in += batch.num_rows
-            result.bytes_in += int(pc.sum(pc.fill_null(pc.utf8_length(texts), 0)).as_py() or 0)
+            result.bytes_in += int(sizes.sum())
             out = pa.RecordBatch.from_arrays(
                 [*batch.columns, pa.array(q, pa.float32(), from_pandas=True),
                  pa.array(p, pa.float32(), from_pandas=True)], schema=SCHEMA)
-            writer.add_batch(out.filter(pa.array(keep)))
-            if not keep.all():
-                dropped = batch.filter(pa.array(~keep)).select(["doc_id", "url", "warc_file", "warc_offset",
-                                                                 "source", "text"]).to_pylist()
-                for row, (reason, detail) in zip(dropped, (r for r in reasons if r is not None)):
-                    drops.add_record(reason, row, nbytes=len(row["text"] or ""), detail=detail)
+            writer.add_batch(out.filter(pa.array(~drop)))
+            if drop.any():
+                which = pa.array(drop)
+                drops.add_batch(batch.select(["doc_id", "url", "warc_file", "warc_offset", "source"]).filter(which),
+                                reasons, details, sizes[drop])
 
-    def _decide(self, ids: list[str], sources: list[str], q: np.ndarray, p: np.ndarray,
-                cutoffs: dict[str, Any]) -> list[tuple[str, str] | None]:
-        """Per document: None to keep it, else (reason, detail)."""
+    def _decide(self, ids: pa.Array, sources: pa.Array, q: np.ndarray, p: np.ndarray,
+                cutoffs: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
+        """Which documents to drop (a mask), and each dropped one's reason and detail, in order. The classifier
+        decides first; a document without a score (its source skips select) is kept."""
         c = self.config
         clf_cut, bands = cutoffs.get("classifier"), cutoffs.get("bands", {})
-        out: list[tuple[str, str] | None] = []
-        for doc_id, source, score, perplexity in zip(ids, sources, q.tolist(), p.tolist()):
-            if c.classifier.enabled and clf_cut and not math.isnan(score) and \
-                    not kept_by_cutoff(score, doc_id, clf_cut):
-                out.append(("quality_classifier", f"quality_classifier:{score:.4f} < {clf_cut[0]:.4f} "
-                                                  f"({c.classifier.keep})"))
-            elif c.perplexity.enabled and not math.isnan(perplexity) and c.perplexity.keep == "threshold" and \
-                    perplexity > c.perplexity.max_perplexity:
-                out.append(("perplexity", f"perplexity:{perplexity:.1f} > {c.perplexity.max_perplexity:g}"))
-            elif c.perplexity.enabled and not math.isnan(perplexity) and c.perplexity.keep == "band" and \
-                    source in bands and band_of(perplexity, tuple(bands[source])) not in c.perplexity.bands:
-                lo, hi = bands[source]
-                out.append(("perplexity", f"perplexity:{perplexity:.1f} {band_of(perplexity, (lo, hi))} "
-                                          f"(terciles {lo:.1f}, {hi:.1f})"))
+        n = len(q)
+        why = np.zeros(n, dtype=np.int8)  # 0 keep, 1 classifier, 2 perplexity threshold, 3 perplexity band
+        if c.classifier.enabled and clf_cut:
+            at_cut = pc.less_equal(ids, pa.scalar(clf_cut[1], ids.type)).to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                kept = (q > clf_cut[0]) | ((q == clf_cut[0]) & at_cut.astype(bool))
+            why[~np.isnan(q) & ~kept] = 1
+        lo = np.full(n, np.nan)
+        hi = np.full(n, np.nan)
+        if c.perplexity.enabled:
+            free = (why == 0) & ~np.isnan(p)
+            if c.perplexity.keep == "threshold":
+                why[free & (p > c.perplexity.max_perplexity)] = 2
             else:
-                out.append(None)
-        return out
+                src = np.asarray(sources.to_pylist(), dtype=object)
+                for source, (low, high) in bands.items():
+                    here = src == source
+                    lo[here], hi[here] = low, high
+                banded = free & ~np.isnan(lo)
+                band = np.where(p <= lo, 0, np.where(p <= hi, 1, 2))
+                allowed = np.isin(band, [BANDS.index(b) for b in c.perplexity.bands])
+                why[banded & ~allowed] = 3
+        drop = why > 0
+        reasons, details = [], []
+        for i in np.flatnonzero(drop).tolist():
+            if why[i] == 1:
+                reasons.append("quality_classifier")
+                details.append(f"quality_classifier:{q[i]:.4f} < {clf_cut[0]:.4f} ({c.classifier.keep})")
+            elif why[i] == 2:
+                reasons.append("perplexity")
+                details.append(f"perplexity:{p[i]:.1f} > {c.perplexity.max_perplexity:g}")
+            else:
+                reasons.append("perplexity")
+                details.append(f"perplexity:{p[i]:.1f} {band_of(p[i], (lo[i], hi[i]))} "
+                               f"(terciles {lo[i]:.1f}, {hi[i]:.1f})")
+        return drop, reasons, details
 
     # -- the steps together --------------------------------------------------------------------------------------
 
@@ -500,16 +518,9 @@ class SelectStage(ReduceStage):
         return made
 
 
-_hashes: dict[tuple[str, int, int], str] = {}
-
-
 def _sha256(path: Path) -> str:
-    """A model file's sha256, computed once per process while its size and mtime stay (DCLM's is ~1 GB)."""
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _hashes:
-        _hashes[key] = file_sha256(Path(path))
-    return _hashes[key]
+    """A model file's sha256, remembered across runs by its stat (DCLM's model is ~1 GB; hashing it costs seconds)."""
+    return cached_sha256(Path(path))
 
 
 def _take(values: np.ndarray, rows: np.ndarray) -> np.ndarray:

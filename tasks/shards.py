@@ -136,6 +136,7 @@ class DropLog:
         self.counts: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self.source: str | None = None
+        self._tables: list[pa.Table] = []  # batches added whole, in order with the rows
 
     def total(self) -> int:
         return sum(self.counts.values())
@@ -156,6 +157,38 @@ class DropLog:
         """Drop a record that carries the source columns (every stage after ingest)."""
         self.add(reason, doc_id=row.get("doc_id"), url=row.get("url"), warc_file=row.get("warc_file"),
                  warc_offset=row.get("warc_offset"), source=row.get("source"), **extra)
+
+    def add_batch(self, batch: pa.RecordBatch | pa.Table, reasons: list[str], details: list[str | None],
+                  nbytes: np.ndarray) -> None:
+        """Drop every record of ``batch`` (it carries the source columns) at once, without a Python dict per row:
+        ``reasons``, ``details`` and ``nbytes`` give each its reason, detail and size."""
+        check_stop()
+        if not batch.num_rows:
+            return
+        nbytes = np.asarray(nbytes, dtype=np.int64)
+        for reason, size in zip(reasons, nbytes.tolist()):
+            self.counts[reason] += 1
+            self.bytes[reason] += size
+        if self.rows:  # keep the order: rows added before this batch go first
+            self._tables.append(pa.Table.from_pylist(self.rows, schema=self.SCHEMA))
+            self.rows = []
+        n = batch.num_rows
+        cols = {name: batch.column(name).cast(self.SCHEMA.field(name).type) if name in batch.schema.names
+                else pa.nulls(n, self.SCHEMA.field(name).type)
+                for name in ("doc_id", "source", "url", "warc_file", "warc_offset")}
+        if self.source is not None:
+            cols["source"] = pc.fill_null(cols["source"], self.source)
+        self._tables.append(pa.table({
+            "doc_id": cols["doc_id"], "reason": pa.array(reasons, pa.string()), "bytes": pa.array(nbytes),
+            "source": cols["source"], "url": cols["url"], "warc_file": cols["warc_file"],
+            "warc_offset": cols["warc_offset"], "detail": pa.array([d[:500] if d else None for d in details],
+                                                                   pa.string()),
+            "text": pa.nulls(n, pa.large_string())}, schema=self.SCHEMA))
+
+    def table(self) -> pa.Table | None:
+        """Every drop, in the order added; None when there are none."""
+        parts = [*self._tables, *([pa.Table.from_pylist(self.rows, schema=self.SCHEMA)] if self.rows else [])]
+        return pa.concat_tables(parts) if parts else None
 
 
 class ShardWriter:
@@ -235,9 +268,10 @@ def finish_unit(out_dir: Path, result: ShardResult, writer: ShardWriter, drops: 
     result.files = writer.files
     result.docs_out, result.bytes_out = writer.docs_out, writer.bytes_out
     result.drops, result.drop_bytes = dict(drops.counts), dict(drops.bytes)
-    if drops.rows:
+    table = drops.table()
+    if table is not None:
         name = f"{result.unit}.drops.parquet"
-        write_parquet_atomic(pa.Table.from_pylist(drops.rows, schema=DropLog.SCHEMA), out_dir / name)
+        write_parquet_atomic(table, out_dir / name)
         result.drops_file = name
     atomic_write_json(unit_manifest_path(out_dir, result.unit), result.to_json())
     return result

@@ -11,6 +11,7 @@ from flows import configure_prefect
 
 _HOME = Path(tempfile.mkdtemp(prefix="crucible-tests-"))
 configure_prefect(_HOME)  # before anything imports prefect
+os.environ["CRUCIBLE_CACHE_DIR"] = str(_HOME / "cache")  # remembered file hashes stay out of the user's ~/.cache
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRUCIBLE_SHARED", REPO.parent / "shared"))

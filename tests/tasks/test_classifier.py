@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tasks.classifier import ClassifierParams, load_classifier, positive_scores, roc_auc, train_classifier
+from tasks.classifier import (ClassifierParams, fasttext_line, load_classifier, positive_scores, roc_auc,
+                              train_classifier)
 from tests.conftest import shared_path
 from tests.helpers import prose
 
@@ -38,6 +39,18 @@ def test_a_classifier_separates_docstrings_from_prose_and_saves_exactly(tmp_path
     scores = positive_scores(model, texts)
     assert scores.dtype == np.float32 and (scores[:5] > scores[5:].max()).all()
     assert np.array_equal(scores, positive_scores(load_classifier(tmp_path / "q2.bin"), texts))
+
+
+def test_every_kind_of_line_break_becomes_one_line_as_dclm_joins_them(tmp_path, docstrings):
+    """fastText reads a line per example: CRLF, form feed, U+2028 and friends are all joined with a space (DCLM's
+    ``" ".join(text.strip().splitlines())``), and only max_chars characters are read."""
+    text = "  First line.\r\nSecond\x0bline\x0c\x1c third\x85 fourth\u2028fifth\u2029 sixth\n\n"
+    assert fasttext_line(text) == "First line. Second line   third  fourth fifth  sixth"
+    assert fasttext_line("abc\ndef", max_chars=5) == "abc d"
+    model_path = tmp_path / "q.bin"
+    train_classifier(docstrings[:200], [prose(i, 12) for i in range(200)], model_path, ClassifierParams(epochs=1))
+    scores = positive_scores(load_classifier(model_path), [text, "", "\n\n", docstrings[0]])
+    assert scores.shape == (4,) and ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_bad_models_and_one_class_are_refused(tmp_path):

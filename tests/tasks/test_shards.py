@@ -47,6 +47,29 @@ def test_batches_and_rows_share_the_bounds_and_keep_their_order(tmp_path):
     assert [f.rows for f in w.files] == [4, 4, 1, 1, 1] and (w.docs_out, w.bytes_out) == (11, 85)
 
 
+def test_drop_batches_and_rows_keep_their_order_counts_and_sources(tmp_path):
+    import pyarrow.parquet as pq
+
+    drops = DropLog()
+    drops.source = "web"  # a record without a source gets the log's
+    drops.add("too_short", doc_id="a", nbytes=3, detail="x" * 900)
+    batch = pa.RecordBatch.from_pylist([{"doc_id": "b", "source": "books", "url": "u", "warc_offset": 7},
+                                        {"doc_id": "c", "source": None, "url": None, "warc_offset": None}])
+    drops.add_batch(batch, ["quality_classifier", "perplexity"], ["quality_classifier:0.1 < 0.5", None],
+                    [10, 20])
+    drops.add("too_short", doc_id="d", nbytes=4)
+    writer = ShardWriter(tmp_path, "part-00000", SCHEMA, max_docs=10, max_bytes=1000)
+    result = finish_unit(tmp_path, ShardResult("part-00000"), writer, drops)
+    table = pq.read_table(tmp_path / result.drops_file)
+    assert table.schema == DropLog.SCHEMA
+    assert table["doc_id"].to_pylist() == ["a", "b", "c", "d"]
+    assert table["source"].to_pylist() == ["web", "books", "web", "web"]
+    assert table["detail"].to_pylist() == ["x" * 500, "quality_classifier:0.1 < 0.5", None, None]
+    assert table["warc_offset"].to_pylist() == [None, 7, None, None] and table["warc_file"].null_count == 4
+    assert result.drops == {"too_short": 2, "quality_classifier": 1, "perplexity": 1}
+    assert result.drop_bytes == {"too_short": 7, "quality_classifier": 10, "perplexity": 20}
+
+
 def test_plan_balances_uneven_upstream_shards(tmp_path):
     make_dataset(tmp_path, [1, 2, 95, 3, 1, 0, 18])
     stage = ExtractStage(ExtractConfig(shard_max_docs=20))

@@ -1,0 +1,45 @@
+"""Remembered file hashes: a large model file is read once, and any change to it is seen."""
+import hashlib
+import os
+import time
+
+from tasks.atomic import cached_sha256, hash_cache_dir
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_remembered_hash_is_reused_and_any_rewrite_misses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.bin"
+    model.write_bytes(os.urandom(1 << 20))
+    old = time.time() - 60
+    os.utime(model, (old, old))  # older than the racy window
+    assert cached_sha256(model) == _sha(model)
+    entries = list((hash_cache_dir() / "sha256").iterdir())
+    assert len(entries) == 1
+    entries[0].write_text("f" * 64 + "\n")  # the entry is what a second run reads: it does not hash again
+    assert cached_sha256(model) == "f" * 64
+    with open(model, "r+b") as fh:  # the same size, rewritten in place
+        fh.write(b"changed")
+    os.utime(model, (old + 1, old + 1))
+    assert cached_sha256(model) == _sha(model)
+
+
+def test_a_file_written_just_now_is_hashed_but_not_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"fresh")
+    assert cached_sha256(model) == _sha(model)
+    assert not (hash_cache_dir() / "sha256").exists()
+
+
+def test_an_unwritable_cache_still_hashes(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(blocker))
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"x" * 100)
+    os.utime(model, (1, 1))
+    assert cached_sha256(model) == _sha(model)
