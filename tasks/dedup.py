@@ -3,7 +3,7 @@
 Three steps (see ``ReduceStage``):
 
 1. scan, per unit in parallel: each document's exact hash and its MinHash signature (word 5-gram shingles hashed
-   with numpy, permutations applied by datasketch's ``MinHash.bulk``), written as Parquet with its LSH band keys
+   with numpy, datasketch's affine32 permutations applied to many documents at once), written as Parquet with its LSH band keys
    ``(doc_id, band, band_hash)``;
 2. reduce, once: DuckDB groups the band keys out of core into candidate pairs, the pairs are verified against the
    estimated Jaccard (``threshold``), union-find joins them into clusters, and one survivor per cluster is kept:
@@ -26,6 +26,7 @@ lists the most repeated segments with their text, for the report.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -56,10 +57,6 @@ def exact_hash(text: str) -> str:
     return hashlib.blake2b(norm.encode(), digest_size=16).hexdigest()
 
 
-def _identity(value):
-    return value
-
-
 def shingles(text: str, n: int) -> np.ndarray:
     """32-bit hashes of the word n-gram shingles (a text shorter than n words is one shingle; empty: none)."""
     hashes = word_hashes(normalized_words(text))
@@ -68,18 +65,54 @@ def shingles(text: str, n: int) -> np.ndarray:
 
 
 def signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
-    """MinHash signatures, one row of num_perm uint32 per text, with datasketch's batch API (affine32 scheme).
+    """MinHash signatures, one row of num_perm uint32 per text, datasketch's affine32 scheme.
 
     A text with no words gets an all-ones row; it has no band keys, so it never collides."""
+    return minhash_rows([shingles(t, cfg.ngram) for t in texts], cfg.num_perm, cfg.seed)
+
+
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+_ROWS_PER_BLOCK = 1 << 16  # shingles permuted at once: 65,536 x num_perm uint32 (28 MB at 112 permutations)
+
+
+@functools.lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's own affine32 permutation parameters (a odd, b) for these settings."""
     from datasketch import MinHash
 
-    out = np.full((len(texts), cfg.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    sets = [shingles(t, cfg.ngram) for t in texts]
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def minhash_rows(sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """What ``MinHash.bulk(sets, num_perm, seed, hashfunc=identity, scheme="affine32")`` computes, for many sets
+    at once: each 32-bit value mixed by MurmurHash3's finalizer, permuted by datasketch's ``a * h + b mod 2^32``,
+    and the minimum taken per set and permutation. datasketch applies its permutations one set at a time (a Python
+    call per value and per set); here they run over blocks of many sets' values with one ``minimum.reduceat``, the
+    same numbers (tests/tasks/test_dedup.py checks them against ``MinHash.bulk``). An empty set's row is all
+    ones, datasketch's initial value."""
+    out = np.full((len(sets), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    a, b = _permutations(num_perm, seed)
+    s1, m1, s2, m2, s3 = _FMIX32
     present = [i for i, s in enumerate(sets) if len(s)]
-    if present:
-        hashes = MinHash.bulk([sets[i] for i in present], num_perm=cfg.num_perm, seed=cfg.seed,
-                              hashfunc=_identity, scheme="affine32")
-        out[present] = np.stack([m.hashvalues for m in hashes])
+    start = 0
+    while start < len(present):
+        stop, rows = start, 0
+        while stop < len(present) and (rows == 0 or rows + len(sets[present[stop]]) <= _ROWS_PER_BLOCK):
+            rows += len(sets[present[stop]])
+            stop += 1
+        block = present[start:stop]
+        hv = np.concatenate([sets[i] for i in block]).astype(np.uint32)
+        with np.errstate(over="ignore"):
+            hv = hv ^ (hv >> s1)
+            hv = hv * m1
+            hv = hv ^ (hv >> s2)
+            hv = hv * m2
+            hv = hv ^ (hv >> s3)
+            permuted = hv[:, None] * a + b
+        offsets = np.cumsum([0] + [len(sets[i]) for i in block[:-1]])
+        out[block] = np.minimum.reduceat(permuted, offsets, axis=0)
+        start = stop
     return out
 
 

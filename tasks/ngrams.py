@@ -23,13 +23,21 @@ _MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
 def normalized_words(text: str) -> list[str]:
-    """NFC, casefold, strip punctuation: 'Hello, World!' and 'hello world' give the same words."""
+    """NFC, casefold, strip punctuation: 'Hello, World!' and 'hello world' give the same words.
+
+    Each word of ``text.split()`` loses the punctuation (``\W`` or ``_``) at its edges, and is gone if that was all
+    of it, then every character inside it that is not a word character, an apostrophe or a hyphen. Most words are
+    letters and digits only (``str.isalnum``, which is exactly re's ``\w`` without ``_``): they skip both regexes."""
     text = unicodedata.normalize("NFC", text).casefold()
+    edge, inner = _EDGE_PUNCT.sub, _INNER_PUNCT.sub
     out = []
     for word in text.split():
-        word = _EDGE_PUNCT.sub("", word)
-        if word:
-            out.append(_INNER_PUNCT.sub("", word))
+        if not word.isalnum():
+            word = edge("", word)
+            if not word:
+                continue
+            word = inner("", word)
+        out.append(word)
     return out
 
 

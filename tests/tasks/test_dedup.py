@@ -56,6 +56,23 @@ def test_signatures_are_datasketch_minhashes():
     assert 0.5 < (sig == other).mean() < 1.0
 
 
+def test_many_sets_at_once_are_datasketch_bulk_row_for_row():
+    """Sets of every size, empty ones and one bigger than a block, in one call: each row is MinHash.bulk's."""
+    from datasketch import MinHash
+
+    from tasks import dedup
+
+    rng = np.random.default_rng(5)
+    sizes = [0, 1, 2, 7, 300, 0, 5000, 1, 90_000, 3, 64]
+    sets = [np.unique(rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)) for n in sizes]
+    rows = dedup.minhash_rows(sets, 112, 42)
+    expected = MinHash.bulk([s for s in sets if len(s)], num_perm=112, seed=42, hashfunc=lambda v: v,
+                            scheme="affine32")
+    got = rows[[i for i, s in enumerate(sets) if len(s)]]
+    assert np.array_equal(got, np.stack([m.hashvalues for m in expected]))
+    assert (rows[[0, 5]] == np.iinfo(np.uint32).max).all() and rows.dtype == np.uint32
+
+
 def test_exact_duplicates_keep_the_same_document_whatever_the_order(tmp_path):
     base = text(1)
     docs = {"d-b": base, "d-a": base.upper(), "d-c": base.replace(" ", "\n", 5), "d-x": text(2)}
