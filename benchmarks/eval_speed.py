@@ -1,13 +1,18 @@
-"""Evaluation throughput: CORE items/s batched against one sequence at a time, on the same items.
+"""Evaluation throughput: CORE items/s of the evaluate stage's scoring against running every sequence alone.
 
     python benchmarks/eval_speed.py                       # ../shared/benchmarks, 40 items per task, depth-4 model
     python benchmarks/eval_speed.py --items 100 --depth 12 --seq-len 1024   # on a GPU
 
 The model is a randomly initialised GPT (scores do not depend on the weights' quality) and the tokenizer a BPE
-trained on the benchmark texts themselves (vocab 4096), encoded with tiktoken. Both runs score exactly the same
-prepared sequences (shots, delimiters, left crop as in the evaluate stage); "one at a time" is a forward pass per
-sequence (batch_rows = 1), "batched" packs --batch-rows sequences per pass, right-padded. Predictions and losses
-are checked equal. Medians of --repeats.
+trained on the benchmark texts themselves (vocab 4096), encoded with tiktoken. Every mode scores exactly the same
+prepared sequences (shots, delimiters, left crop as in the evaluate stage):
+- "each sequence alone": one forward pass per sequence over all its positions, logits read at the scored ones
+  (what lm-evaluation-harness does per request, without its single-token caching);
+- "each sequence, batched": the same, --batch-rows sequences per pass, right-padded;
+- "packed (the stage)": ``model.core.score`` as the evaluate stage runs it: an item's sequences in one row that
+  holds their shared prefix once, the output projection only at scored positions, CPU batches of at most
+  ``CPU_BATCH_TOKENS`` tokens.
+Predictions must be identical and losses equal within 1e-3. Medians of --repeats, alternating.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.core import fewshot, render, score, sequences  # noqa: E402
+from model.core import _rows, fewshot, render, score, sequences  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from tasks.evalsets import TASKS, contamination_text, ensure_smoke, item_kind, read_items  # noqa: E402
 from tasks.tokenizer import TiktokenEncoder, train_bpe  # noqa: E402
@@ -71,23 +76,38 @@ def main() -> None:
     print(f"{len(prepared)} items ({len(tasks)} tasks x <= {args.items}), {n_seq} sequences, {n_tok:,} tokens; "
           f"model depth {args.depth}, {model.num_params() / 1e6:.1f} M parameters, on {device}")
 
-    timings: dict[str, list[float]] = {"one": [], "batched": []}
+    class Alone(torch.nn.Module):
+        """The model without ``hidden``/``head``: score() then runs each sequence alone and reads its logits."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(ids)
+
+    packed_tokens = sum(len(r.tokens) for r in _rows(prepared))
+    print(f"packed: {packed_tokens:,} tokens run ({packed_tokens / n_tok:.0%} of the sequences' tokens)")
+    modes = {"each sequence alone": (Alone(model), 1), f"each sequence, batched ({args.batch_rows})":
+             (Alone(model), args.batch_rows), "packed (the stage)": (model, args.batch_rows)}
+    timings: dict[str, list[float]] = {label: [] for label in modes}
     results = {}
     for _ in range(args.repeats):
-        for label, rows in (("one", 1), ("batched", args.batch_rows)):
+        for label, (scorer, rows) in modes.items():
             t0 = time.perf_counter()
-            results[label] = score(model, prepared, batch_rows=rows, device=device, autocast=autocast)
+            results[label] = score(scorer, prepared, batch_rows=rows, device=device, autocast=autocast)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timings[label].append(time.perf_counter() - t0)
+    base = results["each sequence alone"]
     same = all(a.prediction == b.prediction and all(abs(x - y) < 1e-3 for x, y in zip(a.losses, b.losses))
-               for a, b in zip(results["one"], results["batched"]))
-    one, batched = statistics.median(timings["one"]), statistics.median(timings["batched"])
-    print(f"{'':28}{'items/s':>10}{'s':>8}")
-    print(f"{'one sequence at a time':28}{len(prepared) / one:>10.1f}{one:>8.2f}")
-    print(f"{f'batched ({args.batch_rows} rows)':28}{len(prepared) / batched:>10.1f}{batched:>8.2f}")
-    print(f"batched / one at a time: {one / batched:.2f}x; predictions and losses identical: {same}")
-
+               for other in results.values() for a, b in zip(base, other))
+    alone = statistics.median(timings["each sequence alone"])
+    print(f"{'':34}{'items/s':>10}{'s':>8}{'vs alone':>10}")
+    for label in modes:
+        t = statistics.median(timings[label])
+        print(f"{label:34}{len(prepared) / t:>10.1f}{t:>8.2f}{alone / t:>9.2f}x")
+    print(f"predictions identical and losses within 1e-3 across modes: {same}")
 
 if __name__ == "__main__":
     main()

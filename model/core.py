@@ -13,7 +13,10 @@ Items come in three kinds (``tasks.evalsets``): multiple choice, schema and lang
 - **Language modelling**: correct only when greedy argmax reproduces every continuation token.
 
 Sequences of many items are batched together, longest first so that a batch holds similar lengths, and
-right-padded: attention is causal, so padding after a sequence never changes a score (tested). ``centered`` and ``core_score`` aggregate: centered accuracy =
+right-padded: attention is causal, so padding after a sequence never changes a score (tested). An item's
+sequences are packed into one row that holds their shared prefix (the few-shot examples and the question) once,
+each choice seeing the prefix and itself at its own positions; only the positions that predict a scored token go
+through the output projection and softmax. Choices of one token after one context (boolq) cost one pass. ``centered`` and ``core_score`` aggregate: centered accuracy =
 (accuracy - baseline) / (1 - baseline), and CORE-7 is their unweighted mean over the 7 tasks.
 """
 from __future__ import annotations
@@ -118,34 +121,115 @@ class ItemResult:
     losses: list[float] = field(default_factory=list)  # per choice / option: mean cross-entropy over its span
 
 
+CPU_BATCH_TOKENS = 1024  # measured: one long packed row per pass is fastest on a CPU (benchmarks/eval_speed.py)
+
+
+@dataclass
+class _Row:
+    """One row to run: the tokens, each one's position in its own sequence and the packed sequence it belongs to
+    (-1: the shared prefix), and the spans read from it as (item, choice, row indices predicting, targets)."""
+
+    tokens: list[int]
+    positions: list[int]
+    owner: list[int]
+    spans: list[tuple[int, int, list[int], list[int]]]
+
+
+def _rows(items: list[Scored]) -> list[_Row]:
+    """The rows to run: an item's sequences packed into one row that holds their common prefix once, then each
+    sequence's own tokens. A sequence's last token is never run (it predicts nothing scored), so choices of one
+    token after a shared context (boolq's " yes" / " no") cost a single pass over the context. Packing is exact:
+    every token sees the same tokens at the same positions as in its own sequence (cropped ones included, since
+    the prefix is the tokens the cropped sequences share)."""
+    rows = []
+    for i, it in enumerate(items):
+        shared = common_length(it.tokens, "left")
+        tokens, positions, owner = list(it.tokens[0][:shared]), list(range(shared)), [-1] * shared
+        spans = []
+        for j, t in enumerate(it.tokens):
+            first = len(tokens)
+            own = t[shared:len(t) - 1]
+            tokens += own
+            positions += range(shared, shared + len(own))
+            owner += [j] * len(own)
+            s, e = it.starts[j], it.ends[j]
+            # the token at position p is predicted at p - 1: in the prefix, or in this sequence's own tokens
+            at = [p - 1 if p - 1 < shared else first + p - 1 - shared for p in range(s, e)]
+            spans.append((i, j, at, t[s:e]))
+        rows.append(_Row(tokens, positions, owner, spans))
+    return rows
+
+
+def _packed_mask(chunk: list[_Row], width: int) -> torch.Tensor:
+    """(rows, 1, width, width), True where a query may attend a key: earlier or equal positions of the shared
+    prefix or of its own sequence. A padding position sees itself only (it is never read)."""
+    mask = torch.zeros(len(chunk), 1, width, width, dtype=torch.bool)
+    eye = torch.eye(width, dtype=torch.bool)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    for r, row in enumerate(chunk):
+        n = len(row.tokens)
+        owner = torch.tensor(row.owner)
+        same = (owner[:, None] == owner[None, :]) | (owner[None, :] == -1)
+        mask[r, 0, :n, :n] = same & causal[:n, :n]
+        mask[r, 0, n:, n:] = eye[n:, n:]
+    return mask
+
+
 @torch.no_grad()
 def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, pad: int = 0,
-          device: torch.device | str = "cpu", autocast=None) -> list[ItemResult]:
-    """Score prepared items, packing their sequences into right-padded batches of at most ``batch_rows``."""
-    # longest first, so that a batch holds sequences of about one length and padding costs little
-    rows = sorted(((i, j) for i, it in enumerate(items) for j in range(len(it.tokens))),
-                  key=lambda r: -len(items[r[0]].tokens[r[1]]))
+          device: torch.device | str = "cpu", autocast=None, batch_tokens: int | None = None) -> list[ItemResult]:
+    """Score prepared items, packing their rows into right-padded batches of at most ``batch_rows``.
+
+    An item's sequences share one row (``_rows``) when the model takes ``positions`` and ``mask`` (Crucible's GPT:
+    ``hidden`` and ``head``); only the positions that predict a span token go through the output projection,
+    softmax and argmax. Any other module gets each sequence alone and its logits are read at those positions.
+    Rows run longest first, so a batch holds about one length, and a batch holds at most ``batch_rows`` rows and
+    ``batch_tokens`` padded tokens (default: no bound on a GPU, ``CPU_BATCH_TOKENS`` on a CPU)."""
+    packed = hasattr(model, "hidden") and hasattr(model, "head")
+    if packed:
+        rows = _rows(items)
+    else:
+        rows = [_Row(t, list(range(len(t))), [0] * len(t),
+                     [(i, j, list(range(it.starts[j] - 1, it.ends[j] - 1)), t[it.starts[j]:it.ends[j]])])
+                for i, it in enumerate(items) for j, t in enumerate(it.tokens)]
+    rows.sort(key=lambda r: -len(r.tokens))
+    if batch_tokens is None:  # a CPU gains nothing from wide batches, and the packed rows' masks grow as width^2
+        batch_tokens = 1 << 30 if torch.device(device).type == "cuda" else CPU_BATCH_TOKENS
     span_loss: dict[tuple[int, int], float] = {}
     span_exact: dict[tuple[int, int], bool] = {}
-    for b in range(0, len(rows), batch_rows):
-        chunk = rows[b:b + batch_rows]
-        width = max(len(items[i].tokens[j]) for i, j in chunk)
+    b = 0
+    while b < len(rows):
+        width = len(rows[b].tokens)  # the longest of its batch
+        chunk = rows[b:b + max(1, min(batch_rows, batch_tokens // max(width, 1)))]
+        b += len(chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for r, (i, j) in enumerate(chunk):
-            t = items[i].tokens[j]
-            ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
-        ids = ids.to(device)
+        positions = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, row in enumerate(chunk):
+            ids[r, :len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
+            positions[r, :len(row.tokens)] = torch.tensor(row.positions, dtype=torch.long)
+        at_row, at_pos, targets, owners = [], [], [], []
+        for r, row in enumerate(chunk):
+            for i, j, at, span in row.spans:
+                at_row += [r] * len(at)
+                at_pos += at
+                targets += span
+                owners.append((i, j, len(span)))
+        rows_t, pos_t = torch.tensor(at_row, device=device), torch.tensor(at_pos, device=device)
         with autocast if autocast is not None else nullcontext():
-            logits = model(ids)
+            if packed:
+                h = model.hidden(ids.to(device), positions.to(device), _packed_mask(chunk, width).to(device))
+                logits = model.head(h[rows_t, pos_t])
+            else:
+                logits = model(ids.to(device))[rows_t, pos_t]
         logits = logits.float()
-        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                 reduction="none").view(len(chunk), width - 1)
-        guess = logits[:, :-1].argmax(-1)
-        for r, (i, j) in enumerate(chunk):
-            s, e = items[i].starts[j], items[i].ends[j]
-            # the token at position p is predicted at p - 1
-            span_loss[(i, j)] = losses[r, s - 1:e - 1].mean().item()
-            span_exact[(i, j)] = bool((guess[r, s - 1:e - 1] == ids[r, s:e]).all().item())
+        target_t = torch.tensor(targets, device=device)
+        nll = F.cross_entropy(logits, target_t, reduction="none").cpu()
+        hit = (logits.argmax(-1) == target_t).cpu()
+        k = 0
+        for i, j, n in owners:
+            span_loss[(i, j)] = nll[k:k + n].mean().item()
+            span_exact[(i, j)] = bool(hit[k:k + n].all())
+            k += n
     results = []
     for i, it in enumerate(items):
         if it.kind == "language_modelling":

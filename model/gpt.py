@@ -118,7 +118,8 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_weight) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_weight) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         hd = self.cfg.head_dim
         q = self.q_proj(x).view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
@@ -127,7 +128,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,  # position i attends to j <= i
+        # position i attends to j <= i; or, given a mask (batch, 1, t, t), to the keys it allows
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                            enable_gqa=self.cfg.n_kv_heads != self.cfg.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -155,8 +157,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_weight)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -196,21 +199,42 @@ class GPT(nn.Module):
         t = seq_len or self.cfg.seq_len
         return 6 * self.num_params(embeddings=False) + 12 * self.cfg.depth * self.cfg.d_model * t
 
+    def hidden(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normalised hidden states (batch, time, d_model): what ``head`` turns into logits. Scoring
+        calls the two apart, to run the vocabulary projection only at the positions it scores.
+
+        ``positions`` (batch, time) and ``mask`` (batch, 1, time, time; True where a query may attend a key) run
+        several sequences packed in one row that share a prefix: each token gets its position in its own sequence
+        and sees only its own sequence's tokens (model/core.py). Without them, token i is at position i and sees
+        j <= i."""
+        t = idx.shape[1]
+        if positions is None:
+            if t > self.cfg.seq_len:
+                raise ValueError(f"a sequence of {t} tokens is longer than the model's {self.cfg.seq_len}")
+            cos, sin = self.cos[:t], self.sin[:t]
+        else:
+            if int(positions.max()) >= self.cfg.seq_len:
+                raise ValueError(f"a position past the model's {self.cfg.seq_len}")
+            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        x = self.embed_tokens(idx)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of hidden states (any leading shape), soft-capped when the model is."""
+        logits = self.lm_head(h)
+        if self.cfg.logit_softcap:
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 reduction: Literal["mean", "sum", "none"] = "mean") -> torch.Tensor:
         """Logits (batch, time, vocab) without targets; with targets the cross-entropy in nats (``reduction``
         "none" gives it per position, 0 where the target is IGNORE)."""
-        t = idx.shape[1]
-        if t > self.cfg.seq_len:
-            raise ValueError(f"a sequence of {t} tokens is longer than the model's {self.cfg.seq_len}")
-        x = self.embed_tokens(idx)
-        cos, sin = self.cos[:t], self.sin[:t]
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
-        if self.cfg.logit_softcap:
-            cap = self.cfg.logit_softcap
-            logits = cap * torch.tanh(logits / cap)
+        logits = self.head(self.hidden(idx))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),

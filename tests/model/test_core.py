@@ -118,3 +118,45 @@ def test_common_length_and_greedy_generation():
     assert greedy == generate(model, [0, 5, 6], 8) and len(greedy) == 8
     assert generate(model, [0, 5, 6], 8, temperature=1.0, seed=1) == generate(model, [0, 5, 6], 8, temperature=1.0,
                                                                             seed=1)
+
+
+class Alone(torch.nn.Module):
+    """The GPT without hidden/head: score() runs each sequence alone and reads its logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids):
+        return self.inner(ids)
+
+
+def test_packing_an_items_sequences_on_their_shared_prefix_scores_as_running_each_alone():
+    """Few-shot prompts (a long shared prefix), single-token choices (one pass for both), and sequences cropped
+    from the left to different lengths (no shared prefix left): the packed rows give every sequence's losses."""
+    from model.core import _rows
+
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=256, depth=2, d_model=64, seq_len=160)).eval()
+    mcs = [{**MC, "query": f"Which is warm, number {i}?"} for i in range(8)]
+    yes_no = [{"query": f"Is thing {i} warm?", "choices": ["yes", "no"], "gold": i % 2} for i in range(8)]
+    schemas = [{**SCHEMA, "continuation": f"and it was pushed {i} times."} for i in range(6)]
+    items = []
+    for pool, kind, max_len in ((mcs, "multiple_choice", 160), (mcs, "multiple_choice", 70),
+                                (yes_no, "multiple_choice", 160), (schemas, "schema", 160),
+                                (schemas, "schema", 60)):
+        for i, item in enumerate(pool):
+            prompts = render(kind, item, " ", fewshot(pool, i, 2))
+            items.append(sequences(kind, prompts, encode, BOS, max_len, gold=item.get("gold")))
+    items.append(sequences("language_modelling", render("language_modelling", LM, " "), encode, BOS, 160))
+    rows = _rows(items)
+    assert sum(len(r.tokens) for r in rows) < 0.7 * sum(len(t) for it in items for t in it.tokens)
+    # cropped at different offsets, so that the sequences share (almost) nothing at the left
+    assert any(len(it.tokens[0]) == 70 and common_length(it.tokens, "left") < 5 for it in items)
+    packed = score(model, items, batch_rows=5)
+    alone = score(Alone(model), items, batch_rows=1)
+    for a, b in zip(packed, alone):
+        assert a.prediction == b.prediction
+        assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-4)
+    assert [r.prediction for r in score(model, items, batch_rows=32, batch_tokens=10_000)] == \
+        [r.prediction for r in packed]
