@@ -36,21 +36,28 @@ Encode = Callable[[list[str]], list[list[int]]]
 # Prompts
 
 
+def shot_texts(kind: str, delimiter: str, shots: Sequence[dict[str, Any]]) -> list[str]:
+    """Each few-shot example rendered solved, followed by a blank line (a prompt starts with them all)."""
+    if kind == "multiple_choice":
+        return [f"{s['query']}{delimiter}{s['choices'][s['gold']]}\n\n" for s in shots]
+    if kind == "schema":
+        return [f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}\n\n" for s in shots]
+    if kind == "language_modelling":
+        return [f"{s['context'].strip()}{delimiter}{s['continuation']}\n\n" for s in shots]
+    raise ValueError(f"unknown item kind {kind!r}")
+
+
 def render(kind: str, item: dict[str, Any], delimiter: str, shots: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The prompts of one item: one per choice (multiple choice), per context option (schema), or the pair
     (context without, context with continuation) for language modelling."""
+    prefix = "".join(shot_texts(kind, delimiter, shots))
     if kind == "multiple_choice":
-        prefix = "".join(f"{s['query']}{delimiter}{s['choices'][s['gold']]}\n\n" for s in shots)
         return [f"{prefix}{item['query']}{delimiter}{choice}" for choice in item["choices"]]
     if kind == "schema":
-        prefix = "".join(f"{s['context_options'][s['gold']]}{delimiter}{s['continuation']}\n\n" for s in shots)
         return [f"{prefix}{option}{delimiter}{item['continuation']}" for option in item["context_options"]]
-    if kind == "language_modelling":
-        prefix = "".join(f"{s['context'].strip()}{delimiter}{s['continuation']}\n\n" for s in shots)
-        without = f"{prefix}{item['context'].strip()}{delimiter}"
-        # a trailing space would be merged into the continuation's first token: score from a clean prefix
-        return [without.strip(), without + item["continuation"]]
-    raise ValueError(f"unknown item kind {kind!r}")
+    without = f"{prefix}{item['context'].strip()}{delimiter}"
+    # a trailing space would be merged into the continuation's first token: score from a clean prefix
+    return [without.strip(), without + item["continuation"]]
 
 
 def fewshot(items: Sequence[dict[str, Any]], index: int, shots: int) -> list[dict[str, Any]]:
@@ -59,6 +66,20 @@ def fewshot(items: Sequence[dict[str, Any]], index: int, shots: int) -> list[dic
         return []
     others = [j for j in range(len(items)) if j != index]
     return [items[j] for j in random.Random(1234 + index).sample(others, min(shots, len(others)))]
+
+
+def shots_kept(kind: str, delimiter: str, shots: Sequence[dict[str, Any]], cropped: int, encode: Encode) -> int:
+    """How many of a prompt's few-shot examples survive whole when ``cropped`` tokens are cut from its left (after
+    <|bos|>): each example's tokens are counted alone, a close estimate (BPE rarely merges across a blank line)."""
+    if not cropped or not shots:
+        return len(shots)
+    cut, kept = cropped - 1, len(shots)
+    for n in (len(t) for t in encode(shot_texts(kind, delimiter, shots))):
+        if cut <= 0:
+            break
+        cut -= n
+        kept -= 1
+    return kept
 
 
 def common_length(seqs: Sequence[Sequence[int]], side: str) -> int:
@@ -80,6 +101,7 @@ class Scored:
     starts: list[int]
     ends: list[int]
     gold: int | None = None
+    cropped: int = 0  # tokens cut from the left of its longest sequence (0: the whole prompt fits the context)
 
 
 def sequences(kind: str, prompts: list[str], encode: Encode, bos: int, max_len: int,
@@ -100,7 +122,7 @@ def sequences(kind: str, prompts: list[str], encode: Encode, bos: int, max_len: 
             without = with_[:shared]
         tokens = [with_]
         spans = [(len(without), len(with_))]
-    out = Scored(kind, [], [], [], gold)
+    out = Scored(kind, [], [], [], gold, cropped=max(0, max(len(t) for t in tokens) - max_len))
     for t, (s, e) in zip(tokens, spans):
         crop = max(0, len(t) - max_len)
         out.tokens.append(t[crop:])

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from model.core import centered, core_score, fewshot, generate, render, score, sequences
+from model.core import centered, core_score, fewshot, generate, render, score, sequences, shots_kept
 from model.gpt import GPT, GPTConfig
 from model.train import Dist, token_bytes, validate
 from tasks.atomic import atomic_file
@@ -99,15 +99,18 @@ def evaluate_task(model: GPT, task: dict[str, Any], encode, bos: int, d: Dist, b
     """This rank's share of one task (positions rank, rank + world, ...), scored in batches; rows for items.parquet."""
     ordered = [task["items"][i] for i in task["order"]]
     mine = list(range(d.rank, len(ordered), d.world))
-    prepared = []
+    prepared, kept = [], []
     for pos in mine:
         item = ordered[pos]
-        prompts = render(task["kind"], item, task["delimiter"], fewshot(ordered, pos, task["shots"]))
+        shots = fewshot(ordered, pos, task["shots"])
+        prompts = render(task["kind"], item, task["delimiter"], shots)
         prepared.append(sequences(task["kind"], prompts, encode, bos, model.cfg.seq_len, gold=item.get("gold")))
+        kept.append(shots_kept(task["kind"], task["delimiter"], shots, prepared[-1].cropped, encode))
     results = score(model, prepared, batch_rows=batch_rows, pad=bos, device=d.device, autocast=autocast)
     return [{"task": task["task"], "item": task["order"][pos], "position": pos, "kind": task["kind"],
              "prediction": r.prediction, "gold": ordered[pos].get("gold", 1), "correct": r.correct,
-             "losses": r.losses} for pos, r in zip(mine, results)]
+             "losses": r.losses, "cropped": p.cropped, "shots_kept": k}
+            for pos, r, p, k in zip(mine, results, prepared, kept)]
 
 
 def gather(rows: list[dict[str, Any]], d: Dist) -> list[dict[str, Any]]:
@@ -152,10 +155,18 @@ def run(args: EvalArgs) -> dict[str, Any]:
         results[task["task"]] = {"accuracy": acc, "centered": centered(acc, task["baseline"]),
                                  "items": len(task_rows), "items_in_file": len(task["items"]),
                                  "kind": task["kind"], "shots": task["shots"], "delimiter": task["delimiter"],
-                                 "baseline": task["baseline"], "seconds": time.time() - t1}
+                                 "baseline": task["baseline"], "seconds": time.time() - t1,
+                                 # prompts longer than the context are cut from the left (as CORE does): how often,
+                                 # and how many of the shots are left whole on average
+                                 "cropped_items": sum(1 for r in task_rows if r["cropped"]),
+                                 "shots_kept_mean": (sum(r["shots_kept"] for r in task_rows) / len(task_rows)
+                                                     if task_rows else None)}
         if d.main:
-            print(f"{task['task']}: accuracy {acc:.3f} (centered {results[task['task']]['centered']:+.3f}) on "
-                  f"{len(task_rows)} items, {time.time() - t1:.1f}s", flush=True)
+            res = results[task["task"]]
+            crop = (f"; {res['cropped_items']} cropped to {model.cfg.seq_len} tokens, {res['shots_kept_mean']:.1f} of "
+                    f"{task['shots']} shots kept on average" if res["cropped_items"] else "")
+            print(f"{task['task']}: accuracy {acc:.3f} (centered {res['centered']:+.3f}) on "
+                  f"{len(task_rows)} items, {time.time() - t1:.1f}s{crop}", flush=True)
     core = core_score({k: v["centered"] for k, v in results.items()}) if results else None
 
     val = None
@@ -176,14 +187,15 @@ def run(args: EvalArgs) -> dict[str, Any]:
     summary = {"results": results, "core7": core, "core7_tasks": sorted(results), "val": val,
                "checkpoint": str(checkpoint.resolve()), "step": state["step"], "tokens": state["tokens"],
                "tokenizer_sha256": manifest["tokenizer_sha256"], "code_version": code_version(["model.evaluate"]),
-               "config": asdict(args), "world_size": d.world, "seconds": time.time() - t0,
+               "config": asdict(args), "world_size": d.world, "seconds": time.time() - t0, "seq_len": model.cfg.seq_len,
                "n-shot": {k: v["shots"] for k, v in results.items()}}
     if d.main:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         schema = pa.schema([("task", pa.string()), ("item", pa.int32()), ("position", pa.int32()),
                             ("kind", pa.string()), ("prediction", pa.int32()), ("gold", pa.int32()),
-                            ("correct", pa.bool_()), ("losses", pa.list_(pa.float64()))])
+                            ("correct", pa.bool_()), ("losses", pa.list_(pa.float64())),
+                            ("cropped", pa.int32()), ("shots_kept", pa.int32())])
         _atomic(out / "items.parquet", lambda p: pq.write_table(pa.Table.from_pylist(rows, schema), p))
         _atomic(out / "samples.json", lambda p: p.write_text(json.dumps(samples, indent=1)))
         _atomic(out / "results.json", lambda p: p.write_text(json.dumps(summary, indent=1)))  # last: marks done

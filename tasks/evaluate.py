@@ -54,7 +54,9 @@ class EvaluateStage(TorchrunStage):
         if results.get("core7") is not None:
             rows.append((None, "evaluate.core7", float(results["core7"])))
         for task, r in results["results"].items():
-            rows += [(None, f"evaluate.{k}.{task}", float(r[k])) for k in ("accuracy", "centered", "items")]
+            rows += [(None, f"evaluate.{k}.{task}", float(r[k])) for k in ("accuracy", "centered", "items", "shots",
+                                                                           "cropped_items", "shots_kept_mean")
+                     if r.get(k) is not None]
         for k, v in (results.get("val") or {}).items():
             rows.append((None, f"evaluate.{k}", float(v)))
         return rows

@@ -181,14 +181,24 @@ def section_evaluation(doc: Doc, data: dict[str, Any]) -> None:
     facts = data.get("facts", {})
     rows = []
     for task, r in sorted(results["results"].items()):
-        rows.append([task, r["items"], r["shots"], r["accuracy"], r["centered"], r["baseline"],
-                     facts.get(f"evaluate.accuracy_clean.{task}"), facts.get(f"evaluate.contaminated_items.{task}"),
+        rows.append([task, r["items"], r["shots"], r.get("cropped_items"), r.get("shots_kept_mean"), r["accuracy"],
+                     r["centered"], r["baseline"], facts.get(f"evaluate.accuracy_clean.{task}"),
+                     facts.get(f"evaluate.contaminated_items.{task}"),
                      facts.get(f"evaluate.accuracy_contaminated.{task}")])
-    rows.append(["CORE-7 (mean centered)", None, None, None, results.get("core7"), None, None, None, None])
-    rows.append(["random baseline", None, None, None, 0.0, None, None, None, None])
-    doc.table(["task", "items", "shots", "accuracy", "centered", "baseline", "accuracy clean", "contaminated items",
-               "accuracy contaminated"], rows)
+    rows.append(["CORE-7 (mean centered)", None, None, None, None, None, results.get("core7"), None, None, None,
+                 None])
+    rows.append(["random baseline", None, None, None, None, None, 0.0, None, None, None, None])
+    doc.table(["task", "items", "shots", "items cropped", "shots kept (mean)", "accuracy", "centered", "baseline",
+               "accuracy clean", "contaminated items", "accuracy contaminated"], rows)
     doc.p("Centered accuracy = (accuracy - baseline) / (1 - baseline). " + NOTE_REFERENCES)
+    cropped = {t: r for t, r in sorted(results["results"].items()) if r.get("cropped_items")}
+    if cropped:
+        seq_len = results.get("seq_len") or "?"
+        doc.p("A prompt longer than the model's context is cut from the left, as CORE does, so these scores saw "
+              "fewer examples than their shots: " + "; ".join(
+                  f"{t}: {r['cropped_items']} of {r['items']} items cropped, {r['shots_kept_mean']:.1f} of "
+                  f"{r['shots']} shots kept on average" for t, r in cropped.items())
+              + f" (context {seq_len} tokens). A model with a longer context sees more of them.")
     if results.get("val"):
         v = results["val"]
         doc.p(f"Validation split: loss {v['val_loss']:.4f} nats/token, perplexity {v['val_ppl']:.2f}, "

@@ -410,8 +410,11 @@ class Warehouse:
             return 0
         with self.connect() as con:
             columns = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] != "stage_run_id"]
-            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(columns)} FROM read_parquet({literal_list(files)})",
-                        [stage_run_id])
+            source = f"read_parquet({literal_list(files)}, union_by_name = true)"
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            # a column added to the table later is NULL for files written before it existed
+            picked = [c if c in present else f"NULL AS {c}" for c in columns]
+            con.execute(f"INSERT INTO {table} SELECT ?, {', '.join(picked)} FROM {source}", [stage_run_id])
             return con.execute(f"SELECT count(*) FROM {table} WHERE stage_run_id = ?", [stage_run_id]).fetchone()[0]
 
     def accuracy_by_contamination(self, eval_stage_run_id: str, decontaminate_stage_run_id: str,

@@ -169,7 +169,17 @@ function evaluation(e) {
     <th class="num">contaminated items</th></tr></thead><tbody>${rows}</tbody>
     <tfoot><tr><th>CORE-7</th><td></td><td></td><td class="num" id="core7">${e.core7 == null ? "" : e.core7.toFixed(4)}</td>
     <td colspan="3" class="muted">${e.val_bpb != null ? `val bpb ${e.val_bpb.toFixed(4)}` : ""}
-    ${e.val_ppl != null ? ` · val perplexity ${short(e.val_ppl)}` : ""}</td></tr></tfoot></table>`;
+    ${e.val_ppl != null ? ` · val perplexity ${short(e.val_ppl)}` : ""}</td></tr></tfoot></table>${cropNote(e.tasks)}`;
+}
+
+// Prompts longer than the model's context are cut from the left (as CORE does): say how many shots were left.
+function cropNote(tasks) {
+  const cut = tasks.filter((t) => t.cropped_items);
+  if (!cut.length) return "";
+  const parts = cut.map((t) => `${esc(t.task)} ${num(t.cropped_items)} of ${num(t.items)} items cropped,
+    ${t.shots_kept_mean == null ? "?" : t.shots_kept_mean.toFixed(1)} of ${num(t.shots)} shots kept`);
+  return `<p class="muted" id="crop-note">Prompts longer than the model's context are cut from the left, as CORE
+    does: ${parts.join("; ")}.</p>`;
 }
 
 function lineage(items, sources) {

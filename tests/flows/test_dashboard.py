@@ -182,6 +182,9 @@ def test_dashboard_in_a_real_browser(tmp_path):
         expect(page.locator("#curves .chart[data-curve=lr] polyline")).to_be_visible()
         expect(page.locator("#eval-table tbody tr")).to_have_count(7)  # the smoke set's seven tasks
         expect(page.locator("#core7")).not_to_be_empty()
+        # a 32-token context crops the 10-shot prompts: the page says how many shots were left
+        expect(page.locator("#crop-note")).to_contain_text("arc_easy")
+        expect(page.locator("#crop-note")).to_contain_text("shots kept")
         expect(page.locator("#lineage-table")).to_contain_text("source-")
         assert page.locator("#prefect-link").get_attribute("href").startswith("http")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

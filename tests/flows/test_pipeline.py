@@ -259,6 +259,11 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     # record ids are random, so whether any of these few documents falls in the held-out split varies from run to run
     val_docs = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}.get("tokenize.val_docs", 0)
     assert "evaluate.core7" in figures and ("evaluate.val_bpb" in figures) == (val_docs > 0)
+    # the tiny model's context crops the 10-shot prompts: counted per task, and said in the report
+    assert figures["evaluate.cropped_items.arc_easy"] > 0 and figures["evaluate.shots.arc_easy"] == 10
+    assert 0 <= figures["evaluate.shots_kept_mean.arc_easy"] < 10
+    [crop] = wh.query("SELECT count(*) AS n, max(cropped) AS most FROM eval_items WHERE task = 'arc_easy'")
+    assert crop["n"] > 0 and crop["most"] > 0
     import re
 
     report = cfg.report.dir / run_id / "report.html"
@@ -266,6 +271,7 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     for section in ("Run", "Data funnel", "Tokenizer", "Training", "Compute", "Evaluation", "Samples", "Datasheet",
                     "Model card", "Lineage"):
         assert f"<h2>{section}</h2>" in page, section
+    assert "is cut from the left, as CORE does" in page and "shots kept on average" in page
     assert page.count('src="data:image/png;base64,') >= 4  # funnel, loss, lr, throughput: inline, no files
     assert not re.findall(r"(?:src|href)=\"(?:https?:)?//", page) and "http" not in page.replace(
         "http://example.org", "")  # no external asset; the only URLs are the crawled pages' own

@@ -12,8 +12,8 @@ def test_schema_is_created_and_versioned(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="test", trigger="manual",
                           stages=["ingest"])
-    assert wh.schema_version() == 8  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items,
-    # 0005 out_dir, 0006 role, 0007 hit scores, 0008 sources
+    assert wh.schema_version() == 9  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items,
+    # 0005 out_dir, 0006 role, 0007 hit scores, 0008 sources, 0009 eval crop
     tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables")}
     assert {"schema_version", "pipeline_runs", "stage_runs", "datasets", "dataset_edges", "drops",
             "metrics", "dataset_files", "crawl_log", "contamination_hits", "contamination_summary",
@@ -41,7 +41,7 @@ def test_a_warehouse_from_before_roles_gets_them_for_its_old_runs(tmp_path):
     wh = Warehouse(path)
     with wh.connect():  # the first writer's open migrates
         pass
-    assert wh.schema_version() == 8
+    assert wh.schema_version() == 9
     roles = {r["stage"]: r["role"] for r in wh.query("SELECT stage, role FROM stage_runs")}
     assert roles == {"ingest": "collection", "train": "training", "tokenize": None}
 
