@@ -6,8 +6,8 @@
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
 drop logs, the warehouse), in a fresh work directory each time. "bare": the library calls that do the same
-document work, chained in plain loops: warcio (iterate, read each HTML response), trafilatura (through the same
-extraction settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
+document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
+text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
 encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
 duplicate clustering, the benchmark n-gram lookup, which have no library floor), so the ratio bounds its overhead
 from above. Stock warcio stops at the first damaged record of a file, so the bare chain reads fewer documents
@@ -71,12 +71,11 @@ def _pages(path: str) -> list[tuple[str, str]]:
 
 def _document(page: tuple[str, str]):
     """extract -> language -> MinHash for one page; the text if it is kept."""
+    import trafilatura
     from datasketch import MinHash
-    from tasks.config import ExtractConfig
-    from tasks.extract import extract
     from tasks.language import classify
 
-    text, _ = extract(page[0], page[1], ExtractConfig())
+    text = trafilatura.extract(page[0], url=page[1], include_comments=False)
     if not text:
         return None
     lang, _score = classify(text)

@@ -23,6 +23,8 @@ from flows.cli_read import print_run  # its commands join the group too
 from flows.cli_base import REPO, console, fail, handle_errors, main, warehouse_from, warehouse_option  # noqa: F401
 from tasks.config import load_config
 from tasks.registry import ORDER, stage_range
+
+STAGES = f"STAGE is one of: {', '.join(ORDER)}."  # a usage line listing them all wraps mid-word
 from warehouse.lineage import Warehouse
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
@@ -106,10 +108,11 @@ def _after_run(cfg, run_id: str) -> None:
     print_run(wh, wh.resolve_run(run_id))
 
 
-@main.command()
+@main.command(epilog=STAGES)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--from", "first", type=click.Choice(ORDER), help="Start at this stage, on its upstream's latest output.")
-@click.option("--to", "last", type=click.Choice(ORDER), help="Stop after this stage.")
+@click.option("--from", "first", type=click.Choice(ORDER), metavar="STAGE",
+              help="Start at this stage, on its upstream's latest output.")
+@click.option("--to", "last", type=click.Choice(ORDER), metavar="STAGE", help="Stop after this stage.")
 @click.option("--trigger", type=click.Choice(["manual", "schedule", "rerun"]), default="manual", show_default=True,
               help="What started this run, as recorded in the warehouse (schedule implies --recrawl).")
 @click.option("--recrawl", is_flag=True, help="Crawl again (conditional GETs) even if the crawl config is unchanged.")
@@ -133,13 +136,13 @@ def run(config: str, first: str | None, last: str | None, trigger: str, recrawl:
     _after_run(cfg, run_id)
 
 
-@main.command()
+@main.command(epilog=STAGES)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--vary", "varies", multiple=True, required=True, metavar="KEY=V1,V2",
               help="A setting and its values, one variant each (repeat for every combination).")
 @click.option("--seeds", default="0", show_default=True, help="Training seeds (train.seed), comma-separated.")
 @click.option("--eval-source", required=True, help="The source whose held-out slice every variant is scored on.")
-@click.option("--to", "last", type=click.Choice(ORDER), default="evaluate", show_default=True,
+@click.option("--to", "last", type=click.Choice(ORDER), metavar="STAGE", default="evaluate", show_default=True,
               help="The last stage of each run (train: bpb only; evaluate: CORE-7 too).")
 @handle_errors
 def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, last: str) -> None:
@@ -211,8 +214,8 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
     console.print(f"wrote {md} and {js}", highlight=False)
 
 
-@main.command()
-@click.argument("stage", type=click.Choice(ORDER))
+@main.command(epilog=STAGES)
+@click.argument("stage", type=click.Choice(ORDER), metavar="STAGE")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input", "input_ref", default=None, metavar="RUN_ID|DATASET_ID|latest",
               help="The upstream dataset to read [default: latest]. Crawl takes none; ingest takes a crawl dataset "
@@ -349,11 +352,11 @@ def dashboard_cmd(host: str, port: int, public: bool, allow_hosts: tuple[str, ..
     console.print(f"dashboard on http://{host}:{port}/ reading {wh.path} (Ctrl-C stops it)", highlight=False)
     serve(wh.path, host, port, allow_hosts)
 
-@main.command("serve")
+@main.command("serve", epilog=STAGES)
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--cron", help='Run the pipeline on this cron schedule, e.g. "0 3 * * *" (03:00 every day).')
 @click.option("--interval", type=click.FloatRange(min=1), help="... or every this many seconds.")
-@click.option("--to", "last", type=click.Choice(ORDER), help="Scheduled runs stop after this stage.")
+@click.option("--to", "last", type=click.Choice(ORDER), metavar="STAGE", help="Scheduled runs stop after this stage.")
 @click.option("--limit", default=1, show_default=True, type=click.IntRange(min=1),
               help="Flow runs this process executes at once.")
 @handle_errors

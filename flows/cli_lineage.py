@@ -16,7 +16,9 @@ from warehouse.lineage import WarehouseError
 @warehouse_option
 @handle_errors
 def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str | None) -> None:
-    """Show the chain of datasets from a dataset (or a run's last output) back to the input files.
+    """Show the chain of datasets from a dataset (or a run's checkpoint) back to the input files.
+
+    For a run (or 'latest'), the chain starts at the checkpoint it trained, else at its last output.
 
     \b
     Example:
@@ -29,7 +31,8 @@ def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str 
         outputs = [s for s in wh.stage_runs(run["run_id"]) if s["output_dataset_id"]]
         if not outputs:
             raise WarehouseError(f"run {run['run_id']} produced no dataset")
-        ref = outputs[-1]["output_dataset_id"]
+        trained = [s for s in outputs if s.get("role") == "training"]
+        ref = (trained or outputs)[-1]["output_dataset_id"]
     chain = wh.lineage(ref)
     console.print(rich_table(f"lineage of {ref}", chain,
                          ["depth", "dataset_id", "stage", "records", "bytes", "shards", "fingerprint", "uri"]))

@@ -31,7 +31,7 @@ def build(data: dict[str, Any]) -> Doc:
     section_sources(doc, data)
     section_tokenizer(doc, facts)
     section_training(doc, data)
-    section_compute(doc, facts)
+    section_compute(doc, facts, data.get("training") or {})
     section_evaluation(doc, data)
     section_samples(doc, data)
     section_datasheet(doc, data)
@@ -157,12 +157,14 @@ def section_training(doc: Doc, data: dict[str, Any]) -> None:
         doc.p("MFU: not measured (no GPU with a known peak; CPU runs report none).")
 
 
-def section_compute(doc: Doc, facts: dict[str, float]) -> None:
+def section_compute(doc: Doc, facts: dict[str, float], curves: dict[str, list[tuple[int, float]]]) -> None:
     doc.h(2, "Compute")
     if "train.params" not in facts:
         doc.p("No training in this run.")
         return
-    peak = max((facts.get(k) or 0) for k in ("train.peak_memory_bytes", "train.peak_rss_bytes"))
+    # training logs its peak with every step (metrics.jsonl); a run-level figure, where there is one, counts too
+    keys = ("peak_memory_bytes", "peak_rss_bytes")
+    peak = max([facts.get(f"train.{k}") or 0 for k in keys] + [v for k in keys for _, v in curves.get(k, [])])
     doc.table(["figure", "value"], [
         ["parameters N", facts.get("train.params")], ["non-embedding parameters", facts.get("train.params_non_embedding")],
         ["tokens planned D", facts.get("train.tokens")], ["tokens seen", facts.get("train.tokens_seen")],

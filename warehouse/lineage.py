@@ -616,6 +616,10 @@ class Warehouse:
             "SELECT s.stage, s.output_dataset_id, d.uri, s.role FROM stage_runs s JOIN datasets d "
             "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' AND d.format = 'parquet' "
             "QUALIFY row_number() OVER (PARTITION BY s.stage ORDER BY s.ended_at DESC) = 1").fetchall()
+        # in pipeline order: a stage's dataset has more ancestors than its upstream's, whichever ran last
+        latest.sort(key=lambda row: (con.execute(
+            "WITH RECURSIVE chain(dataset_id) AS (SELECT ?::VARCHAR UNION SELECT e.parent_id FROM dataset_edges e "
+            "JOIN chain c ON e.child_id = c.dataset_id) SELECT count(*) FROM chain", [row[1]]).fetchone()[0], row[0]))
         stages: list[str] = []
         drop_files: list[tuple[str, str]] = []
         base = next((stage for stage, _, _, role in latest if role == "collection"), None)

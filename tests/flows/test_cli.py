@@ -20,6 +20,21 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example:" in result.output and "crucible" in result.output
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")
+def test_help_fits_an_80_column_terminal(command):
+    """Choice lists are named by a metavar (STAGE) and listed below, so no line wraps mid-word; only the examples,
+    which are printed verbatim for copying, may run longer."""
+    out = CliRunner().invoke(main, [*command, "--help"], terminal_width=80).output
+    examples = out.split("Example")[1].split("Options:")[0].splitlines()[1:] if "Example" in out else []
+    assert "Options:" in out and all(len(line) <= 80 for line in out.splitlines() if line not in examples), out
+
+
+def test_the_stage_command_names_its_stages():
+    out = CliRunner().invoke(main, ["stage", "--help"], terminal_width=80).output
+    assert "[OPTIONS] STAGE CONFIG" in out and ", ".join(ORDER).split(", ")[-1] in out
+    assert all(stage in out for stage in ORDER)
+
+
 def test_every_command_is_covered():
     listed = {c[0] for c in COMMANDS if c}
     assert listed == set(main.commands)
@@ -98,9 +113,13 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     lineage = cli.invoke(main, ["lineage", "latest", "--files", *wh])
     assert lineage.exit_code == 0
     assert "source-" in lineage.output and "ingest-" in lineage.output and "a.warc.gz" in lineage.output
+    assert "lineage of checkpoint-" in lineage.output  # a run's chain starts at what it trained, not its report
 
     sql = cli.invoke(main, ["sql", "SELECT count(*) AS n FROM doc_lineage WHERE kept_extract", "--json", *wh])
     assert sql.exit_code == 0 and json.loads(sql.output) == {"n": 12}
+    first = cli.invoke(main, ["sql", "SELECT * FROM doc_lineage LIMIT 1", "--json", *wh])
+    kept = [c for c in json.loads(first.output) if c.startswith("kept_")]  # in pipeline order, whatever ran last
+    assert kept == ["kept_extract", "kept_language", "kept_quality", "kept_dedup", "kept_decontaminate"], kept
 
     checked = cli.invoke(main, ["check-shards", "latest", *wh])
     assert checked.exit_code == 0 and "shards check out" in checked.output, checked.output

@@ -60,6 +60,10 @@ def test_run_records_runs_stages_datasets_and_lineage(tmp_path, inputs):
     # One SQL query follows a document from its WARC record through the stages.
     [doc] = wh.query("SELECT * FROM doc_lineage WHERE url = 'http://site2.example.org/page/100'")
     assert doc["kept_extract"] and doc["warc_file"].endswith("b.warc.gz")
+    from tasks.registry import ORDER
+
+    kept = [c for c in doc if c.startswith("kept_")]  # the stages' columns come in pipeline order
+    assert len(kept) >= 2 and kept == sorted(kept, key=lambda c: ORDER.index(c[len("kept_"):])), kept
     text = wh.query("SELECT e.text FROM docs_extract e JOIN docs_ingest i USING (doc_id) WHERE i.url LIKE '%/page/0'")
     assert "reading rooms" in text[0]["text"]
 
@@ -275,7 +279,10 @@ def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
     assert page.count('src="data:image/png;base64,') >= 4  # funnel, loss, lr, throughput: inline, no files
     assert not re.findall(r"(?:src|href)=\"(?:https?:)?//", page) and "http" not in page.replace(
         "http://example.org", "")  # no external asset; the only URLs are the crawled pages' own
-    assert (report.parent / "report.md").read_text().startswith(f"# Crucible report: {run_id}")
+    markdown = (report.parent / "report.md").read_text()
+    assert markdown.startswith(f"# Crucible report: {run_id}")
+    [peak] = [line for line in markdown.splitlines() if line.startswith("| measured peak memory")]
+    assert re.search(r"\| [\d,.]+ ?[KMG]?i?B? \|$", peak), peak  # the peak training logged with its steps
     assert by_stage(stages)["report"]["status"] == "completed"
     drops = {(r["stage"], r["reason"]): r["docs"] for r in wh.funnel(run_id) if r["dropped"]}
     assert drops[("dedup", "exact_duplicate")] == 1 and drops[("dedup", "near_duplicate")] == 1
