@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import subprocess
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -103,12 +104,25 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                 if not stage.enabled:
                     say(f"{name}: skipped ({stage.disabled_because})")
                     continue
-                upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
+                with quiet_subflow():
+                    upstream = stage_flow(cfg, name, run_id, upstream, recrawl=recrawl or trigger == "schedule")
         except BaseException as err:
             wh.finish_run(run_id, ending_status(err), describe_ending(err))
             raise
         wh.finish_run(run_id, "completed")
     return run_id
+
+
+@contextmanager
+def quiet_subflow() -> Iterator[None]:
+    """Run a stage's subflow without a heartbeat thread of its own. Prefect joins a flow's heartbeat thread when
+    the flow ends, and that thread sleeps in one-second steps, so every subflow cost up to a second at its end
+    (3.7 s of a 10 s pipeline run over one small WARC file, profiled). The pipeline flow keeps its heartbeat,
+    which is what tells a server that the process died."""
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 __all__ = ["pipeline_flow", "resolve_input", "effective_upstream", "stage_input", "reads_upstream", "code_version", "StageFailed",

@@ -165,7 +165,12 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
 
 
 def _record(wh: Warehouse, ctx: FlowContext, stage: str, result: StageResult, t0: float) -> dict[str, Any]:
-    """Everything the stage made and counted, into the warehouse; then the stage run is finished."""
+    """Everything the stage made and counted, into the warehouse (one connection); then the stage run is finished."""
+    with wh.batch():
+        return _record_all(wh, ctx, stage, result, t0)
+
+
+def _record_all(wh: Warehouse, ctx: FlowContext, stage: str, result: StageResult, t0: float) -> dict[str, Any]:
     stage_run_id = ctx.stage_run_id
     for records in result.records:
         rows = wh.load_records(records.table, stage_run_id, records.files, **records.constants)
@@ -222,6 +227,11 @@ def describe_ending(err: BaseException) -> str:
 
 def _finish_cache_hit(wh: Warehouse, stage_run_id: str, hit: dict[str, Any], t0: float) -> dict[str, Any]:
     """Record a stage run that found its dataset already made, with the counts of the run that made it."""
+    with wh.batch():
+        return _finish_cache_hit_in(wh, stage_run_id, hit, t0)
+
+
+def _finish_cache_hit_in(wh: Warehouse, stage_run_id: str, hit: dict[str, Any], t0: float) -> dict[str, Any]:
     origin = wh.origin_stage_run(hit["dataset_id"]) or {}
     wh.finish_stage(stage_run_id, status="completed", output_dataset_id=hit["dataset_id"], cache_hit=True,
                     units=origin.get("units"), shards_out=hit["shards"], docs_in=origin.get("docs_in"),
