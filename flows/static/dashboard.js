@@ -44,8 +44,15 @@ function renderRuns(runs) {
   document.getElementById("run-list").innerHTML = runs.map((r) => `
     <li><a href="#${esc(r.run_id)}" class="${r.run_id === selected ? "selected" : ""}" data-run="${esc(r.run_id)}">
       <div class="id">${esc(r.run_id)}</div>
+      <div class="config" title="${esc(r.config_path || "built-in defaults")}">${esc(configName(r.config_path))}</div>
       <div>${badge(r.status, r.status === "running" ? "pulse" : "")} <span class="muted">${esc(r.trigger)} ·
         ${esc(when(r.started_at))}</span></div></a></li>`).join("") || `<li class="muted">No runs yet.</li>`;
+}
+
+// The config a run read, by its file name without .toml: runs of different configs look different.
+function configName(path) {
+  if (!path) return "built-in defaults";
+  return path.split(/[\\/]/).pop().replace(/\.toml$/, "");
 }
 
 function stageStrip(run, stages) {

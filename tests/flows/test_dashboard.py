@@ -172,6 +172,8 @@ def test_dashboard_in_a_real_browser(tmp_path):
     with dashboard_page(wh.path) as (page, url, errors):
         page.goto(f"{url}/#{finished}")
         expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
+        # the sidebar names each run's config (c.toml here), so runs of different configs tell apart
+        expect(page.locator(f"#run-list [data-run='{finished}'] .config")).to_have_text("c")
         expect(page.locator("#stage-strip .badge")).to_have_count(12)
         expect(page.locator("#stage-strip [data-stage=crawl]")).to_contain_text("skipped")  # no seeds
         expect(page.locator("#stage-strip [data-stage=select]")).to_contain_text("skipped")  # no filter on
