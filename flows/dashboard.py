@@ -48,6 +48,33 @@ def prefect_ui_url() -> str:
     return "http://127.0.0.1:4200"
 
 
+_ANSWERS: dict[str, tuple[float, bool]] = {}
+
+
+def prefect_ui_answers() -> bool:
+    """Whether the Prefect UI can be reached: PREFECT_UI_URL set by the user, or a server answering /api/health at
+    PREFECT_API_URL (else `prefect server start`'s address). Asked at most every 30 s, with a 0.5 s timeout."""
+    if os.environ.get("PREFECT_UI_URL"):
+        return True
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/") or "http://127.0.0.1:4200/api"
+    now = time.monotonic()
+    known = _ANSWERS.get(api)
+    if known is not None and now - known[0] < 30:
+        return known[1]
+    try:
+        import httpx
+
+        answers = httpx.get(f"{api}/health", timeout=0.5).status_code == 200
+    except Exception:  # refused, timed out, not HTTP: nothing serves there
+        answers = False
+    _ANSWERS[api] = (now, answers)
+    return answers
+
+
+PREFECT_HINT = ("no Prefect server answers at {url}: start one with `prefect server start` and run crucible with "
+                "PREFECT_API_URL={url}/api to follow runs in its UI")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -113,8 +140,10 @@ def _run_view(wh: Warehouse, ref: str) -> dict[str, Any]:
     if training is not None:
         training["curves"] = {k: v for k, v in training["curves"].items()
                               if k in CURVES or k.startswith("val_bpb/")}  # val bpb per source, drawn together
+    answers = prefect_ui_answers()
     snap["run"]["prefect_url"] = (f"{prefect_ui_url()}/runs/flow-run/{snap['run']['flow_run_id']}"
-                                  if snap["run"].get("flow_run_id") else None)
+                                  if snap["run"].get("flow_run_id") and answers else None)
+    snap["run"]["prefect_hint"] = None if answers else PREFECT_HINT.format(url=prefect_ui_url())
     return snap
 
 

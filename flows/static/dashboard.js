@@ -211,7 +211,8 @@ function renderRun(snap) {
       <dt>started</dt><dd>${esc(when(r.started_at))} (${esc(took)}${r.ended_at ? "" : " so far"})</dd>
       <dt>config</dt><dd><code>${esc(r.config_path || "(built in)")}</code> · hash <code>${esc((r.config_hash || "").slice(0, 12))}</code></dd>
       <dt>code</dt><dd><code>${esc(r.code_version)}</code></dd>
-      <dt>Prefect</dt><dd>${r.prefect_url ? `<a id="prefect-link" href="${esc(r.prefect_url)}" target="_blank" rel="noopener">this run in the Prefect UI</a>` : "no flow run id"}</dd></dl>
+      <dt>Prefect</dt><dd>${r.prefect_url ? `<a id="prefect-link" href="${esc(r.prefect_url)}" target="_blank" rel="noopener">this run in the Prefect UI</a>`
+        : r.prefect_hint ? `<span id="prefect-hint" class="muted">${esc(r.prefect_hint)}</span>` : "no flow run id"}</dd></dl>
       ${r.error ? `<p class="error">${esc(r.error)}</p>` : ""}
       ${stageStrip(r, snap.stages)}</section>
     <section id="stages"><h2>Stages</h2>${stageTable(snap.stages)}</section>

@@ -45,8 +45,9 @@ def _log_steps(out_dir: Path, steps: range) -> None:
             fh.flush()
 
 
-def test_api_follows_a_running_training_and_serves_a_stale_snapshot_while_the_file_is_held(tmp_path):
+def test_api_follows_a_running_training_and_serves_a_stale_snapshot_while_the_file_is_held(tmp_path, monkeypatch):
     wh = Warehouse(tmp_path / "wh.duckdb")
+    monkeypatch.setenv("PREFECT_UI_URL", "http://prefect.internal:4200")  # the user says where the UI is
     with wh.pipeline_lock():  # a live run holds it, as the orchestrator does
         _follow_a_running_training(wh, tmp_path)
     # once nobody holds the lock, a run still marked running was killed: readers say so
@@ -67,7 +68,7 @@ def _follow_a_running_training(wh: Warehouse, tmp_path: Path) -> None:
     training = body["data"]["training"]
     assert body["stale"] is False and training["live"] is True and training["status"] == "running"
     assert [p[0] for p in training["curves"]["loss"]] == [1, 2, 3]
-    assert body["data"]["run"]["prefect_url"].endswith("/runs/flow-run/f-1")
+    assert body["data"]["run"]["prefect_url"] == "http://prefect.internal:4200/runs/flow-run/f-1"
 
     _log_steps(out_dir, range(4, 7))
     time.sleep(1.1)  # past the snapshot's minimum age
@@ -94,6 +95,16 @@ def _follow_a_running_training(wh: Warehouse, tmp_path: Path) -> None:
     assert index.status_code == 200 and "/static/dashboard.js" in index.text
 
 
+def test_the_prefect_link_needs_a_server_that_answers(prefect_harness, monkeypatch):
+    from flows import dashboard
+
+    monkeypatch.delenv("PREFECT_UI_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_harness)  # the session's real Prefect test server
+    assert dashboard.prefect_ui_answers()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_free_port()}/api")  # nothing listens there
+    assert not dashboard.prefect_ui_answers()
+
+
 def test_dashboard_refuses_a_public_interface_without_the_flag():
     from click.testing import CliRunner
 
@@ -109,10 +120,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_dashboard(warehouse: Path) -> tuple[subprocess.Popen, str]:
+def _serve_dashboard(warehouse: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "dashboard", "--warehouse", str(warehouse),
-                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -128,12 +140,12 @@ def _serve_dashboard(warehouse: Path) -> tuple[subprocess.Popen, str]:
 
 
 @contextlib.contextmanager
-def dashboard_page(warehouse: Path, width: int = 1280, height: int = 1600):
+def dashboard_page(warehouse: Path, width: int = 1280, height: int = 1600, env: dict[str, str] | None = None):
     """A served dashboard open in headless Chromium: (page, url, errors), errors collecting page errors and any
     request that leaves the dashboard."""
     from playwright.sync_api import sync_playwright
 
-    proc, url = _serve_dashboard(warehouse)
+    proc, url = _serve_dashboard(warehouse, env)
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -150,9 +162,8 @@ def dashboard_page(warehouse: Path, width: int = 1280, height: int = 1600):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
-def test_dashboard_in_a_real_browser(tmp_path):
+def test_dashboard_in_a_real_browser(tmp_path, prefect_harness):
     from click.testing import CliRunner
     from playwright.sync_api import expect
 
@@ -169,7 +180,8 @@ def test_dashboard_in_a_real_browser(tmp_path):
     wh = Warehouse(tmp_path / "work" / "warehouse.duckdb")
     finished = wh.resolve_run("latest")["run_id"]
 
-    with dashboard_page(wh.path) as (page, url, errors):
+    # a Prefect server that answers (the session's test server): the run links to its flow run there
+    with dashboard_page(wh.path, env={"PREFECT_API_URL": prefect_harness}) as (page, url, errors):
         page.goto(f"{url}/#{finished}")
         expect(page.locator("#summary")).to_have_attribute("data-status", "completed")
         # the sidebar names each run's config (c.toml here), so runs of different configs tell apart
@@ -188,7 +200,7 @@ def test_dashboard_in_a_real_browser(tmp_path):
         expect(page.locator("#crop-note")).to_contain_text("arc_easy")
         expect(page.locator("#crop-note")).to_contain_text("shots kept")
         expect(page.locator("#lineage-table")).to_contain_text("source-")
-        assert page.locator("#prefect-link").get_attribute("href").startswith("http")
+        assert page.locator("#prefect-link").get_attribute("href").startswith(prefect_harness.removesuffix("/api"))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -204,6 +216,14 @@ def test_dashboard_in_a_real_browser(tmp_path):
             _log_steps(out_dir, range(4, 9))
             expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
             expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
+    assert not errors, errors
+
+    # nothing serves at the Prefect address: no dead link, but how to start a server
+    silent = f"http://127.0.0.1:{_free_port()}/api"
+    with dashboard_page(wh.path, env={"PREFECT_API_URL": silent}) as (page, url, errors):
+        page.goto(f"{url}/#{finished}")
+        expect(page.locator("#prefect-hint")).to_contain_text("prefect server start")
+        expect(page.locator("#prefect-link")).to_have_count(0)
     assert not errors, errors
 
 
