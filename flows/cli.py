@@ -23,9 +23,9 @@ from flows.cli_read import print_run  # its commands join the group too
 from flows.cli_base import REPO, console, fail, handle_errors, main, warehouse_from, warehouse_option  # noqa: F401
 from tasks.config import load_config
 from tasks.registry import ORDER, stage_range
+from warehouse.lineage import Warehouse
 
 STAGES = f"STAGE is one of: {', '.join(ORDER)}."  # a usage line listing them all wraps mid-word
-from warehouse.lineage import Warehouse
 
 DEMO_CONFIG = REPO / "configs" / "demo.toml"
 

@@ -95,7 +95,7 @@ def cached_sha256(path: Path) -> str:
     entry = hash_cache_dir() / "sha256" / key
     try:
         known = entry.read_text().strip()
-        if len(known) == 64:
+        if len(known) == 64 and all(c in "0123456789abcdef" for c in known):  # else damaged: hash again
             return known
     except OSError:
         pass

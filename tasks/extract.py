@@ -48,7 +48,10 @@ def extract(html: str, url: str | None, cfg: ExtractConfig) -> tuple[str | None,
     tree = load_html(html, _max_file_size())
     if tree is None:
         return None, ""
-    title = page_title(tree)
+    try:
+        title = page_title(tree)
+    except Exception:  # a title the metadata steps choke on is no reason to lose the page's text
+        title = None
     doc = trafilatura.bare_extraction(  # it copies the tree before cleaning it
         tree, url=url, with_metadata=False, include_comments=cfg.include_comments,
         include_tables=cfg.include_tables, favor_precision=cfg.favor_precision,

@@ -72,13 +72,23 @@ def top_fraction_cutoff(scores: np.ndarray, doc_ids: list[str], fraction: float)
     return float(scores[last]), doc_ids[last]
 
 
-def kept_by_cutoff(score: float, doc_id: str, cutoff: tuple[float, str]) -> bool:
-    return score > cutoff[0] or (score == cutoff[0] and doc_id <= cutoff[1])
+def kept_by_cutoff(scores: np.ndarray, doc_ids: pa.Array | list[str], cutoff: tuple[float, str]) -> np.ndarray:
+    """Per document, whether the cut-off keeps it: a higher score, or an equal one with a doc_id not larger (doc_ids
+    compare as UTF-8 bytes, which is code-point order, as the reduce sorted them). A NaN score is not kept."""
+    ids = doc_ids if isinstance(doc_ids, (pa.Array, pa.ChunkedArray)) else pa.array(doc_ids, pa.string())
+    at_or_below = pc.fill_null(pc.less_equal(ids, pa.scalar(cutoff[1], ids.type)), False)
+    scores = np.asarray(scores, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return (scores > cutoff[0]) | ((scores == cutoff[0]) & at_or_below.to_numpy(zero_copy_only=False))
+
+
+def band_index(ppl: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+    """Per document, its index in BANDS: head at most the source's lower tercile, tail above its upper one."""
+    return np.where(ppl <= lo, 0, np.where(ppl <= hi, 1, 2))
 
 
 def band_of(ppl: float, cuts: tuple[float, float]) -> str:
-    """head: perplexity at most the source's lower tercile; tail: above its upper one; middle between."""
-    return "head" if ppl <= cuts[0] else "middle" if ppl <= cuts[1] else "tail"
+    return BANDS[int(band_index(np.asarray(ppl, dtype=np.float64), *cuts))]
 
 
 class SelectStage(ReduceStage):
@@ -445,10 +455,7 @@ class SelectStage(ReduceStage):
         n = len(q)
         why = np.zeros(n, dtype=np.int8)  # 0 keep, 1 classifier, 2 perplexity threshold, 3 perplexity band
         if c.classifier.enabled and clf_cut:
-            at_cut = pc.less_equal(ids, pa.scalar(clf_cut[1], ids.type)).to_numpy(zero_copy_only=False)
-            with np.errstate(invalid="ignore"):
-                kept = (q > clf_cut[0]) | ((q == clf_cut[0]) & at_cut.astype(bool))
-            why[~np.isnan(q) & ~kept] = 1
+            why[~np.isnan(q) & ~kept_by_cutoff(q, ids, tuple(clf_cut))] = 1
         lo = np.full(n, np.nan)
         hi = np.full(n, np.nan)
         if c.perplexity.enabled:
@@ -461,8 +468,7 @@ class SelectStage(ReduceStage):
                     here = src == source
                     lo[here], hi[here] = low, high
                 banded = free & ~np.isnan(lo)
-                band = np.where(p <= lo, 0, np.where(p <= hi, 1, 2))
-                allowed = np.isin(band, [BANDS.index(b) for b in c.perplexity.bands])
+                allowed = np.isin(band_index(p, lo, hi), [BANDS.index(b) for b in c.perplexity.bands])
                 why[banded & ~allowed] = 3
         drop = why > 0
         reasons, details = [], []
@@ -565,4 +571,4 @@ def train_step(stage: SelectStage, out_dir: Path, samples: list[dict[str, Any]])
     return stage.train(Path(out_dir), samples)
 
 
-__all__ = ["SelectStage", "SCHEMA", "top_fraction_cutoff", "kept_by_cutoff", "band_of"]
+__all__ = ["SelectStage", "SCHEMA", "top_fraction_cutoff", "kept_by_cutoff", "band_index", "band_of"]

@@ -126,6 +126,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A dataset (the parameter) and every ancestor, with its edge depth: prefix of a query over ``chain``.
+_ANCESTORS = ("WITH RECURSIVE chain(dataset_id, depth) AS (SELECT ?::VARCHAR, 0 UNION SELECT e.parent_id, c.depth + 1 "
+              "FROM dataset_edges e JOIN chain c ON e.child_id = c.dataset_id) ")
+
+
 class Warehouse:
     def __init__(self, path: str | Path, lock_timeout: float = 60.0) -> None:
         self.path = Path(path)
@@ -614,12 +619,8 @@ class Warehouse:
 
     def lineage(self, dataset_id: str) -> list[dict[str, Any]]:
         """The dataset and every ancestor back to the raw inputs, nearest first, with the edge depth."""
-        return self.query(
-            "WITH RECURSIVE chain(dataset_id, depth) AS ("
-            "  SELECT ?::VARCHAR, 0 "
-            "  UNION SELECT e.parent_id, c.depth + 1 FROM dataset_edges e JOIN chain c ON e.child_id = c.dataset_id"
-            ") SELECT c.depth, d.* FROM chain c JOIN datasets d USING (dataset_id) ORDER BY c.depth, d.dataset_id",
-            [dataset_id])
+        return self.query(_ANCESTORS + "SELECT c.depth, d.* FROM chain c JOIN datasets d USING (dataset_id) "
+                                       "ORDER BY c.depth, d.dataset_id", [dataset_id])
 
     def dataset_files(self, dataset_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM dataset_files WHERE dataset_id = ? ORDER BY path", [dataset_id])
@@ -639,9 +640,8 @@ class Warehouse:
             "ON d.dataset_id = s.output_dataset_id WHERE s.status = 'completed' AND d.format = 'parquet' "
             "QUALIFY row_number() OVER (PARTITION BY s.stage ORDER BY s.ended_at DESC) = 1").fetchall()
         # in pipeline order: a stage's dataset has more ancestors than its upstream's, whichever ran last
-        latest.sort(key=lambda row: (con.execute(
-            "WITH RECURSIVE chain(dataset_id) AS (SELECT ?::VARCHAR UNION SELECT e.parent_id FROM dataset_edges e "
-            "JOIN chain c ON e.child_id = c.dataset_id) SELECT count(*) FROM chain", [row[1]]).fetchone()[0], row[0]))
+        latest.sort(key=lambda row: (con.execute(_ANCESTORS + "SELECT count(DISTINCT dataset_id) FROM chain",
+                                                 [row[1]]).fetchone()[0], row[0]))
         stages: list[str] = []
         drop_files: list[tuple[str, str]] = []
         base = next((stage for stage, _, _, role in latest if role == "collection"), None)

@@ -160,3 +160,41 @@ def test_packing_an_items_sequences_on_their_shared_prefix_scores_as_running_eac
         assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-4)
     assert [r.prediction for r in score(model, items, batch_rows=32, batch_tokens=10_000)] == \
         [r.prediction for r in packed]
+
+
+def test_shots_kept_counts_the_examples_left_whole_after_the_left_crop():
+    from model.core import shot_texts, shots_kept
+
+    shots = [{**MC, "query": f"Question {i}?"} for i in range(4)]
+    lengths = [len(t) for t in encode(shot_texts("multiple_choice", " ", shots))]  # one token per character
+    assert shots_kept("multiple_choice", " ", shots, 0, encode) == 4
+    assert shots_kept("multiple_choice", " ", shots, 1, encode) == 4  # only <|bos|> went
+    assert shots_kept("multiple_choice", " ", shots, 2, encode) == 3  # one token into the first example
+    assert shots_kept("multiple_choice", " ", shots, 1 + lengths[0], encode) == 3
+    assert shots_kept("multiple_choice", " ", shots, 2 + lengths[0], encode) == 2
+    assert shots_kept("multiple_choice", " ", shots, 10_000, encode) == 0
+
+
+def test_packing_scores_the_smoke_sets_as_running_each_sequence_alone(tmp_path):
+    """The project's own benchmark files in the CORE formats, their shots and delimiters, a BPE trained on them and
+    a context short enough to crop many prompts: packed rows give every item the same prediction and losses."""
+    from tasks.evalsets import TASKS, contamination_text, ensure_smoke, item_kind, read_items
+    from tasks.tokenizer import TiktokenEncoder, train_bpe
+
+    ensure_smoke(tmp_path)
+    tasks = {name: (spec, read_items(tmp_path / f"{name}.jsonl")) for name, spec in TASKS.items()}
+    tok = train_bpe(iter([contamination_text(it) for _, items in tasks.values() for it in items]), 600, ["<|bos|>"])
+    bpe = TiktokenEncoder(tok).encode_batch
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), depth=2, d_model=64, seq_len=128)).eval()
+    items = []
+    for spec, pool in tasks.values():
+        kind = item_kind(pool[0])
+        for i, item in enumerate(pool):
+            prompts = render(kind, item, spec.delimiter, fewshot(pool, i, spec.shots))
+            items.append(sequences(kind, prompts, bpe, 0, 128, gold=item.get("gold")))
+    assert any(it.cropped for it in items) and any(not it.cropped for it in items)
+    packed, alone = score(model, items), score(Alone(model), items, batch_rows=1)
+    for a, b in zip(packed, alone):
+        assert a.prediction == b.prediction
+        assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-4)

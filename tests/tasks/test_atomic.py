@@ -21,6 +21,8 @@ def test_a_remembered_hash_is_reused_and_any_rewrite_misses_it(tmp_path, monkeyp
     assert len(entries) == 1
     entries[0].write_text("f" * 64 + "\n")  # the entry is what a second run reads: it does not hash again
     assert cached_sha256(model) == "f" * 64
+    entries[0].write_text("not a digest, a damaged entry\n")  # hashed again, not trusted
+    assert cached_sha256(model) == _sha(model)
     with open(model, "r+b") as fh:  # the same size, rewritten in place
         fh.write(b"changed")
     os.utime(model, (old + 1, old + 1))

@@ -145,3 +145,17 @@ def test_title_and_text_are_those_of_the_metadata_pass_on_pydoc_pages(pydoc_warc
     for html, url in pages[:30]:
         got = extract_page(html, url, cfg)
         assert got == _with_metadata(html, url, cfg) and got[0] and got[1]
+
+
+def test_a_title_the_metadata_steps_fail_on_keeps_the_pages_text(monkeypatch):
+    """Fault injection: trafilatura's meta-tag reader raising on a page costs its title, not its text."""
+    import trafilatura.metadata
+
+    from tasks.extract import extract as extract_page
+
+    def broken(tree):
+        raise ValueError("a meta tag trafilatura cannot read")
+
+    monkeypatch.setattr(trafilatura.metadata, "examine_meta", broken)
+    title, text = extract_page(page("Library hours", 5), "http://e.com/1", ExtractConfig())
+    assert title is None and "reading rooms should stay open late" in text

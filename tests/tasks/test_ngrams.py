@@ -25,3 +25,16 @@ def test_the_fast_path_gives_the_words_of_the_rules():
         assert normalized_words(text) == by_the_rules(text), repr(text)
     assert normalized_words("Hello, World! It's 'quoted' — e-mail_ x²") == ["hello", "world", "it's", "quoted",
                                                                           "e-mail", "x²"]
+
+
+def test_real_multilingual_pages_give_the_words_of_the_rules():
+    """The 130 readability test pages (en, fr, es, de, cs, pt, ja, zh; markup, scripts and entities included)."""
+    import gzip
+
+    from tests.conftest import shared_path
+
+    pages = sorted(shared_path("corpora", "html", "mozilla_readability_testpages").glob("*/source.html.gz"))
+    assert len(pages) > 100
+    for page in pages:
+        text = gzip.decompress(page.read_bytes()).decode("utf-8", "replace")
+        assert normalized_words(text) == by_the_rules(text), page.parent.name

@@ -64,7 +64,9 @@ def test_top_fraction_cutoff_keeps_exactly_the_fraction_and_breaks_ties_by_doc_i
     ids = ["f", "e", "b", "c", "a", "d"]
     cut = top_fraction_cutoff(scores, ids, 0.5)  # 3 of 6: f, d, then the smallest doc_id among the 0.5s
     assert cut == (pytest.approx(0.5), "b")
-    assert [i for s, i in zip(scores, ids) if kept_by_cutoff(float(s), i, cut)] == ["f", "b", "d"]
+    assert [i for i, k in zip(ids, kept_by_cutoff(scores, ids, cut)) if k] == ["f", "b", "d"]
+    # a non-ASCII doc_id orders by code point, as the reduce's Arrow sort does; a NaN score is never kept
+    assert kept_by_cutoff(np.array([0.5, 0.5, np.nan]), ["é", "Z", "a"], (0.5, "f")).tolist() == [False, True, False]
     assert top_fraction_cutoff(scores, ids, 0.01)[1] == "f"  # at least one
     assert top_fraction_cutoff(np.array([]), [], 0.5) is None
     assert band_of(1.0, (2.0, 3.0)) == "head" and band_of(2.5, (2.0, 3.0)) == "middle" and band_of(9, (2, 3)) == "tail"
