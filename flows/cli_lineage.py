@@ -3,27 +3,35 @@ which documents trained a checkpoint or which checkpoints trained on a document 
 from __future__ import annotations
 
 import json
+import os
 
 import click
+from rich import box
+from rich.markup import escape
+from rich.table import Table
 
-from flows.cli_base import console, handle_errors, main, rich_table, warehouse_from, warehouse_option
+from flows.cli_base import console, fmt, handle_errors, main, rich_table, warehouse_from, warehouse_option
 from warehouse.lineage import WarehouseError
 
 
 @main.command()
 @click.argument("ref", metavar="DATASET|RUN")
 @click.option("--files", is_flag=True, help="Also list every shard and input file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per dataset, every field whole (with --files, "
+                                                      "its files too).")
 @warehouse_option
 @handle_errors
-def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str | None) -> None:
+def lineage(ref: str, files: bool, as_json: bool, warehouse_path: str | None, config_path: str | None) -> None:
     """Show the chain of datasets from a dataset (or a run's checkpoint) back to the input files.
 
-    For a run (or 'latest'), the chain starts at the checkpoint it trained, else at its last output.
+    For a run (or 'latest'), the chain starts at the checkpoint it trained, else at its last output. Paths are shown
+    under the work directory and fingerprints and hashes by their first 12 characters; --json gives them whole.
 
     \b
     Example:
         crucible lineage extract-3f2a9c1b0d4e
         crucible lineage latest --files
+        crucible lineage latest --json | jq -r .fingerprint
     """
     wh = warehouse_from(warehouse_path, config_path)
     if wh.dataset(ref) is None:
@@ -34,12 +42,72 @@ def lineage(ref: str, files: bool, warehouse_path: str | None, config_path: str 
         trained = [s for s in outputs if s.get("role") == "training"]
         ref = (trained or outputs)[-1]["output_dataset_id"]
     chain = wh.lineage(ref)
-    console.print(rich_table(f"lineage of {ref}", chain,
-                         ["depth", "dataset_id", "stage", "records", "bytes", "shards", "fingerprint", "uri"]))
+    if as_json:
+        for d in chain:
+            click.echo(json.dumps({**d, **({"files": wh.dataset_files(d["dataset_id"])} if files else {})},
+                                  default=str))
+        return
+    base = common_dir([d["uri"] for d in chain])
+    wide = console.width >= 110  # room for a "where" column (else --files says where each dataset is)
+    table = compact_table(f"lineage of {ref}" + (f" (under {base})" if base and wide else ""),
+                          ["depth", "dataset", "records", "size", "shards", "fingerprint"] + (["where"] if wide else []))
+    for d in chain:
+        table.add_row(str(d["depth"]), d["dataset_id"], fmt(d["records"]), size(d["bytes"]), fmt(d["shards"]),
+                      (d["fingerprint"] or "")[:12], *([escape(relative(d["uri"], base))] if wide else []))
+    console.print(table)
+    if not wide and not files:
+        console.print("[dim]where each dataset is: --files; whole fingerprints: --json[/dim]")
     if files:
         for d in chain:
-            console.print(rich_table(d["dataset_id"], wh.dataset_files(d["dataset_id"]),
-                                 ["path", "records", "bytes", "content_hash"]))
+            listed = compact_table(f"{d['dataset_id']} in {d['uri']}", ["file", "records", "size", "sha256"])
+            for f in wh.dataset_files(d["dataset_id"]):
+                listed.add_row(escape(relative(f["path"], d["uri"]) if is_under(f["path"], d["uri"])
+                                      else relative(f["path"], base)),
+                               fmt(f["records"]), size(f["bytes"]), (f["content_hash"] or "")[:12])
+            console.print(listed)
+
+
+def common_dir(uris: list[str | None]) -> str | None:
+    """The deepest directory that every absolute path among ``uris`` is under (None: none, or only '/')."""
+    paths = [u for u in uris if u and u.startswith("/")]
+    if not paths:
+        return None
+    common = os.path.commonpath(paths)
+    if any(p == common for p in paths):  # a dataset that is the common directory itself: its parent
+        common = os.path.dirname(common)
+    return common if common not in ("/", "") else None
+
+
+def is_under(path: str, directory: str | None) -> bool:
+    return bool(directory) and path.startswith(directory.rstrip("/") + "/")
+
+
+def relative(path: str | None, base: str | None) -> str:
+    """``path`` with ``base/`` taken off wherever it appears (a source dataset's uri names several paths)."""
+    if not path or not base:
+        return path or ""
+    return path.replace(base.rstrip("/") + "/", "") or "."
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def compact_table(title: str, columns: list[str]) -> Table:
+    """A table that fits a terminal: no box, numbers right-aligned, short columns whole, paths folded."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  padding=(0, 0, 0, 1))
+    for c in columns:
+        numeric = c in ("depth", "records", "size", "shards")
+        table.add_column(c, justify="right" if numeric else "left", overflow="fold",
+                         no_wrap=c in ("depth", "records", "size", "shards", "fingerprint", "sha256"))
+    return table
 
 
 @main.command()

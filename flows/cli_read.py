@@ -76,9 +76,10 @@ def print_run(wh: Warehouse, run: dict[str, Any]) -> None:
     funnel = wh.funnel(run["run_id"])
     if funnel:
         for f in funnel:
-            f["kind"] = "dropped" if f["dropped"] else "kept, noted"
-        console.print(rich_table("funnel (drops per stage and reason)", funnel,
-                             ["stage", "reason", "kind", "docs", "bytes"]))
+            f["kind"] = "dropped" if f["dropped"] else "noted"
+            f["count"], f["of"] = f["docs"], f["counts"] or "documents"
+        console.print(rich_table("funnel (per stage and reason: documents dropped, and what was noted)",
+                                 funnel, ["stage", "reason", "kind", "count", "of", "bytes"]))
 
 
 def print_sources(wh: Warehouse, run_id: str) -> None:

@@ -29,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tasks.stage import read_progress
 from tasks.train import TrainStage
 from warehouse.dashboard import run_snapshot, runs_overview
 from warehouse.lineage import Warehouse, WarehouseError
@@ -87,6 +88,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    """The newest finished checkpoint directory of a training run (what a rerun resumes from), or None."""
+    found = sorted((Path(out_dir) / "checkpoints").glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
+
+
 def live_curves(out_dir: str | Path) -> dict[str, list[list[float]]]:
     """The curves of a training run in progress, from the metrics.jsonl its rank 0 appends to every step."""
     curves: dict[str, list[list[float]]] = {}
@@ -133,10 +140,19 @@ class Snapshots:
 
 def _run_view(wh: Warehouse, ref: str) -> dict[str, Any]:
     snap = run_snapshot(wh, ref)
+    for stage in snap["stages"]:  # how far a running stage's units are, from its output directory
+        if stage["status"] == "running" and stage.get("out_dir"):
+            stage["progress"] = read_progress(stage["out_dir"])
     training = snap["training"]
-    if training is not None and training["status"] == "running" and training.get("out_dir"):
+    if training is not None and training.get("out_dir") and (training["status"] == "running"
+                                                             or not training["curves"]):
+        # running: the ranks' file moves with every step; interrupted, failed or crashed: the steps it logged
+        # were never ingested, but they are in the file, and so are the checkpoints a rerun resumes from
         training["curves"] = live_curves(training["out_dir"])
-        training["live"] = True
+        training["live"] = training["status"] == "running"
+        training["from_file"] = bool(training["curves"])
+        if training["status"] != "completed":
+            training["resumable"] = last_checkpoint(training["out_dir"])
     if training is not None:
         training["curves"] = {k: v for k, v in training["curves"].items()
                               if k in CURVES or k.startswith("val_bpb/")}  # val bpb per source, drawn together

@@ -31,8 +31,8 @@ from flows.runners import task_runner
 from tasks.config import Config, stable_hash
 from tasks.procs import STOP, Interrupted
 from tasks.registry import stage_class
-from tasks.stage import (FULL_DISK, Stage, StageContext, StageFailed, StageResult, UnitFailed,  # noqa: F401
-                         raise_failures)
+from tasks.stage import (FULL_DISK, PROGRESS_FILE, Stage, StageContext, StageFailed, StageResult,  # noqa: F401
+                         UnitFailed, note_counts, raise_failures, write_progress)
 from warehouse.lineage import Warehouse
 
 terminal = logging.getLogger("crucible")
@@ -108,12 +108,18 @@ class FlowContext(StageContext):
         name = f"{stage.name} {step}".strip()
         say(f"{name}: {len(units)} units on {self.runner.kind} x{self.runner.workers}")
         every = max(1, len(units) // 10)  # without a terminal, a line per tenth of the work
+        docs = 0
+
+        def report(finished: int) -> None:  # for the dashboard, which reads the output directory
+            write_progress(out_dir, step=step, units_done=finished, units_failed=len(failures),
+                           units_total=len(units), docs=docs, seconds=round(time.perf_counter() - t0, 3))
+
+        report(0)
         with task_runner(self.runner) as runner, _progress() as progress:
             bar = progress.add_task(name, total=len(units), rate="")
             futures = {runner.submit(unit_task, parameters={
                 "fn": fn, "stage": stage, "unit": u, "out_dir": str(out_dir),
                 "label": f"{stage.name}:{step + ':' if step else ''}{u.name}"}): u for u in units}
-            docs = 0
             for future in as_completed(list(futures)):
                 unit = futures[future]
                 try:
@@ -126,6 +132,7 @@ class FlowContext(StageContext):
                 rate = docs / max(time.perf_counter() - t0, 1e-9)
                 progress.update(bar, advance=1, rate=f"{rate:,.0f} docs/s")
                 finished = len(results) + len(failures)
+                report(finished)
                 if progress.disable and (finished % every == 0 or finished == len(units)):
                     say(f"{name}: {finished}/{len(units)} units, {rate:,.0f} docs/s")
         raise_failures(stage.name, step, failures, len(units))
@@ -161,7 +168,9 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             say(f"{stage.name}: cache hit {hit['dataset_id']}{records}{stage.cache_note()}")
             return _finish_cache_hit(wh, ctx.stage_run_id, hit, t0)
         result = stage.execute(ctx, inp, out_dir, key)
-        return _record(wh, ctx, stage.name, result, t0)
+        made = _record(wh, ctx, stage.name, result, t0)
+        (Path(out_dir) / PROGRESS_FILE).unlink(missing_ok=True)  # finished: the stage run holds the counts now
+        return made
 
 
 def _record(wh: Warehouse, ctx: FlowContext, stage: str, result: StageResult, t0: float) -> dict[str, Any]:
@@ -182,7 +191,8 @@ def _record_all(wh: Warehouse, ctx: FlowContext, stage: str, result: StageResult
                           created_by=stage_run_id, tokens=made.tokens)
     if result.metrics:
         wh.record_metrics(ctx.run_id, result.metrics, stage_run_id=stage_run_id)
-    wh.record_funnel(stage_run_id, stage, result.drops, result.drop_bytes, result.notes, result.by_source)
+    wh.record_funnel(stage_run_id, stage, result.drops, result.drop_bytes, result.notes, result.by_source,
+                     note_counts={reason: note_counts(reason) for reason in result.notes})
     if result.artifact is not None:
         _publish(result.artifact, stage)
     wh.finish_stage(stage_run_id, status="completed", output_dataset_id=result.output.dataset_id,

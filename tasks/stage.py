@@ -18,6 +18,8 @@ that a stage runs and is tested without Prefect; the flow's context runs units a
 from __future__ import annotations
 
 import errno
+import json
+import os
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -110,13 +112,47 @@ class StageResult:
     bytes_out: int | None = None
     drops: dict[str, int] = field(default_factory=dict)      # the drop funnel: reason -> documents
     drop_bytes: dict[str, int] = field(default_factory=dict)
-    notes: dict[str, int] = field(default_factory=dict)      # counted events that are not drops
+    notes: dict[str, int] = field(default_factory=dict)      # counted events that are not drops (note_counts)
     metrics: list[Metric] = field(default_factory=list)
     records: list[Records] = field(default_factory=list)
     artifact: Artifact | None = None
     message: str = ""                                       # one line for the run's log
     # per source: {"docs_in", "docs_out", "drops": {reason: (docs, bytes)}, and where known "tokens", "share"…}
     by_source: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+NOTE_COUNTS = (("link_", "links"), ("record_", "records"), ("single_gzip_stream", "files"))
+
+
+def note_counts(reason: str) -> str:
+    """What a note counts, by its reason's prefix: links a crawl met (``link_max_pages``), WARC records that are
+    not documents (``record_request``), archives read as one gzip stream; any other note counts documents."""
+    return next((what for prefix, what in NOTE_COUNTS if reason.startswith(prefix)), "documents")
+
+
+PROGRESS_FILE = ".progress.json"  # in a running stage's output directory: the dashboard's "3/8 units, 1,234 docs/s"
+
+
+def write_progress(out_dir: Path, **progress: Any) -> None:
+    """How far a running stage's units are (step, units_done, units_total, docs, seconds), for readers of its
+    output directory. Replaced whole on every write (its own temporary name, which a unit's clean-up of ``.tmp-*``
+    files never takes); not fsynced: it only ever says how far a live run got."""
+    path = Path(out_dir) / PROGRESS_FILE
+    part = path.with_name(PROGRESS_FILE + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(json.dumps(progress, sort_keys=True))
+        os.replace(part, path)
+    except OSError:  # a full disk or a vanished directory must not fail the stage over a progress line
+        pass
+
+
+def read_progress(out_dir: str | Path) -> dict[str, Any] | None:
+    """The progress a running stage last wrote, or None (none written, or unreadable)."""
+    try:
+        return json.loads((Path(out_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class StageContext:

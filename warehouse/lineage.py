@@ -136,6 +136,7 @@ class Warehouse:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self._batch = threading.local()
+        self._schema_checked = False
 
     # -- connections ---------------------------------------------------------------------------------------------
 
@@ -170,9 +171,24 @@ class Warehouse:
         try:
             if not read_only:
                 self._migrate(con)
+            elif not self._schema_checked and self._behind(con):
+                con.close()  # a warehouse an older Crucible wrote: bring it up to date before the first read
+                with self.connect():
+                    pass
+                con = self._retry_locked(lambda: duckdb.connect(str(self.path), read_only=True))
+            self._schema_checked = self._schema_checked or read_only
             yield con
         finally:
             con.close()
+
+    def _behind(self, con: duckdb.DuckDBPyConnection) -> bool:
+        """Whether the file's schema is older than this code's, and nobody is running a pipeline on it (a running
+        pipeline is the writer; its reads and ours wait for it to migrate, or to finish)."""
+        try:
+            version = con.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_VERSION_TABLE}").fetchone()[0]
+        except duckdb.Error:
+            return False  # not a Crucible warehouse: the query that follows says so
+        return version < _migrations()[-1][0] and not pipeline_alive(self.path)
 
     def _holds_pipeline_lock(self) -> bool:
         return self.path.with_name(self.path.name + ".pipeline.lock").resolve() in _HELD_LOCKS
@@ -393,27 +409,30 @@ class Warehouse:
                 self._refresh_views(con)
 
     def record_funnel(self, stage_run_id: str, stage: str, drops: dict[str, int], drop_bytes: dict[str, int],
-                      notes: dict[str, int], by_source: dict[str, dict[str, Any]] | None = None) -> None:
+                      notes: dict[str, int], by_source: dict[str, dict[str, Any]] | None = None,
+                      note_counts: dict[str, str] | None = None) -> None:
         """The drop funnel, one row per (source, reason) where the stage counted by source (the rest, and the
-        notes, with source NULL), and the stage's per-source figures into stage_sources."""
+        notes, with source NULL), and the stage's per-source figures into stage_sources. Drops count documents;
+        ``note_counts`` says what each note counts (links, records…; documents where not named)."""
         rows = []
         left, left_bytes = dict(drops), dict(drop_bytes)
         for source, counts in sorted((by_source or {}).items()):
             for reason, (n, nbytes) in sorted(counts.get("drops", {}).items()):
-                rows.append((stage_run_id, stage, reason, True, n, nbytes, source or None))
+                rows.append((stage_run_id, stage, reason, True, n, nbytes, source or None, "documents"))
                 left[reason] = left.get(reason, 0) - n
                 left_bytes[reason] = left_bytes.get(reason, 0) - nbytes
-        rows += [(stage_run_id, stage, r, True, n, max(left_bytes.get(r, 0), 0), None)
+        rows += [(stage_run_id, stage, r, True, n, max(left_bytes.get(r, 0), 0), None, "documents")
                  for r, n in sorted(left.items()) if n > 0]
-        rows += [(stage_run_id, stage, r, False, n, 0, None) for r, n in sorted(notes.items())]
+        rows += [(stage_run_id, stage, r, False, n, 0, None, (note_counts or {}).get(r, "documents"))
+                 for r, n in sorted(notes.items())]
         figures = [(stage_run_id, stage, source, c.get("docs_in"), c.get("docs_out"), c.get("tokens"),
                     c.get("target_share"), c.get("share"), c.get("epochs"), c.get("val_docs"))
                    for source, c in sorted((by_source or {}).items()) if source]
         if rows or figures:
             with self.connect() as con:
                 if rows:
-                    con.executemany("INSERT INTO drops (stage_run_id, stage, reason, dropped, docs, bytes, source) "
-                                    "VALUES (?,?,?,?,?,?,?)", rows)
+                    con.executemany("INSERT INTO drops (stage_run_id, stage, reason, dropped, docs, bytes, source, "
+                                    "counts) VALUES (?,?,?,?,?,?,?,?)", rows)
                 if figures:
                     con.executemany("INSERT INTO stage_sources VALUES (?,?,?,?,?,?,?,?,?,?)", figures)
 
@@ -593,10 +612,12 @@ class Warehouse:
             QUALIFY row_number() OVER (PARTITION BY s.stage_run_id ORDER BY origin.ended_at DESC) = 1)"""
 
     def funnel(self, run_id: str) -> list[dict[str, Any]]:
-        """Drops and notes per stage and reason for a run (all sources together); a cache hit shows the funnel of
-        the run that computed it."""
+        """Drops and notes per stage and reason for a run (all sources together), each with what it counts
+        (``counts``: documents for every drop; links, records… for some notes); a cache hit shows the funnel of the
+        run that computed it."""
         return self.query(self._ORIGINS + """
-            SELECT o.stage, d.reason, d.dropped, sum(d.docs)::BIGINT AS docs, sum(d.bytes)::BIGINT AS bytes
+            SELECT o.stage, d.reason, d.dropped, sum(d.docs)::BIGINT AS docs, sum(d.bytes)::BIGINT AS bytes,
+                   any_value(d.counts) AS counts
             FROM origins o JOIN drops d ON d.stage_run_id = o.origin
             GROUP BY o.stage, o.started_at, d.reason, d.dropped
             ORDER BY o.started_at, d.dropped DESC, docs DESC, d.reason""", [run_id])

@@ -67,13 +67,26 @@ function stageStrip(run, stages) {
       : s.cache_hit && s.status === "completed" ? "cached" : s.status;
     const took = s ? duration(s.seconds ?? seconds(s.started_at, s.ended_at)) : "";
     return `<span class="badge ${esc(status)} ${status === "running" ? "pulse" : ""}"
-      data-stage="${esc(name)}" title="${esc(status)} ${esc(took)}">${esc(name)} · ${esc(status)}</span>`;
+      data-stage="${esc(name)}" title="${esc(status)} ${esc(took)}">${esc(name)} · ${esc(status)}${
+      status === "running" && s.progress && s.progress.units_total
+        ? ` ${num(s.progress.units_done)}/${num(s.progress.units_total)}` : ""}</span>`;
   }).join("")}</div>`;
+}
+
+// A running stage's units done / total and documents per second (its output directory's .progress.json).
+function progress(s) {
+  const p = s.status === "running" ? s.progress : null;
+  if (!p || !p.units_total) return "";
+  const rate = p.seconds > 0 ? `${num(p.docs / p.seconds)} docs/s` : "";
+  const failed = p.units_failed ? `, ${num(p.units_failed)} failed` : "";
+  return `<div class="progress" data-done="${p.units_done}" data-total="${p.units_total}">
+    <span class="meter"><span style="width:${(100 * p.units_done / p.units_total).toFixed(1)}%"></span></span>
+    ${p.step ? `${esc(p.step)}: ` : ""}${num(p.units_done)}/${num(p.units_total)} units${failed}${rate ? ` · ${rate}` : ""}</div>`;
 }
 
 function stageTable(stages) {
   const rows = stages.map((s) => `<tr data-stage="${esc(s.stage)}"><td>${esc(s.stage)}</td>
-    <td>${badge(s.cache_hit && s.status === "completed" ? "cached" : s.status)}</td>
+    <td>${badge(s.cache_hit && s.status === "completed" ? "cached" : s.status)}${progress(s)}</td>
     <td class="num">${num(s.docs_in)}</td><td class="num">${num(s.docs_out)}</td>
     <td class="num">${bytes(s.bytes_out)}</td>
     <td class="num">${duration(s.seconds ?? seconds(s.started_at, s.ended_at))}</td>
@@ -92,41 +105,89 @@ function funnel(stages, drops) {
   return rows.map((s) => {
     const reasons = drops.filter((d) => d.stage === s.stage && d.dropped)
       .map((d) => `${esc(d.reason)} ${num(d.docs)}`).join(" · ");
+    // notes are counted, not dropped, and may count links or WARC records rather than documents
+    const notes = drops.filter((d) => d.stage === s.stage && !d.dropped)
+      .map((d) => `${esc(d.reason)} ${num(d.docs)} ${esc(d.counts || "documents")}`).join(" · ");
     return `<div class="funnel-row" data-stage="${esc(s.stage)}"><strong>${esc(s.stage)}</strong>
       <div class="bar" title="${num(s.docs_out)} of ${num(s.docs_in)} kept">
         <span style="width:${(100 * (s.docs_out || 0) / top).toFixed(2)}%"></span></div>
       <span class="muted">${num(s.docs_in)} → <strong>${num(s.docs_out)}</strong> docs</span>
-      ${reasons ? `<div class="reasons">dropped: ${reasons}</div>` : ""}</div>`;
+      ${reasons ? `<div class="reasons">dropped: ${reasons}</div>` : ""}
+      ${notes ? `<div class="reasons notes">noted, not dropped: ${notes}</div>` : ""}</div>`;
   }).join("");
+}
+
+// Nice tick values (1, 2 or 5 times a power of ten) covering lo..hi, about `count` of them.
+function niceTicks(lo, hi, count) {
+  const raw = (hi - lo) / Math.max(count, 1);
+  const power = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+  const ticks = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+  return { ticks, step };
+}
+
+// A tick's label with no more digits than its step needs (0.0008, not 8.00e-4; 1,500, not 1.5e+3).
+function tickLabel(v, step) {
+  if (v === 0) return "0";
+  if (Math.abs(step) >= 1) return num(v);
+  if (Math.abs(step) < 1e-4) return v.toExponential(Math.max(0, Math.ceil(-Math.log10(step / Math.abs(v)))))
+    .replace(/\.?0+e/, "e");
+  return num(v, Math.min(8, Math.ceil(-Math.log10(step) - 1e-9)));
+}
+
+// The y-range a reader can use: one spike (a gradient-norm blow-up) must not flatten everything else. Points far
+// above the bulk (beyond q90 + 5 x (q90 - q10), nearest-rank quantiles) are drawn clipped at the top edge.
+function robustTop(ys) {
+  const sorted = ys.slice().sort((a, b) => a - b);
+  if (sorted.length < 10) return sorted[sorted.length - 1];
+  const q = (p) => sorted[Math.floor((sorted.length - 1) * p)];
+  const fence = q(0.9) + 5 * Math.max(q(0.9) - q(0.1), Math.abs(q(0.5)) * 0.05);
+  return Math.max(...sorted.filter((y) => y <= fence));
 }
 
 function chart(name, points, more = []) {
   // more: [[label, points]] drawn on the same axes (validation bits per byte per source)
-  const W = 340, H = 150, L = 46, R = 8, T = 8, B = 22;
+  const W = 340, H = 160, L = 46, R = 10, T = 10, B = 24;
   const all = [points, ...more.map((m) => m[1])].flat();
   const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  let [x0, x1, y0] = [Math.min(...xs), Math.max(...xs), Math.min(...ys)];
+  const yMax = Math.max(...ys);
+  let y1 = robustTop(ys);
   if (x1 === x0) x1 = x0 + 1;
   if (y1 === y0) { y1 += Math.abs(y1) * 0.05 || 1; y0 -= Math.abs(y0) * 0.05 || 1; }
+  const yt = niceTicks(y0, y1, 4);
+  y0 = Math.floor(y0 / yt.step + 1e-9) * yt.step;  // the y-axis ends on gridlines
+  y1 = Math.ceil(y1 / yt.step - 1e-9) * yt.step;
+  const { ticks: yTicks, step: yStep } = niceTicks(y0, y1, 4);
+  const xTicks = niceTicks(x0, x1, 4).ticks;
   const px = (x) => L + (x - x0) / (x1 - x0) * (W - L - R);
-  const py = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const py = (y) => T + (1 - (Math.min(y, y1) - y0) / (y1 - y0)) * (H - T - B);
   const line = (pts) => pts.map((p) => `${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join(" ");
+  const clipped = all.filter((p) => p[1] > y1);
   const lastPoint = points[points.length - 1];
+  const grid = yTicks.map((v) => `<line class="grid" x1="${L}" y1="${py(v).toFixed(1)}" x2="${W - R}"
+      y2="${py(v).toFixed(1)}"/><text x="${L - 4}" y="${(py(v) + 3).toFixed(1)}" text-anchor="end">${tickLabel(v, yStep)}</text>`)
+    .join("") + xTicks.map((v) => `<line class="grid" x1="${px(v).toFixed(1)}" y1="${T}" x2="${px(v).toFixed(1)}"
+      y2="${H - B}"/><text x="${px(v).toFixed(1)}" y="${H - B + 12}" text-anchor="middle">${num(v)}</text>`).join("");
+  const marks = clipped.map((p) => `<path class="clip" d="M${(px(p[0]) - 3.5).toFixed(1)},${T + 5} l3.5,-5 l3.5,5 z">
+      <title>step ${num(p[0])}: ${short(p[1])} (off scale)</title></path>`).join("");
   const extra = more.map(([label, pts], i) => pts.length > 1
     ? `<polyline class="series s${i % 6}" data-source="${esc(label)}" points="${line(pts)}"/>` : "").join("");
   const legend = more.length ? `<p class="legend"><span class="key s-all">all</span> ${more.map(([label, pts], i) =>
     `<span class="key s${i % 6}">${esc(label)} ${short(pts[pts.length - 1][1])}</span>`).join(" ")}</p>` : "";
-  return `<div class="chart" data-curve="${esc(name)}" data-points="${points.length}">
-    <h3>${esc(CURVE_TITLES[name] || name)} <span class="muted">· ${short(lastPoint[1])} at step ${num(lastPoint[0])}</span></h3>
+  const off = clipped.length ? ` · <span class="clip-note">${num(clipped.length)} off scale, up to ${short(yMax)}</span>`
+    : "";
+  return `<div class="chart" data-curve="${esc(name)}" data-points="${points.length}" data-clipped="${clipped.length}">
+    <h3>${esc(CURVE_TITLES[name] || name)} <span class="muted">· ${short(lastPoint[1])} at step ${num(lastPoint[0])}${off}</span></h3>
     <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(name)} by step">
+      ${grid}
       <line class="axis" x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}"/>
       <line class="axis" x1="${L}" y1="${T}" x2="${L}" y2="${H - B}"/>
-      <text x="${L - 4}" y="${T + 8}" text-anchor="end">${short(y1)}</text>
-      <text x="${L - 4}" y="${H - B}" text-anchor="end">${short(y0)}</text>
-      <text x="${L}" y="${H - 6}">${num(x0)}</text>
-      <text x="${W - R}" y="${H - 6}" text-anchor="end">step ${num(x1)}</text>
+      <text x="${W - R}" y="${H - 2}" text-anchor="end">step</text>
       ${extra}
       ${points.length > 1 ? `<polyline points="${line(points)}"/>` : ""}
+      ${marks}
       <circle cx="${px(lastPoint[0]).toFixed(1)}" cy="${py(lastPoint[1]).toFixed(1)}" r="2.5"/>
     </svg>${legend}</div>`;
 }
@@ -134,9 +195,13 @@ function chart(name, points, more = []) {
 function training(t) {
   if (!t) return `<p class="muted">This run has no train stage (yet).</p>`;
   const names = Object.keys(CURVE_TITLES).filter((n) => (t.curves[n] || []).length);
+  const steps = (t.curves.loss || []).length ? t.curves.loss[t.curves.loss.length - 1][0] : null;
   const head = `<p>${badge(t.status, t.status === "running" ? "pulse" : "")}
     ${t.live ? `<span class="muted">live from <code>${esc(t.out_dir)}/metrics.jsonl</code></span>` : ""}
-    ${t.checkpoint ? `checkpoint <code>${esc(t.checkpoint)}</code>` : ""}</p>`;
+    ${t.from_file && !t.live ? `<span class="muted" id="train-from-file">${esc(t.status)} after step ${num(steps)}: the
+      curves come from <code>${esc(t.out_dir)}/metrics.jsonl</code> (not recorded in the warehouse)</span>` : ""}
+    ${t.checkpoint ? `checkpoint <code>${esc(t.checkpoint)}</code>` : ""}</p>
+    ${t.resumable ? `<p class="muted" id="train-resume">A rerun resumes from <code>${esc(t.resumable)}</code>.</p>` : ""}`;
   if (!names.length) return head + `<p class="muted">No step has been logged yet.</p>`;
   const perSource = Object.keys(t.curves).filter((k) => k.startsWith("val_bpb/") && t.curves[k].length).sort()
     .map((k) => [k.slice("val_bpb/".length), t.curves[k]]);
@@ -155,10 +220,10 @@ function sources(overview) {
     ${num(r["out." + s])}</td>`).join("")}<td class="num">${num(r.tokens)}</td><td class="num">${pct(r.target_share)}</td>
     <td class="num">${pct(r.share)}</td><td class="num">${r.epochs == null ? "" : r.epochs.toFixed(2)}</td>
     <td class="num">${num(r.val_docs)}</td></tr>`).join("");
-  return `<table id="sources-table"><thead><tr><th>source</th><th class="num">in</th>
+  return `<div class="wide"><table id="sources-table"><thead><tr><th>source</th><th class="num">in</th>
     ${stages.map((s) => `<th class="num">${esc(s)}</th>`).join("")}<th class="num">tokens</th><th class="num">target</th>
     <th class="num">share</th><th class="num">epochs</th><th class="num">val docs</th></tr></thead>
-    <tbody>${rows}</tbody></table><p class="muted">Documents of each source after each stage (hover a count for its
+    <tbody>${rows}</tbody></table></div><p class="muted">Documents of each source after each stage (hover a count for its
     drops); the mixture at tokenize: tokens once each, target and realised share of a training pass, passes.</p>`;
 }
 

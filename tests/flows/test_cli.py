@@ -114,6 +114,20 @@ def test_run_show_lineage_sql_round_trip(tmp_path):
     assert lineage.exit_code == 0
     assert "source-" in lineage.output and "ingest-" in lineage.output and "a.warc.gz" in lineage.output
     assert "lineage of checkpoint-" in lineage.output  # a run's chain starts at what it trained, not its report
+    assert "datasets/extract/" in lineage.output and str(tmp_path / "work") + "/datasets" not in lineage.output
+    from flows.cli_base import console
+
+    width = console.width
+    console.width = 80  # a terminal of 80 columns: one line per dataset, nothing cut
+    try:
+        narrow = cli.invoke(main, ["lineage", "latest", *wh]).output
+    finally:
+        console.width = width
+    assert max(len(line) for line in narrow.splitlines()) <= 80, narrow
+    assert len([line for line in narrow.splitlines() if re.match(r"\s+\d+\s+\S+-", line)]) == stages - 1, narrow
+    whole = [json.loads(line) for line in cli.invoke(main, ["lineage", "latest", "--json", *wh]).output.splitlines()]
+    assert whole[0]["dataset_id"] in narrow and whole[0]["fingerprint"][:12] in narrow
+    assert len(whole[0]["fingerprint"]) == 64 and whole[-1]["stage"] == "source"
 
     sql = cli.invoke(main, ["sql", "SELECT count(*) AS n FROM doc_lineage WHERE kept_extract", "--json", *wh])
     assert sql.exit_code == 0 and json.loads(sql.output) == {"n": 12}

@@ -32,6 +32,9 @@ def test_crawl_feeds_ingest_and_a_recrawl_changes_only_what_changed(tmp_path):
         assert log[site.base + "/private/secret"] == "robots_disallowed" and log[site.base + "/big"] == "too_large"
         funnel = {f["reason"]: f["docs"] for f in wh.funnel(run_id) if f["stage"] == "crawl" and f["dropped"]}
         assert funnel["robots_disallowed"] == 1 and funnel["not_html"] == 2
+        # the links it met are noted as links, not documents (dropped or kept, pages are what the docs count)
+        noted = {f["reason"]: f["counts"] for f in wh.funnel(run_id) if f["stage"] == "crawl" and not f["dropped"]}
+        assert noted and all(r.startswith("link_") and c == "links" for r, c in noted.items()), noted
         chain = [d["stage"] for d in wh.lineage(by_stage(first)["extract"]["output_dataset_id"])]
         assert chain == ["extract", "ingest", "source", "crawl"]
 

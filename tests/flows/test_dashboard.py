@@ -17,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from flows.dashboard import create_app
+from tasks.stage import write_progress
 from tasks.train import TrainStage
 from tests.conftest import REPO
 from warehouse.lineage import Warehouse
@@ -36,12 +37,16 @@ def _training_run(wh: Warehouse, out_dir: Path) -> str:
     return run_id
 
 
-def _log_steps(out_dir: Path, steps: range) -> None:
-    """Append steps to metrics.jsonl the way model/train.py's rank 0 does (one flushed line per step)."""
+def _log_steps(out_dir: Path, steps: range, spike_at: int | None = None) -> None:
+    """Append steps to metrics.jsonl the way model/train.py's rank 0 does (one flushed line per step); the gradient
+    norm wanders around 1, and jumps to 50 at ``spike_at``."""
+    import math
+
     with open(out_dir / "metrics.jsonl", "a") as fh:
         for step in steps:
-            fh.write(json.dumps({"step": step, "loss": 9.0 / step, "lr": 1e-3, "grad_norm": 1.0, "tokens": 64 * step,
-                                 "tokens_per_s": 1000.0 + step, "seconds": 0.1}) + "\n")
+            grad_norm = 50.0 if step == spike_at else 1.0 + 0.3 * math.sin(step)
+            fh.write(json.dumps({"step": step, "loss": 9.0 / step, "lr": 1e-3, "grad_norm": grad_norm,
+                                 "tokens": 64 * step, "tokens_per_s": 1000.0 + step, "seconds": 0.1}) + "\n")
             fh.flush()
 
 
@@ -93,6 +98,77 @@ def _follow_a_running_training(wh: Warehouse, tmp_path: Path) -> None:
     assert client.get("/healthz").json()["ok"] is True
     index = client.get("/")
     assert index.status_code == 200 and "/static/dashboard.js" in index.text
+
+
+def test_a_running_stage_writes_how_far_its_units_are_and_the_api_serves_it(tmp_path, prefect_harness):
+    from dataclasses import dataclass
+
+    from prefect import flow
+
+    from flows.stages import FlowContext
+    from tasks.config import parse_config
+    from tasks.stage import PROGRESS_FILE, read_progress
+
+    @dataclass
+    class Unit:
+        name: str
+
+        def describe(self) -> str:
+            return self.name
+
+    @dataclass
+    class Stage:
+        name: str = "extract"
+
+    cfg = parse_config({"paths": {"work_dir": str(tmp_path / "work")}, "runner": {"kind": "threads", "workers": 1}},
+                       base=tmp_path)
+    wh = Warehouse(cfg.warehouse_path)
+    out_dir = tmp_path / "work" / "extract-out"
+    seen: list[dict | None] = []
+
+    def unit_fn(stage, unit, out):  # what a reader of the output directory sees while this unit runs
+        seen.append(read_progress(out))
+        return {"unit": unit.name, "docs_in": 10}
+
+    @flow
+    def stage_units():
+        ctx = FlowContext(cfg, wh, "r", False)
+        return ctx.map("scan", unit_fn, Stage(), [Unit(f"u{i}") for i in range(4)], out_dir)
+
+    assert [r["unit"] for r in stage_units()] == ["u0", "u1", "u2", "u3"]
+    assert all(p is not None and p["units_total"] == 4 and p["step"] == "scan" for p in seen), seen
+    assert [p["units_done"] for p in seen] == sorted(p["units_done"] for p in seen) and seen[0]["units_done"] == 0
+    last = read_progress(out_dir)
+    assert last["units_done"] == 4 and last["docs"] == 40 and last["units_failed"] == 0 and last["seconds"] > 0
+    assert not list(out_dir.glob(PROGRESS_FILE + ".part"))
+
+    # the dashboard's API hands it over for the running stage, and the page draws it (browser test below)
+    run_id = wh.start_run(config={}, config_hash="c", config_path=None, code_version="t", trigger="manual",
+                          stages=["extract"])
+    wh.start_stage(run_id=run_id, stage="extract", stage_key="k" * 64, params={}, params_hash="p",
+                   code_version="t", input_dataset_ids=[], out_dir=out_dir, role=None)
+    with wh.pipeline_lock():
+        client = TestClient(create_app(wh.path), base_url="http://127.0.0.1:8642")
+        stage = client.get(f"/api/runs/{run_id}").json()["data"]["stages"][0]
+    assert stage["status"] == "running" and stage["progress"]["units_done"] == 4
+
+
+def test_an_interrupted_training_shows_the_steps_it_logged_and_where_a_rerun_resumes(tmp_path):
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    out_dir = tmp_path / "train"
+    run_id = _training_run(wh, out_dir)
+    _log_steps(out_dir, range(1, 31))
+    for step in (10, 20):  # finished checkpoints, and one a kill left half-written
+        (out_dir / "checkpoints" / f"step-{step:07d}").mkdir(parents=True)
+    (out_dir / "checkpoints" / ".tmp-step-0000030").mkdir()
+    stage_run_id = wh.stage_runs(run_id)[0]["stage_run_id"]
+    wh.finish_stage(stage_run_id, status="interrupted", error="interrupted (SIGINT or SIGTERM)", seconds=3.0)
+    wh.finish_run(run_id, "interrupted")
+    training = TestClient(create_app(wh.path), base_url="http://127.0.0.1:8642").get(
+        f"/api/runs/{run_id}").json()["data"]["training"]
+    assert training["status"] == "interrupted" and training["live"] is False and training["from_file"] is True
+    assert [p[0] for p in training["curves"]["loss"]] == list(range(1, 31))
+    assert training["resumable"] == str(out_dir / "checkpoints" / "step-0000020")
 
 
 def test_the_prefect_link_needs_a_server_that_answers(prefect_harness, monkeypatch):
@@ -169,9 +245,10 @@ def test_dashboard_in_a_real_browser(tmp_path, prefect_harness):
 
     from flows.cli import main
     from tests.flows.test_cli import write_config
-    from tests.helpers import TINY_TRAIN, write_prose_warc
+    from tests.helpers import TINY_TRAIN, write_mixed_warc, write_prose_warc
 
     write_prose_warc(tmp_path / "a.warc.gz", 12)
+    write_mixed_warc(tmp_path / "b.warc.gz")  # request, revisit, metadata records and pages ingest drops
     train = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_TRAIN.items() if k != "model")
     config = write_config(tmp_path, str(tmp_path / "*.warc.gz"),
                           f"[train]\n{train}\n[train.model]\ndepth = 1\nd_model = 32\n")
@@ -201,8 +278,15 @@ def test_dashboard_in_a_real_browser(tmp_path, prefect_harness):
         expect(page.locator("#crop-note")).to_contain_text("shots kept")
         expect(page.locator("#lineage-table")).to_contain_text("source-")
         assert page.locator("#prefect-link").get_attribute("href").startswith(prefect_harness.removesuffix("/api"))
+        # WARC request records are noted as records, not counted as documents
+        expect(page.locator("#funnel .funnel-row[data-stage=ingest] .notes")).to_contain_text("records")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        for width in (1400, 800):  # at 800 px the run list goes on top and nothing scrolls sideways
+            page.set_viewport_size({"width": width, "height": 1000})
+            expect(page.locator("#stages table")).to_be_visible()
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 1600})
 
         # a second run starts training: its curve grows in the open page without a reload (the run holds
         # the pipeline lock, as a live one does; without it readers would show it crashed)
@@ -216,6 +300,40 @@ def test_dashboard_in_a_real_browser(tmp_path, prefect_harness):
             _log_steps(out_dir, range(4, 9))
             expect(chart).to_have_attribute("data-points", "8", timeout=15_000)
             expect(page.locator("#stage-strip [data-stage=train]")).to_contain_text("running")
+
+            # a data stage running in another run: units done / total and docs/s, from its output directory
+            busy = wh.start_run(config={}, config_hash="c", config_path=None, code_version="t", trigger="manual",
+                                stages=["extract"])
+            wh.start_stage(run_id=busy, stage="extract", stage_key="e" * 64, params={}, params_hash="p",
+                           code_version="t", input_dataset_ids=[], out_dir=tmp_path / "extract-live", role=None)
+            write_progress(tmp_path / "extract-live", step="", units_done=3, units_failed=0, units_total=8,
+                           docs=600, seconds=4.0)
+            page.goto(f"{url}/#{busy}")
+            expect(page.locator("#stages tr[data-stage=extract] .progress")).to_contain_text("3/8 units · 150 docs/s")
+            expect(page.locator("#stage-strip [data-stage=extract]")).to_contain_text("running 3/8")
+            write_progress(tmp_path / "extract-live", step="", units_done=5, units_failed=0, units_total=8,
+                           docs=1000, seconds=5.0)
+            expect(page.locator("#stages tr[data-stage=extract] .progress")).to_have_attribute(
+                "data-done", "5", timeout=15_000)
+            wh.finish_stage(wh.stage_runs(busy)[0]["stage_run_id"], status="completed", seconds=6.0)
+            wh.finish_run(busy, "completed")
+
+        # an interrupted training: the steps it logged (a grad-norm spike drawn clipped) and where a rerun resumes
+        stopped_dir = tmp_path / "stopped-train"
+        stopped = _training_run(wh, stopped_dir)
+        _log_steps(stopped_dir, range(1, 31), spike_at=17)
+        (stopped_dir / "checkpoints" / "step-0000020").mkdir(parents=True)
+        wh.finish_stage(wh.stage_runs(stopped)[0]["stage_run_id"], status="interrupted", seconds=3.0)
+        wh.finish_run(stopped, "interrupted")
+        page.goto(f"{url}/#{stopped}")
+        expect(page.locator("#curves .chart[data-curve=loss]")).to_have_attribute("data-points", "30")
+        expect(page.locator("#train-from-file")).to_contain_text("after step 30")
+        expect(page.locator("#train-resume")).to_contain_text("step-0000020")
+        spiky = page.locator("#curves .chart[data-curve=grad_norm]")
+        expect(spiky).to_have_attribute("data-clipped", "1")  # the rest keeps its scale
+        expect(spiky.locator(".clip-note")).to_contain_text("up to 50")
+        expect(spiky.locator("line.grid")).not_to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-interrupted.png"), full_page=True)
     assert not errors, errors
 
     # nothing serves at the Prefect address: no dead link, but how to start a server

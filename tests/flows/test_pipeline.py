@@ -200,6 +200,8 @@ def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     records = {f["reason"]: f["docs"] for f in wh.funnel(run_id) if not f["dropped"]}
     assert records["record_request"] > 0 and records["record_revisit"] > 0 and funnel["lang_not_kept"] > 0
     assert not [r for r in funnel if r.startswith("record_") and r != "record_error"]  # records, not documents
+    counted = {f["reason"]: f["counts"] for f in wh.funnel(run_id)}
+    assert counted["record_request"] == "records" and counted["lang_not_kept"] == "documents"
     assert funnel["exact_duplicate"] > 0  # the corpus holds the same pages captured more than once
     assert not {"record_error", "extract_error", "extract_crash"} & set(funnel)
     facts = {f["name"]: f["value"] for f in wh.stage_facts(run_id)}

@@ -12,8 +12,8 @@ def test_schema_is_created_and_versioned(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
     run_id = wh.start_run(config={}, config_hash="h", config_path=None, code_version="test", trigger="manual",
                           stages=["ingest"])
-    assert wh.schema_version() == 9  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items,
-    # 0005 out_dir, 0006 role, 0007 hit scores, 0008 sources, 0009 eval crop
+    assert wh.schema_version() == 10  # 0001 init, 0002 crawl log, 0003 contamination hits, 0004 eval items,
+    # 0005 out_dir, 0006 role, 0007 hit scores, 0008 sources, 0009 eval crop, 0010 what a note counts
     tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables")}
     assert {"schema_version", "pipeline_runs", "stage_runs", "datasets", "dataset_edges", "drops",
             "metrics", "dataset_files", "crawl_log", "contamination_hits", "contamination_summary",
@@ -37,13 +37,46 @@ def test_a_warehouse_from_before_roles_gets_them_for_its_old_runs(tmp_path):
     for stage in ("ingest", "train", "tokenize"):
         con.execute("INSERT INTO stage_runs (stage_run_id, run_id, stage, stage_key, params_json, params_hash, "
                     "code_version, status, started_at) VALUES (?, 'r', ?, 'k', '{}', 'p', 'c', 'completed', now())", [f"{stage}-1", stage])
+    old_funnel = [("ingest-1", "ingest", "record_request", False), ("ingest-1", "ingest", "payload_too_large", True),
+                  ("ingest-1", "ingest", "single_gzip_stream", False), ("ingest-1", "ingest", "charset_fallback", False),
+                  ("crawl-1", "crawl", "link_max_pages", False), ("crawl-1", "crawl", "link_max_pages", True)]
+    for stage_run_id, stage, reason, dropped in old_funnel:
+        con.execute("INSERT INTO drops (stage_run_id, stage, reason, dropped, docs, bytes) VALUES (?,?,?,?,7,0)",
+                    [stage_run_id, stage, reason, dropped])
     con.close()
     wh = Warehouse(path)
     with wh.connect():  # the first writer's open migrates
         pass
-    assert wh.schema_version() == 9
+    assert wh.schema_version() == 10
     roles = {r["stage"]: r["role"] for r in wh.query("SELECT stage, role FROM stage_runs")}
     assert roles == {"ingest": "collection", "train": "training", "tokenize": None}
+    # what each old funnel row counts, by its reason's prefix; a drop is always documents
+    counts = {(r["reason"], r["dropped"]): r["counts"] for r in wh.query("SELECT reason, dropped, counts FROM drops")}
+    assert counts == {("record_request", False): "records", ("payload_too_large", True): "documents",
+                      ("single_gzip_stream", False): "files", ("charset_fallback", False): "documents",
+                      ("link_max_pages", False): "links", ("link_max_pages", True): "documents"}
+
+
+def test_a_reader_brings_an_older_warehouse_up_to_date_unless_a_pipeline_runs_on_it(tmp_path):
+    import duckdb
+
+    from warehouse.lineage import _migrations
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMPTZ)")
+    for version, sql in _migrations()[:9]:
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("INSERT INTO drops (stage_run_id, stage, reason, dropped, docs, bytes) "
+                "VALUES ('crawl-1', 'crawl', 'link_max_pages', false, 874, 0)")
+    con.close()
+    with Warehouse(path).pipeline_lock():  # a pipeline (an older Crucible's) runs on it: readers leave it be
+        assert Warehouse(path).query("SELECT max(version) AS v FROM schema_version")[0]["v"] == 9
+    reader = Warehouse(path)  # the dashboard or `crucible show` after an upgrade, before any new run
+    assert reader.query("SELECT reason, docs, counts FROM drops") == [{"reason": "link_max_pages", "docs": 874,
+                                                                        "counts": "links"}]
+    assert reader.schema_version() == _migrations()[-1][0]
 
 
 def test_reading_a_missing_warehouse_says_what_to_do(tmp_path):
