@@ -43,6 +43,7 @@ def test_run_records_runs_stages_datasets_and_lineage(tmp_path, inputs):
     assert not ingest["cache_hit"] and ingest["docs_out"] == 35 and ingest["units"] == 3
     assert extract["units"] == 6  # 35 docs in units of at most 6, whatever the ingest shard sizes
     assert extract["docs_out"] == 35
+    assert not list(cfg.work_dir.rglob(".progress.json*"))  # a finished stage leaves no progress file behind
 
     [run_row] = wh.runs()
     assert run_row["run_id"] == run_id and run_row["status"] == "completed" and run_row["trigger"] == "manual"
