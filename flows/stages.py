@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flows.runners import task_runner
+from flows.runners import check_workers_see, task_runner
 from tasks.config import Config, stable_hash
 from tasks.procs import STOP, Interrupted
 from tasks.registry import stage_class
@@ -97,6 +97,14 @@ class FlowContext(StageContext):
     def __init__(self, cfg: Config, wh: Warehouse, run_id: str, recrawl: bool) -> None:
         super().__init__(cfg.work_dir, warehouse=wh, run_id=run_id, recrawl=recrawl, log=say)
         self.runner = cfg.runner
+        self._workers_checked = False
+
+    def _check_workers(self) -> None:
+        """A cluster of its own (runner.address): every worker must see the work directory, asked once a stage."""
+        if self.runner.kind == "dask" and self.runner.address and not self._workers_checked:
+            workers = check_workers_see(self.runner.address, self.work_dir)
+            say(f"dask cluster {self.runner.address}: {workers} workers see {self.work_dir}")
+            self._workers_checked = True
 
     def map(self, step: str, fn: Callable[..., dict[str, Any]], stage: Any, units: list[Any],
             out_dir: Path) -> list[dict[str, Any]]:
@@ -104,6 +112,7 @@ class FlowContext(StageContext):
         failures: list[str] = []
         if not units:
             return results
+        self._check_workers()
         t0 = time.perf_counter()
         name = f"{stage.name} {step}".strip()
         say(f"{name}: {len(units)} units on {self.runner.kind} x{self.runner.workers}")

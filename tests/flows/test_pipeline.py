@@ -1,5 +1,10 @@
 """The orchestration contract: records, cache hits, reruns downstream of a change, failure propagation, runners."""
 
+import contextlib
+import os
+import shlex
+from pathlib import Path
+
 import pytest
 
 from tasks.config import parse_config
@@ -213,14 +218,87 @@ def test_shared_corpora_pass_every_cleaning_stage_without_a_crash(tmp_path):
     assert abs(mixture["web"]["share"] - 0.08) < 0.01 and abs(mixture["wikitext"]["share"] - 0.04) < 0.01
 
 
-@pytest.mark.slow
-def test_dask_runner_on_an_existing_cluster_address(tmp_path, inputs):
-    from distributed import LocalCluster
+@contextlib.contextmanager
+def dask_cluster(workers: int, blind_to: Path | None = None):
+    """A real Dask cluster from distributed's own CLI: `dask scheduler` and `dask worker` processes on loopback.
+    With ``blind_to``, one more worker runs in a mount namespace where that directory is an empty tmpfs: a worker
+    on a machine that does not share the work directory."""
+    import socket
+    import subprocess
+    import sys
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        stages, _ = run(config(tmp_path, inputs, runner={"kind": "dask", "address": cluster.scheduler_address}))
-    assert {s["status"] for s in stages} == {"completed"} and len(stages) == len(DATA) - 2  # crawl, select off
-    assert by_stage(stages)["extract"]["docs_out"] == 35
+    from distributed import Client
+
+    from tests.conftest import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    dask = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)]
+    worker = [*dask, address, "--nthreads", "1", "--no-dashboard"]
+    procs += [subprocess.Popen([*worker, "--name", f"w{i}"], env=env, stderr=subprocess.DEVNULL)
+              for i in range(workers)]
+    if blind_to is not None:
+        line = " ".join(map(shlex.quote, [*worker, "--name", "blind"]))
+        procs.append(subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                       f"mount -t tmpfs none {shlex.quote(str(blind_to))} && exec {line}"], env=env,
+                                      stderr=subprocess.DEVNULL))
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers + (blind_to is not None), timeout=120)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def can_unshare() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_real_dask_cluster_gives_the_thread_runners_datasets_and_names_a_worker_that_cannot_see_the_work_dir(
+        tmp_path, inputs):
+    threads, _ = run(config(tmp_path / "t", inputs))
+    with dask_cluster(2) as address:
+        cluster, _ = run(config(tmp_path / "d", inputs, runner={"kind": "dask", "address": address}))
+    assert {s["status"] for s in cluster} == {"completed"} and len(cluster) == len(DATA) - 2  # crawl, select off
+    assert not any(s["cache_hit"] for s in cluster)
+    print_of = {d: Warehouse(config(tmp_path / d, inputs).warehouse_path) for d in ("t", "d")}
+    fingerprints = {d: [print_of[d].dataset(s["output_dataset_id"])["fingerprint"] for s in stages]
+                    for d, stages in (("t", threads), ("d", cluster))}
+    assert fingerprints["t"] == fingerprints["d"]
+
+    if not can_unshare():
+        pytest.skip("needs unshare --mount (root or user namespaces) to start a worker that cannot see the work dir")
+    from tasks.config import ConfigError
+    from flows.runners import check_workers_see
+
+    work = tmp_path / "shared-not"
+    work.mkdir()
+    with dask_cluster(1, blind_to=work) as address:
+        with pytest.raises(ConfigError, match=r"1 of 2 Dask workers cannot use the work directory .*blind.*"
+                                              r"FileNotFoundError.*shared"):
+            check_workers_see(address, work)
+        failed = config(tmp_path / "b", inputs, runner={"kind": "dask", "address": address},
+                        paths={"work_dir": str(work)})
+        with pytest.raises(Exception, match="cannot use the work directory"):
+            run(failed)
+    [stage] = [s for s in Warehouse(failed.warehouse_path).stage_runs(Warehouse(failed.warehouse_path).runs()[0]
+                                                                          ["run_id"])]
+    assert stage["stage"] == "ingest" and stage["status"] == "failed" and "blind" in stage["error"]
 
 
 def test_dedup_and_contamination_reach_the_warehouse(tmp_path):
