@@ -19,6 +19,7 @@ import click
 
 from flows import configure_prefect
 from flows.cli_lineage import lineage  # noqa: F401 (its commands join the group)
+from flows.cli_nodes import train_node  # noqa: F401 (train-node joins the group)
 from flows.cli_read import print_run  # its commands join the group too
 from flows.cli_base import REPO, console, fail, handle_errors, main, warehouse_from, warehouse_option  # noqa: F401
 from tasks.config import load_config

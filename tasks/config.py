@@ -396,6 +396,12 @@ class TrainConfig(Section):
 
     nproc_per_node: int | Literal["auto"] = Field("auto", description=(
         "Processes torchrun starts: auto is the GPU count, else 1; set 2+ for CPU processes (gloo)."))
+    nnodes: int = Field(1, ge=1, le=4096, description=(
+        "Machines training together. 2+: the machine running the pipeline is one, `crucible train-node CONFIG "
+        "--node-rank N` starts each other one; the work dir must be on a filesystem they all share."))
+    rdzv_endpoint: str | None = Field(None, description=(
+        "host:port of the c10d rendezvous when nnodes > 1: a free port on the machine running the pipeline, which "
+        "every node must reach."))
     model: ModelConfig = ModelConfig()
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -423,6 +429,15 @@ class TrainConfig(Section):
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     fsdp: bool = Field(False, description="FSDP2 instead of DDP, for a model that does not fit one GPU.")
     buffer_docs: int = Field(256, ge=1, description="Documents the best-fit packer chooses among.")
+
+    @model_validator(mode="after")
+    def _rendezvous(self) -> "TrainConfig":
+        if self.nnodes > 1:
+            host, _, port = (self.rdzv_endpoint or "").rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"nnodes = {self.nnodes} needs rdzv_endpoint = \"HOST:PORT\" (a free port on the "
+                                 f"machine that runs the pipeline), got {self.rdzv_endpoint!r}")
+        return self
 
 
 class TaskEvalConfig(Section):

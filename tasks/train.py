@@ -117,6 +117,16 @@ class TorchrunStage(Stage):
                  out_dir / f"{self.name}.log", self.name, ctx.say)
 
 
+NODES_FILE = "nodes.json"  # in <work_dir>/train/ while a multi-node training runs: what the other nodes join
+
+
+def rendezvous(nnodes: int, nproc: int, endpoint: str, rdzv_id: str) -> list[str]:
+    """torchrun's options for ``nnodes`` machines meeting at a c10d rendezvous (the store is hosted by the process
+    whose machine ``endpoint`` names; ranks are given out as the nodes join, so no node rank is passed)."""
+    return [f"--nnodes={nnodes}", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}"]
+
+
 class TrainStage(TorchrunStage):
     name: ClassVar[str] = "train"
     role = "training"
@@ -125,10 +135,35 @@ class TrainStage(TorchrunStage):
 
     config: TrainConfig
 
+    def command(self, args_file: Path) -> list[str]:
+        """One machine: torchrun --standalone. Several (``nnodes``): a c10d rendezvous the other nodes join."""
+        if self.config.nnodes == 1:
+            return super().command(args_file)
+        return [sys.executable, "-m", "torch.distributed.run",
+                *rendezvous(self.config.nnodes, self.nproc(), self.config.rdzv_endpoint, args_file.parent.name),
+                "-m", self.entry, "--config", str(args_file)]
+
+    def launch(self, ctx: StageContext, inp: Input, out_dir: Path) -> None:
+        """As every torchrun stage; with nnodes > 1, ``<work_dir>/train/nodes.json`` says for the length of the run
+        what `crucible train-node` on the other machines joins."""
+        if self.config.nnodes == 1:
+            return super().launch(ctx, inp, out_dir)
+        nodes = ctx.work_dir / self.out_root / NODES_FILE
+        atomic_write_json(nodes, {"out_dir": str(Path(out_dir).resolve()), "nnodes": self.config.nnodes,
+                                  "nproc_per_node": self.nproc(), "rdzv_endpoint": self.config.rdzv_endpoint,
+                                  "rdzv_id": Path(out_dir).name, "args": str(Path(out_dir).resolve() / "args.json")})
+        ctx.say(f"train: {self.config.nnodes} nodes meet at {self.config.rdzv_endpoint}; on each other machine run "
+                f"`crucible train-node CONFIG --node-rank N` (N = 1 .. {self.config.nnodes - 1})")
+        try:
+            super().launch(ctx, inp, out_dir)
+        finally:
+            nodes.unlink(missing_ok=True)
+
     def args(self, data_dir: Path, out_dir: Path) -> dict[str, Any]:
         """The TrainArgs for model/train.py."""
         cfg = self.config.model_dump(mode="json")
-        cfg.pop("nproc_per_node")
+        for launch_only in ("nproc_per_node", "nnodes", "rdzv_endpoint"):
+            cfg.pop(launch_only)
         model = {k: v for k, v in cfg.pop("model").items() if v is not None}
         return {"data_dir": str(Path(data_dir).resolve()), "out_dir": str(Path(out_dir).resolve()), "model": model,
                 **cfg}
@@ -215,3 +250,41 @@ class TrainStage(TorchrunStage):
                                 [*ckpt["files"], (str(prov), None, prov.stat().st_size, None)], parents,
                                 tokens=ckpt["tokens"]))
         return made
+
+
+def join_training(work_dir: Path, node_rank: int, wait_s: float, say: Callable[[str], None]) -> Path:
+    """Another machine's part of a multi-node training (`crucible train-node`): wait up to ``wait_s`` for the
+    pipeline's train stage to announce one in ``<work_dir>/train/nodes.json``, then run this node's ranks under
+    torchrun at its rendezvous. Returns the training's directory; raises TrainFailed if there is none to join or the
+    ranks fail. Needs the work dir on a filesystem shared with the first machine."""
+    import time
+
+    nodes = Path(work_dir) / TrainStage.out_root / NODES_FILE
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            launch = json.loads(nodes.read_text())
+        except (FileNotFoundError, ValueError):
+            launch = None
+        if launch is not None and TrainStage.finished(Path(launch["out_dir"])) is None:
+            break
+        if time.monotonic() >= deadline:
+            raise TrainFailed(f"no multi-node training to join: {nodes} did not appear within {wait_s:.0f}s. Start "
+                              f"the pipeline (with [train] nnodes > 1) on the first machine, and check that this "
+                              f"machine sees its work directory at the same path.")
+        if not said:
+            say(f"train node {node_rank}: waiting for {nodes}")
+            said = True
+        time.sleep(0.5)
+    if not 1 <= node_rank < launch["nnodes"]:
+        raise TrainFailed(f"--node-rank {node_rank}: this training has {launch['nnodes']} nodes, so the others are "
+                          f"1 .. {launch['nnodes'] - 1} (0 is the machine running the pipeline)")
+    out_dir = Path(launch["out_dir"])
+    say(f"train node {node_rank} of {launch['nnodes']}: joining {out_dir.name} at {launch['rdzv_endpoint']}")
+    command = [sys.executable, "-m", "torch.distributed.run",
+               *rendezvous(launch["nnodes"], launch["nproc_per_node"], launch["rdzv_endpoint"], launch["rdzv_id"]),
+               "-m", TrainStage.entry, "--config", launch["args"]]
+    run_torchrun(command, TrainStage.environment(), out_dir / f"train-node-{node_rank}.log",
+                 f"train node {node_rank}", say)
+    return out_dir

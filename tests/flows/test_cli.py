@@ -10,7 +10,8 @@ from tasks.registry import ORDER
 
 COMMANDS = [[], ["run"], ["stage"], ["demo"], ["runs"], ["show"], ["lineage"], ["provenance"], ["sql"], ["config"],
             ["config", "show"], ["benchmarks"], ["benchmarks", "fetch"], ["benchmarks", "smoke"],
-            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"], ["ablate"]]
+            ["benchmarks", "check"], ["check-shards"], ["export"], ["report"], ["dashboard"], ["serve"], ["ablate"],
+            ["train-node"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "crucible")

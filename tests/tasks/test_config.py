@@ -47,6 +47,13 @@ def test_invalid_choice(tmp_path):
         load_config(write(tmp_path, "[runner]\nkind = 'ray'\n"))
 
 
+def test_several_nodes_need_a_rendezvous_endpoint(tmp_path):
+    for bad in ("", "rdzv_endpoint = 'node0'\n", "rdzv_endpoint = 'node0:port'\n"):
+        with pytest.raises(ConfigError, match=r"nnodes = 2 needs rdzv_endpoint = \"HOST:PORT\""):
+            load_config(write(tmp_path, f"[train]\nnnodes = 2\n{bad}"))
+    assert load_config(write(tmp_path, "[train]\nnnodes = 2\nrdzv_endpoint = 'node0:29400'\n")).train.nnodes == 2
+
+
 def test_bad_http_status(tmp_path):
     with pytest.raises(ConfigError, match=r"ingest.http_statuses: Value error, HTTP statuses must be 100..599"):
         load_config(write(tmp_path, "[ingest]\nhttp_statuses = [200, 999]\n"))
