@@ -473,6 +473,27 @@ class EvaluateConfig(Section):
 CURATED_FORMATS = frozenset({"text", "jsonl", "parquet"})  # text as written: no HTML to extract, no crawl to filter
 
 
+class ListingConfig(Section):
+    """A file listing such as Common Crawl's ``warc.paths.gz``: one path per line, joined to ``base``; a source takes
+    a slice of it (``range``), then the ``first`` N or a seeded ``sample`` of N."""
+
+    paths: str = Field(description="The listing: a local path or URL (gzip-compressed or not).")
+    base: str = Field("https://data.commoncrawl.org/", description="What each listed path is joined to.")
+    range: list[int] | None = Field(None, min_length=2, max_length=2, description=(
+        "[start, stop): listing lines 0-based, stop excluded (a shard range)."))
+    first: int | None = Field(None, ge=1, description="The first N files (of the range).")
+    sample: int | None = Field(None, ge=1, description="Or: N files drawn at random with `seed` (in listing order).")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "ListingConfig":
+        if self.first is not None and self.sample is not None:
+            raise ValueError("listing: set first or sample, not both")
+        if self.range is not None and not 0 <= self.range[0] < self.range[1]:
+            raise ValueError(f"listing.range must be [start, stop) with 0 <= start < stop, got {self.range}")
+        return self
+
+
 class SourceConfig(Section):
     """One source of documents (``[[sources]]``): where its files are, how to read them, how it is filtered, and
     how much of it training sees. Every document carries its source's name through every stage."""
@@ -481,6 +502,8 @@ class SourceConfig(Section):
         "Letters, digits, _ and - (it names metrics, such as train.val_bpb/<name>, so no dots)."))
     inputs: list[str] = Field(default_factory=list, description=(
         "Paths, globs or fsspec URLs; .gz/.bz2/.zst/.xz stream."))
+    listing: ListingConfig | None = Field(None, description=(
+        "Or besides: the files a listing names (Common Crawl's warc.paths.gz / wet.paths.gz)."))
     format: Literal["warc", "html", "text", "jsonl", "parquet"] = Field("warc", description=(
         "warc: WARC/ARC/WET (and saved pages by name); html: every file is one page; text: plain UTF-8 text; "
         "jsonl: one JSON object per line; parquet: one row per document, read a row group at a time."))
@@ -516,6 +539,10 @@ class SourceConfig(Section):
     @property
     def curated(self) -> bool:
         return self.format in CURATED_FORMATS
+
+    @property
+    def has_files(self) -> bool:
+        return bool(self.inputs or self.listing)
 
     def skips(self, stage: str) -> bool:
         skip = self.skip if self.skip is not None else (["language", "quality", "select"] if self.curated else [])
@@ -561,7 +588,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _sources_fit(self) -> "Config":
         implicit = {"crawl": bool(self.crawl.seeds or self.crawl.seeds_file), "web": bool(self.ingest.inputs)}
-        empty = [s.name for s in self.sources if not s.inputs and not implicit.get(s.name)]
+        empty = [s.name for s in self.sources if not s.has_files and not implicit.get(s.name)]
         if empty:
             raise ValueError(f"sources {empty} have no inputs (a source without inputs may only name the crawl, "
                              "'crawl', or ingest.inputs, 'web', to set their weights and filters)")
@@ -584,7 +611,7 @@ class Config(Section):
     def all_sources(self) -> list[SourceConfig]:
         """The configured sources, with ingest.inputs as the source 'web' and the crawl's WARCs as 'crawl'. A
         ``[[sources]]`` entry named 'crawl' or 'web' without inputs sets those two's weight, filters and split."""
-        settings = {s.name: s for s in self.sources if not s.inputs and s.name in ("crawl", "web")}
+        settings = {s.name: s for s in self.sources if not s.has_files and s.name in ("crawl", "web")}
         implicit = []
         if self.crawl.seeds or self.crawl.seeds_file:  # its files are the crawl's WARCs
             given = settings.get("crawl")
@@ -592,7 +619,7 @@ class Config(Section):
         if self.ingest.inputs:
             given = settings.get("web") or SourceConfig(name="web")
             implicit.append(given.model_copy(update={"inputs": self.ingest.inputs, "format": "warc"}))
-        return implicit + [s for s in self.sources if s.inputs]
+        return implicit + [s for s in self.sources if s.has_files]
 
     @property
     def work_dir(self) -> Path:
@@ -722,8 +749,11 @@ def _absolute(cfg: Config, base: Path) -> Config:
             "benchmarks_dir": resolve(cfg.evaluate.benchmarks_dir) or benchmarks}),
         "ingest": cfg.ingest.model_copy(update={"inputs": inputs}),
         "report": cfg.report.model_copy(update={"dir": resolve(cfg.report.dir) or work.resolve() / "reports"}),
-        "sources": [s.model_copy(update={"inputs": [i if ("://" in i or Path(i).is_absolute()) else str(base / i)
-                                                     for i in s.inputs]}) for s in cfg.sources],
+        "sources": [s.model_copy(update={
+            "inputs": [i if ("://" in i or Path(i).is_absolute()) else str(base / i) for i in s.inputs],
+            "listing": s.listing and s.listing.model_copy(update={"paths": s.listing.paths if (
+                "://" in s.listing.paths or Path(s.listing.paths).is_absolute()) else str(base / s.listing.paths)})})
+            for s in cfg.sources],
     })
 
 

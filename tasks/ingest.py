@@ -31,7 +31,9 @@ import pyarrow as pa
 from tasks.config import IngestConfig, SourceConfig, stable_hash
 from tasks.charsets import charset_of as _charset_of, decode_html, fetch_time as _fetch_time, looks_binary  # noqa: F401
 from tasks.encodings import EncodingRefused
-from tasks.inputs import InputFile, expand_inputs, file_url, is_html_file, make_doc_id, size_of  # noqa: F401
+from tasks.inputs import (InputFile, expand_inputs, expand_listing, file_url, is_html_file,  # noqa: F401
+                          make_doc_id, size_of)
+from tasks.remote import HTTPInput, is_http, open_input
 from tasks.readers import parquet_row_groups, read_curated
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
@@ -88,14 +90,14 @@ class IngestStage(ShardedStage):
         """How the [[sources]] beyond ingest.inputs and the crawl are read (their weights and filters are not
         ingest's business, so changing those reads nothing again)."""
         return [s.reading() for s in self.source_list()
-                if s.inputs and not (s.name == "web" and s.inputs == self.config.inputs)] or None
+                if s.has_files and not (s.name == "web" and s.inputs == self.config.inputs)] or None
 
     def sources(self, crawled: list[InputFile] = ()) -> list[InputFile]:
         """Every source's input files, plus the WARC files of an upstream crawl (the source 'crawl')."""
         files: dict[str, InputFile] = {}
         for src in self.source_list():
-            if src.inputs:
-                for f in expand_inputs(src.inputs, src.name, src.format):
+            if src.has_files:
+                for f in expand_inputs(src.inputs, src.name, src.format) + expand_listing(src):
                     if f.uri in files and files[f.uri].source != src.name:
                         raise ValueError(f"{f.uri} is an input of both sources {files[f.uri].source!r} and "
                                          f"{src.name!r}; a file belongs to one source")
@@ -124,7 +126,8 @@ class IngestStage(ShardedStage):
 
     def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
         t0 = time.perf_counter()
-        described = "; ".join(f"{s.name}: {', '.join(s.inputs) or 'the crawl'}" for s in self.source_list()) \
+        described = "; ".join(f"{s.name}: {', '.join(s.inputs + ([s.listing.paths] if s.listing else [])) or 'the crawl'}"
+                              for s in self.source_list()) \
             or "crawl"
         sources = Dataset(inp.dataset_ids[0], "source", None, described, "warc",
                           inp.fingerprint, [(f.uri, None, f.size, f.version) for f in inp.files],
@@ -141,6 +144,9 @@ class IngestStage(ShardedStage):
         results = self.run_units(ctx, units, out_dir)
         for r in results:
             index.record(unit_keys[r.unit], out_dir, r.unit)
+        streamed = {uri: got for r in results for uri, got in r.inputs.items()}  # files read over http(s)
+        sources.files = [(uri, rows, streamed[uri][0] or size, streamed[uri][1] or version) if uri in streamed
+                         else (uri, rows, size, version) for uri, rows, size, version in sources.files]
         result = self.seal(ctx, inp, units, results, out_dir, key, t0)
         result.datasets.append(sources)
         return result
@@ -186,15 +192,27 @@ class IngestStage(ShardedStage):
             read_curated(part, source, writer, drops, result, self.config.max_payload_bytes, self.schema)
             return
         try:
-            opened = fsspec.open(uri, "rb").open()
+            opened = open_input(uri)
         except OSError as err:
             raise UnitFailed(f"ingest {unit.name}: cannot open {uri}: {err}") from err
+        try:
+            self._read_file(unit, uri, opened, source, writer, drops, result)
+        finally:
+            streamed = getattr(opened, "raw", None)
+            if isinstance(streamed, HTTPInput):  # what came over the network: its bytes, hash and reconnects
+                result.inputs[uri] = [streamed.length, streamed.sha256]
+                result.bytes_in = streamed.length or 0
+                if streamed.reconnects:
+                    result.stats["http_reconnects"] = result.stats.get("http_reconnects", 0) + streamed.reconnects
+
+    def _read_file(self, unit: Unit, uri: str, opened: IO[bytes], source: Any, writer: ShardWriter,
+                   drops: DropLog, result: ShardResult) -> None:
         if source.format == "html" or is_html_file(uri):
             with opened as fh:
                 doc = self.html_file(fh, uri, drops, result)
             if doc is not None:
                 writer.add({**doc, "source": source.name})
-            result.bytes_in = size_of(uri)
+            result.bytes_in = 0 if is_http(uri) else size_of(uri)  # http: what was streamed (process, above)
             return
         with opened as fh:
             if not fh.seekable():
@@ -204,7 +222,7 @@ class IngestStage(ShardedStage):
             for record in self.records(fh, uri, drops, result):
                 record["source"] = source.name
                 writer.add(record)
-        result.bytes_in = size_of(uri)
+        result.bytes_in = 0 if is_http(uri) else size_of(uri)
 
     def _unusable(self, body: bytes, drops: DropLog, where: dict[str, Any]) -> bool:
         """Count a payload that is too large, empty or binary as a drop with its reason; True if it was one."""
@@ -240,7 +258,7 @@ class IngestStage(ShardedStage):
             fs, _, paths = fsspec.get_fs_token_paths(uri)
             mtime = fs.modified(paths[0])
             fetch_time = mtime if mtime.tzinfo else mtime.replace(tzinfo=timezone.utc)
-        except (OSError, NotImplementedError):  # a file system that keeps no times: kept, undated, counted
+        except (OSError, NotImplementedError, ImportError):  # no times kept (or no fsspec driver): undated, counted
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,

@@ -9,8 +9,11 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
+
+from tasks.remote import head, is_http, listed_urls, read_listing
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,10 @@ def expand_inputs(patterns: list[str], source: str = "web", format: str = "warc"
     """Resolve paths, globs and fsspec URLs to a sorted file list; a pattern that matches nothing is an error."""
     files: dict[str, InputFile] = {}
     for pattern in patterns:
+        if is_http(pattern):  # one file (http has no globs); asked with HEAD, retried (tasks/remote.py)
+            size, version = head(pattern)
+            files[pattern] = InputFile(pattern, size, version, source, format)
+            continue
         fs, _, paths = fsspec.get_fs_token_paths(pattern)
         matched = [p for p in paths if fs.isfile(p)]
         if not matched:
@@ -37,6 +44,19 @@ def expand_inputs(patterns: list[str], source: str = "web", format: str = "warc"
             files[uri] = InputFile(uri, int(info.get("size") or 0), version, source, format)
     return [files[k] for k in sorted(files)]
 
+
+def expand_listing(src: Any) -> list[InputFile]:
+    """The files a source's listing selects (``SourceConfig.listing``), each with its size and ETag (http: HEAD;
+    other URLs: fsspec), in listing order; none when the source has no listing."""
+    listing = src.listing
+    if listing is None:
+        return []
+    urls = listed_urls(read_listing(listing.paths), listing.base, listing.range, listing.first, listing.sample,
+                       listing.seed)
+    if not urls:
+        raise FileNotFoundError(f"source {src.name}: the listing {listing.paths} selects no file "
+                                f"(range {listing.range}, first {listing.first}, sample {listing.sample})")
+    return expand_inputs(urls, src.name, src.format)
 
 
 _HTML_FILE = re.compile(r"\.(html?|xhtml)(\.gz)?$", re.I)
@@ -52,6 +72,11 @@ def file_url(uri: str) -> str:
 
 
 def size_of(uri: str) -> int:
+    if is_http(uri):
+        try:
+            return head(uri)[0]
+        except OSError:
+            return 0
     try:
         fs, _, paths = fsspec.get_fs_token_paths(uri)
         return int(fs.info(paths[0]).get("size") or 0)

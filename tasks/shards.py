@@ -84,6 +84,7 @@ class ShardResult:
     drop_bytes: dict[str, int] = field(default_factory=dict)
     notes: dict[str, int] = field(default_factory=dict)  # kept records with a repaired defect, by kind
     stats: dict[str, int] = field(default_factory=dict)  # other per-unit figures (tokens written), summed per stage
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # input uri -> [bytes, sha256] where streamed whole
     seconds: float = 0.0
     resumed: bool = False
     reused: bool = False  # adopted from an earlier dataset that ran the same unit on the same input

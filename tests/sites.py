@@ -144,3 +144,83 @@ class LocalSite:
         if path == "/changing":
             return self.send(h, 200, html("Changing", extra=f"<p>{self.changing}</p>"))
         return self.send(h, 404, b"<html>not found</html>")
+
+
+class FileServer:
+    """Serve the files under ``root`` over HTTP/1.1 on 127.0.0.1 as a CDN or S3 does: HEAD, GET, ``Range: bytes=N-``
+    (206), ETag and Content-Length. ``cut`` maps a path to a byte count: the first GET of that path sends the full
+    Content-Length, then that many bytes, then resets the connection (as a dropped connection does mid-file; what
+    reaches the client before the reset varies), or with ``how = "close"`` closes it cleanly there (a short body).
+    ``requests`` logs (method, path, Range header)."""
+
+    def __init__(self, root, cut: dict[str, int] | None = None, ranges: bool = True, how: str = "reset") -> None:
+        import hashlib
+        import socket
+        import struct
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.cut = dict(cut or {})
+        self.requests: list[tuple[str, str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.answer(body=False)
+
+            def do_GET(self):
+                self.answer(body=True)
+
+            def answer(self, body: bool) -> None:
+                rel = self.path.split("?", 1)[0].lstrip("/")
+                server.requests.append((self.command, "/" + rel, self.headers.get("Range")))
+                path = server.root / rel
+                if not rel or not path.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = path.read_bytes()
+                start = 0
+                wanted = self.headers.get("Range")
+                if ranges and wanted and wanted.startswith("bytes=") and wanted.endswith("-"):
+                    start = int(wanted[len("bytes="):-1])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                self.send_header("Accept-Ranges", "bytes" if ranges else "none")
+                self.end_headers()
+                if not body:
+                    return
+                cut = server.cut.pop("/" + rel, None) if self.command == "GET" else None
+                if cut is not None and start < cut:
+                    self.wfile.write(data[start:cut])
+                    self.wfile.flush()
+                    if how == "reset":  # SO_LINGER 0: close sends RST, not FIN
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    else:
+                        self.connection.shutdown(socket.SHUT_WR)
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

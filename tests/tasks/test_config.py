@@ -97,3 +97,15 @@ def test_digest_changes_with_any_setting(tmp_path):
 def test_shipped_configs_load(name):
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert cfg.crawl.seeds or cfg.ingest.inputs
+
+
+def test_every_shipped_config_loads():
+    from tests.conftest import REPO
+
+    shipped = sorted((REPO / "configs").glob("*.toml"))
+    assert len(shipped) >= 5
+    for path in shipped:
+        load_config(path, base=REPO)
+    cc = load_config(REPO / "configs" / "commoncrawl.toml", base=REPO)
+    [web] = cc.all_sources()
+    assert web.listing.paths.endswith("warc.paths.gz") and web.listing.sample == 80
