@@ -8,8 +8,8 @@ Three steps (see ``ReduceStage``):
    one source;
 2. reduce, once: each source's validation cut-off is set (its ``val_fraction``, default tokenize's, or its
    ``val_docs`` lowest hashes), then the training texts with the lowest ranks, up to ``sample_max_bytes``, train
-   the byte-level BPE
-   (or ``tokenizer_path`` is loaded); ``tokenizer.json`` is saved with its sha256 and recorded as a dataset, and
+   the byte-level BPE (the rank cut-off found out of core by ``rank_cutoff``: a histogram of the ranks, not a sort
+   of them all) or ``tokenizer_path`` is loaded; ``tokenizer.json`` is saved with its sha256 and recorded as a dataset, and
    the encoder is chosen: tiktoken when it gives exactly the ids of ``tokenizers`` on a probe of the sample;
 3. process, per unit: the unit gathers its documents from every scan, shuffles them with a seed, encodes them and
    writes ``<unit>-train.arrow`` and ``<unit>-val.arrow`` (see ``tasks.token_shards``), each document starting
@@ -23,7 +23,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +65,52 @@ def load_encoder(path: Path, encoder: str, built: tuple[Any, Any] | None = None)
             _loaded[key] = (tok, TiktokenEncoder(tok) if encoder == "tiktoken" else TokenizersEncoder(tok))
         return _loaded[key]
 
+
+
+RANK_BUCKET_BITS = 16  # rank_cutoff's histogram: 65,536 buckets of the rank's top bits
+
+
+def rank_cutoff(ranked: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], max_bytes: int) -> int | None:
+    """The largest rank to take so that the texts with the lowest ranks fill ``max_bytes`` (at least one text), as
+    sorting every (rank, bytes) pair and summing would give, in bounded memory.
+
+    ``ranked()`` yields batches of (rank, bytes) and is called twice. Pass one sums bytes per bucket of the rank's
+    top 16 bits (ranks are uniform hashes, so buckets hold ~1/65,536 of the texts each); the bucket where the running
+    sum crosses ``max_bytes`` is the only one pass two keeps and sorts. Memory: two 65,536-entry arrays, one batch,
+    and that one bucket, whatever the dataset's size. None when there is no text at all.
+    """
+    shift = np.uint64(64 - RANK_BUCKET_BITS)
+    sums = np.zeros(1 << RANK_BUCKET_BITS, dtype=np.int64)
+    counts = np.zeros(1 << RANK_BUCKET_BITS, dtype=np.int64)
+    for rank, size in ranked():
+        bucket = (rank >> shift).astype(np.int64)
+        sums += np.rint(np.bincount(bucket, weights=size, minlength=len(sums))).astype(np.int64)  # exact < 2**53
+        counts += np.bincount(bucket, minlength=len(counts))
+    if not counts.any():
+        return None
+    before = np.concatenate([[0], np.cumsum(sums)])  # bytes in the buckets below each one
+    if before[-1] <= max_bytes:  # everything fits
+        crossing = int(np.flatnonzero(counts)[-1])
+    else:
+        crossing = int(np.searchsorted(before[1:], max_bytes, side="right"))  # first bucket whose end passes it
+    below = np.flatnonzero(counts[:crossing])
+    kept_rank, kept_size, last_below = [], [], None
+    for rank, size in ranked():
+        bucket = (rank >> shift).astype(np.int64)
+        here = bucket == crossing
+        kept_rank.append(rank[here])
+        kept_size.append(size[here])
+        if len(below) and (bucket < crossing).any():
+            top = rank[bucket < crossing].max()
+            last_below = top if last_below is None else max(last_below, top)
+    rank = np.concatenate(kept_rank)
+    size = np.concatenate(kept_size)
+    order = np.argsort(rank, kind="stable")
+    rank, used = rank[order], before[crossing] + np.cumsum(size[order])
+    take = int(np.searchsorted(used, max_bytes, side="right"))
+    if take:
+        return int(rank[take - 1])
+    return int(last_below) if last_below is not None else int(rank[0])  # none of this bucket fits: at least one
 
 class TokenizeStage(ReduceStage):
     name = "tokenize"
@@ -156,17 +202,22 @@ class TokenizeStage(ReduceStage):
             train = pc.invert(self.held_out(table, cutoffs))
             return pc.and_(train, pc.invert(pc.fill_null(pc.is_in(table["source"], value_set=unused), False)))
 
-        meta = pa.concat_tables([pq.read_table(f, columns=["source", "vhash", "rank", "bytes"]) for f in files])
-        meta = meta.filter(trains(meta)).sort_by("rank")
-        used = np.cumsum(meta["bytes"].to_numpy())
-        take = max(1, int(np.searchsorted(used, self.config.sample_max_bytes, side="right"))) if len(used) else 0
-        if not take:
+        def ranked() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # (rank, bytes) of training texts, by batch
+            for f in files:
+                for batch in pq.ParquetFile(f).iter_batches(columns=["source", "vhash", "rank", "bytes"]):
+                    table = pa.Table.from_batches([batch])
+                    table = table.filter(trains(table))
+                    yield (table["rank"].to_numpy().astype(np.uint64, copy=False),
+                           table["bytes"].to_numpy().astype(np.int64, copy=False))
+
+        cutoff = rank_cutoff(ranked, self.config.sample_max_bytes)
+        if cutoff is None:
             return
-        cutoff = meta["rank"][take - 1]
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(columns=["source", "vhash", "rank", "text"]):
                 train = trains(pa.Table.from_batches([batch]))
-                chosen = pc.and_(train, pc.less_equal(pa.chunked_array([batch.column("rank")]), cutoff))
+                ranks = pa.chunked_array([batch.column("rank")])
+                chosen = pc.and_(train, pc.less_equal(ranks, pa.scalar(cutoff, pa.uint64())))
                 yield from (t or "" for t in pa.Table.from_batches([batch]).filter(chosen)["text"].to_pylist())
 
     def reduce(self, scratch: Path, scans: list[dict[str, Any]], stage_key: str) -> dict[str, Any]:

@@ -131,3 +131,33 @@ def test_a_unit_whose_scattered_input_is_gone_fails_instead_of_writing_an_empty_
     (out / f"{unit.name}.json").unlink()
     with pytest.raises(Exception, match="scattered documents"):
         run_unit(stage, unit, out)
+
+
+def _sorted_cutoff(rank, size, max_bytes):
+    """What rank_cutoff must equal: sort every (rank, bytes), sum, take those within max_bytes (at least one)."""
+    import numpy as np
+
+    order = np.argsort(rank, kind="stable")
+    used = np.cumsum(size[order])
+    take = max(1, int(np.searchsorted(used, max_bytes, side="right")))
+    return int(rank[order][take - 1])
+
+
+def test_the_sample_cutoff_in_bounded_memory_is_the_one_a_full_sort_gives():
+    import numpy as np
+
+    from tasks.tokenize import rank_cutoff
+
+    rng = np.random.default_rng(0)
+    for n, skew in ((1, False), (7, False), (5000, False), (200_000, False), (20_000, True)):
+        rank = rng.integers(0, 2**64, n, dtype=np.uint64)
+        if skew:  # ranks bunched in a few buckets, and ties
+            rank = (rank % np.uint64(3)) << np.uint64(60) | (rank & np.uint64(0xFFFF))
+        size = rng.integers(1, 5000, n).astype(np.int64)
+        total = int(size.sum())
+        batches = [(rank[i:i + 777], size[i:i + 777]) for i in range(0, n, 777)]
+        for max_bytes in (0, 1, int(size[0]) - 1, total // 3, total - 1, total, total * 2):
+            got = rank_cutoff(lambda: iter(batches), max_bytes)
+            assert got == _sorted_cutoff(rank, size, max_bytes), (n, skew, max_bytes)
+    assert rank_cutoff(lambda: iter([]), 100) is None
+    assert rank_cutoff(lambda: iter([(np.empty(0, np.uint64), np.empty(0, np.int64))]), 100) is None
