@@ -171,24 +171,28 @@ class Warehouse:
         try:
             if not read_only:
                 self._migrate(con)
-            elif not self._schema_checked and self._behind(con):
-                con.close()  # a warehouse an older Crucible wrote: bring it up to date before the first read
-                with self.connect():
-                    pass
-                con = self._retry_locked(lambda: duckdb.connect(str(self.path), read_only=True))
-            self._schema_checked = self._schema_checked or read_only
+            elif not self._schema_checked:
+                behind = self._behind(con)
+                if behind and not pipeline_alive(self.path):
+                    con.close()  # a warehouse an older Crucible wrote: bring it up to date before the first read
+                    with self.connect():
+                        pass
+                    con = self._retry_locked(lambda: duckdb.connect(str(self.path), read_only=True))
+                    behind = False
+                self._schema_checked = not behind  # else asked again next time (a running pipeline is the writer)
             yield con
         finally:
             con.close()
 
-    def _behind(self, con: duckdb.DuckDBPyConnection) -> bool:
-        """Whether the file's schema is older than this code's, and nobody is running a pipeline on it (a running
-        pipeline is the writer; its reads and ours wait for it to migrate, or to finish)."""
+    @staticmethod
+    def _behind(con: duckdb.DuckDBPyConnection) -> bool:
+        """Whether the file's schema is older than this code's. While a pipeline runs on it, that run is the writer
+        and a reader leaves the file be (it asks again on its next read)."""
         try:
             version = con.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA_VERSION_TABLE}").fetchone()[0]
         except duckdb.Error:
             return False  # not a Crucible warehouse: the query that follows says so
-        return version < _migrations()[-1][0] and not pipeline_alive(self.path)
+        return version < _migrations()[-1][0]
 
     def _holds_pipeline_lock(self) -> bool:
         return self.path.with_name(self.path.name + ".pipeline.lock").resolve() in _HELD_LOCKS
