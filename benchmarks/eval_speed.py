@@ -12,6 +12,12 @@ prepared sequences (shots, delimiters, left crop as in the evaluate stage):
 - "packed (the stage)": ``model.core.score`` as the evaluate stage runs it: an item's sequences in one row that
   holds their shared prefix once, the output projection only at scored positions, CPU batches of at most
   ``CPU_BATCH_TOKENS`` tokens.
+- "lm-evaluation-harness": with ``lm_eval`` importable (install it beside Crucible, e.g. in a venv made with
+  ``--system-site-packages``: ``pip install lm-eval``), the same model exported as a Hugging Face Llama
+  (``model.export``) and scored by lm-eval's own ``HFLM._loglikelihood_tokens`` on exactly the same token sequences
+  (context = the tokens before the scored span, continuation = the span), with its batching, longest-first order
+  and single-token caching; predictions follow CORE's rules from its log-likelihoods (lowest mean loss; greedy for
+  language modelling). Without lm_eval the mode is skipped.
 Predictions must be identical and losses equal within 1e-3. Medians of --repeats, alternating.
 """
 from __future__ import annotations
@@ -86,16 +92,22 @@ def main() -> None:
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.inner(ids)
 
+    lm_eval = harness(model, tok, prepared, args)
+
     packed_tokens = sum(len(r.tokens) for r in _rows(prepared))
     print(f"packed: {packed_tokens:,} tokens run ({packed_tokens / n_tok:.0%} of the sequences' tokens)")
     modes = {"each sequence alone": (Alone(model), 1), f"each sequence, batched ({args.batch_rows})":
              (Alone(model), args.batch_rows), "packed (the stage)": (model, args.batch_rows)}
-    timings: dict[str, list[float]] = {label: [] for label in modes}
+    runs = {label: (lambda scorer=scorer, rows=rows: score(scorer, prepared, batch_rows=rows, device=device,
+                                                           autocast=autocast)) for label, (scorer, rows) in modes.items()}
+    if lm_eval is not None:
+        runs["lm-evaluation-harness"] = lm_eval
+    timings: dict[str, list[float]] = {label: [] for label in runs}
     results = {}
     for _ in range(args.repeats):
-        for label, (scorer, rows) in modes.items():
+        for label, run in runs.items():
             t0 = time.perf_counter()
-            results[label] = score(scorer, prepared, batch_rows=rows, device=device, autocast=autocast)
+            results[label] = run()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             timings[label].append(time.perf_counter() - t0)
@@ -104,10 +116,66 @@ def main() -> None:
                for other in results.values() for a, b in zip(base, other))
     alone = statistics.median(timings["each sequence alone"])
     print(f"{'':34}{'items/s':>10}{'s':>8}{'vs alone':>10}")
-    for label in modes:
+    for label in runs:
         t = statistics.median(timings[label])
         print(f"{label:34}{len(prepared) / t:>10.1f}{t:>8.2f}{alone / t:>9.2f}x")
     print(f"predictions identical and losses within 1e-3 across modes: {same}")
+    if lm_eval is not None:
+        ratio = statistics.median(timings["lm-evaluation-harness"]) / statistics.median(timings["packed (the stage)"])
+        print(f"the stage vs lm-evaluation-harness on the same sequences and model: {ratio:.2f}x")
+
+
+def harness(model: GPT, tok, prepared: list, args) -> object | None:
+    """lm-evaluation-harness's HFLM on the same model (exported) and the same token sequences, or None."""
+    try:
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        print("lm-evaluation-harness: not installed (pip install lm-eval), skipped")
+        return None
+    import hashlib
+    import json
+    import tempfile
+
+    from model.core import ItemResult
+    from model.export import export
+
+    work = Path(tempfile.mkdtemp(prefix="eval-speed-"))
+    data, ckpt = work / "data", work / "checkpoints" / "step-0000000"
+    data.mkdir(parents=True)
+    ckpt.mkdir(parents=True)
+    blob = tok.to_str()
+    (data / "tokenizer.json").write_text(blob)
+    (data / "_tokens.json").write_text(json.dumps({"tokenizer": "tokenizer.json", "separator_id": 0,
+                                                   "tokenizer_sha256": hashlib.sha256(blob.encode()).hexdigest()}))
+    torch.save(model.state_dict(), ckpt / "model.pt")
+    (ckpt / "state.json").write_text(json.dumps({"model": model.cfg.to_dict(), "data_dir": str(data), "step": 0,
+                                                 "tokens": 0}))
+    exported = export(ckpt, work / "hf")
+    lm = HFLM(pretrained=str(exported), device="cuda" if torch.cuda.is_available() else "cpu",
+              batch_size=args.batch_rows, max_length=args.seq_len, dtype="float32")
+    requests, owners = [], []
+    for i, item in enumerate(prepared):
+        for j, (t, s, e) in enumerate(zip(item.tokens, item.starts, item.ends)):
+            requests.append((("", ""), t[:s], t[s:e]))
+            owners.append((i, j, e - s))
+
+    def run() -> list:
+        out = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+        loss: dict[tuple[int, int], float] = {}
+        greedy: dict[tuple[int, int], bool] = {}
+        for (i, j, n), (logprob, is_greedy) in zip(owners, out):
+            loss[(i, j)], greedy[(i, j)] = -logprob / n, bool(is_greedy)
+        results = []
+        for i, item in enumerate(prepared):
+            if item.kind == "language_modelling":
+                results.append(ItemResult(i, int(greedy[(i, 0)]), greedy[(i, 0)], [loss[(i, 0)]]))
+            else:
+                per = [loss[(i, j)] for j in range(len(item.tokens))]
+                pred = min(range(len(per)), key=per.__getitem__)
+                results.append(ItemResult(i, pred, pred == item.gold, per))
+        return results
+
+    return run
 
 if __name__ == "__main__":
     main()
