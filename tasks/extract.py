@@ -175,6 +175,9 @@ def _child_main() -> None:
     """Entry point of the child: fd 0 brings work, fd 1 carries answers; stray prints go to stderr."""
     if len(sys.argv) > 1:
         die_with_parent(expected_parent=int(sys.argv[1]))
+    # SIGINT stops the child whatever its parent was started with: a parent in the background of a shell (`crucible
+    # run ... &`) ignores SIGINT, and an ignored signal is inherited, which would make `kill -INT` a no-op here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     answers = os.dup(1)
     os.dup2(2, 1)
     conn_in, conn_out = Connection(0, writable=False), Connection(answers, readable=False)

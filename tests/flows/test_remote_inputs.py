@@ -25,8 +25,8 @@ def _served(tmp_path):
     write_pages_warc(segment / "pages.warc.gz", 30)
     write_mixed_warc(segment / "mixed.warc.gz")
     write_cc2008_arc(segment / "old.arc.gz", [b"<html><body><p>An archived page from 2008.</p></body></html>"] * 3)
-    shared = sorted(p for p in (SHARED / "corpora" / "warc").glob("*/*") if p.suffix in (".gz", ".warc")
-                    and p.stat().st_size < 20 * 2**20)[:6] if (SHARED / "corpora" / "warc").is_dir() else []
+    archives = (SHARED / "corpora" / "warc").glob("*/*")  # every crawl archive there (15 MB), as the shared config
+    shared = sorted(p for p in archives if p.name.endswith((".warc", ".warc.gz", ".wet.gz", ".arc")))
     for i, p in enumerate(shared):
         shutil.copy(p, segment / f"shared-{i}-{p.name}")
     names = sorted(p.name for p in segment.iterdir())
@@ -52,7 +52,7 @@ def test_a_listing_over_http_reads_what_the_files_on_disk_give_through_a_reset(t
         listing = {"paths": f"{server.base}/warc.paths.gz", "base": server.base + "/"}
         remote_wh, run_id, remote = _ingest(tmp_path, "remote", {"name": "cc", "listing": listing})
     local_wh, _, local = _ingest(tmp_path, "local", {"name": "cc", "inputs": [str(root / PREFIX / "*")]})
-    assert len(names) == 3 + (6 if (SHARED / "corpora" / "warc").is_dir() else 0)
+    assert len(names) == 3 + (18 if (SHARED / "corpora" / "warc").is_dir() else 0)
 
     # the same documents, once each: the dropped connection was resumed, nothing read twice or lost
     strip = [{k: v for k, v in d.items() if k != "record_id" or not str(v).startswith("<urn:uuid")} for d in remote]
