@@ -103,6 +103,27 @@ def cached_sha256(path: Path) -> str:
     if time.time() - st.st_mtime > 2:
         try:
             atomic_write_text(entry, digest + "\n")
+            prune_hash_cache(entry.parent)
         except OSError:
             pass
     return digest
+
+
+HASH_CACHE_ENTRIES = 4096  # kept at most; a new entry past it drops the least recently written half
+
+
+def prune_hash_cache(directory: Path, keep: int = HASH_CACHE_ENTRIES) -> int:
+    """Drop the oldest entries (by mtime) once there are more than ``keep``, down to half of it; entries of files
+    that changed or went are never read again, so without this the cache would only grow. Returns how many went."""
+    with os.scandir(directory) as found:
+        entries = [e for e in found if e.is_file() and not e.name.startswith(TMP_PREFIX)]
+    if len(entries) <= keep:
+        return 0
+    entries.sort(key=lambda e: e.stat().st_mtime_ns)
+    gone = entries[:len(entries) - keep // 2]
+    for e in gone:
+        try:
+            os.unlink(e.path)
+        except OSError:  # another process pruned it first
+            pass
+    return len(gone)

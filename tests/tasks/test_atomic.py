@@ -45,3 +45,23 @@ def test_an_unwritable_cache_still_hashes(tmp_path, monkeypatch):
     model.write_bytes(b"x" * 100)
     os.utime(model, (1, 1))
     assert cached_sha256(model) == _sha(model)
+
+
+def test_the_cache_drops_its_oldest_entries_past_its_size(tmp_path, monkeypatch):
+    import tasks.atomic as atomic
+
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(atomic.prune_hash_cache, "__defaults__", (8,))  # keep at most 8 entries
+    files = []
+    for i in range(12):  # twelve files hashed in turn: one entry each
+        f = tmp_path / f"model-{i}.bin"
+        f.write_bytes(os.urandom(1000))
+        os.utime(f, (1000 + i, 1000 + i))
+        files.append(f)
+        cached_sha256(f)
+    entries = sorted((hash_cache_dir() / "sha256").iterdir(), key=lambda e: e.stat().st_mtime_ns)
+    assert len(entries) == 7  # the 9th entry pruned them to the newest 4, then three more came
+    entries[-1].write_text("e" * 64 + "\n")  # the newest entry is the last file's, and still answers
+    assert cached_sha256(files[-1]) == "e" * 64
+    assert cached_sha256(files[0]) == _sha(files[0])  # the oldest entry was dropped: hashed and written again
+    assert len(list((hash_cache_dir() / "sha256").iterdir())) == 8
