@@ -15,6 +15,7 @@ archive at all fails its unit with a message naming the file.
 """
 from __future__ import annotations
 
+from email.utils import parsedate_to_datetime
 import gzip
 import hashlib
 import io
@@ -254,11 +255,16 @@ class IngestStage(ShardedStage):
         if fell_back:
             result.notes["charset_fallback"] = result.notes.get("charset_fallback", 0) + 1
         fetch_time = None
+        streamed = getattr(fh, "raw", None)
         try:
-            fs, _, paths = fsspec.get_fs_token_paths(uri)
-            mtime = fs.modified(paths[0])
-            fetch_time = mtime if mtime.tzinfo else mtime.replace(tzinfo=timezone.utc)
-        except (OSError, NotImplementedError, ImportError):  # no times kept (or no fsspec driver): undated, counted
+            if isinstance(streamed, HTTPInput):  # a page served over http(s): the server's Last-Modified
+                fetch_time = parsedate_to_datetime(streamed.last_modified or "")
+            else:
+                fs, _, paths = fsspec.get_fs_token_paths(uri)
+                fetch_time = fs.modified(paths[0])
+            fetch_time = fetch_time if fetch_time.tzinfo else fetch_time.replace(tzinfo=timezone.utc)
+        except (OSError, NotImplementedError, ValueError, TypeError):  # no time kept or sent: undated, counted
+            fetch_time = None
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,

@@ -25,7 +25,6 @@ import json
 from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 
 from tasks.config import SourceConfig
 from tasks.inputs import make_doc_id, size_of
+from tasks.remote import open_input
 from tasks.shards import DropLog
 
 CHUNK = 1 << 20
@@ -41,7 +41,7 @@ CHUNK = 1 << 20
 def open_stream(uri: str) -> IO[bytes]:
     """The file's bytes, decompressed by its suffix (.gz, .bz2, .zst, .xz), buffered so that lines can be read
     (zstandard's reader has no readline of its own)."""
-    raw = fsspec.open(uri, "rb", compression="infer").open()
+    raw = open_input(uri, compression="infer")
     # a C-level readline: GzipFile's and BZ2File's own go through Python checks on every line (~20% of the stage)
     return raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Readable(raw), CHUNK)
 
@@ -215,7 +215,7 @@ def read_jsonl(fh: IO[bytes], uri: str, source: SourceConfig, drops: DropLog,
 
 def parquet_row_groups(uri: str) -> list[int]:
     """Rows in each row group of a Parquet file (its footer only is read)."""
-    with fsspec.open(uri, "rb").open() as fh:
+    with open_input(uri) as fh:
         meta = pq.ParquetFile(fh).metadata
         return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
 
@@ -224,7 +224,7 @@ def read_parquet(uri: str, groups: range, source: SourceConfig, drops: DropLog, 
                  schema: pa.Schema, batch_rows: int = 1024) -> Iterator[pa.RecordBatch]:
     """Documents of row groups ``groups`` of a Parquet file as record batches in ingest's ``schema``, a batch of
     rows at a time and column-wise: only the rows that are dropped, and the ids, become Python objects."""
-    with fsspec.open(uri, "rb").open() as fh:
+    with open_input(uri) as fh:
         pf = pq.ParquetFile(fh)
         meta = pf.metadata
         row = sum(meta.row_group(g).num_rows for g in range(groups.start))

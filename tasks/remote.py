@@ -21,6 +21,7 @@ import urllib.request
 from typing import Any
 
 import fsspec
+import fsspec.utils
 
 RETRIES = 5
 TIMEOUT_S = 60.0
@@ -83,6 +84,7 @@ class HTTPInput(io.RawIOBase):
         self.pos = 0
         self.length: int | None = None
         self.reconnects = 0  # connections opened again after a transient fault
+        self.last_modified: str | None = None  # the server's Last-Modified header, if it sent one
         self._response: Any = None
         self._at = 0  # where the open response's next byte is
         self._sha = hashlib.sha256()
@@ -168,6 +170,8 @@ class HTTPInput(io.RawIOBase):
             size = response.headers.get("Content-Length")
             self.length = int(size) + (start if status == 206 else 0) if size is not None else None
         self._response, self._at = response, start
+        if start == 0 or self.last_modified is None:
+            self.last_modified = response.headers.get("Last-Modified")
 
     def _drop(self) -> None:
         if self._response is not None:
@@ -178,11 +182,18 @@ class HTTPInput(io.RawIOBase):
             self._response = None
 
 
-def open_input(uri: str) -> io.BufferedReader | Any:
-    """A binary file object for an input: http(s) through ``HTTPInput``, anything else through fsspec."""
-    if is_http(uri):
-        return io.BufferedReader(HTTPInput(uri), buffer_size=1 << 20)
-    return fsspec.open(uri, "rb").open()
+def open_input(uri: str, compression: str | None = None) -> io.BufferedReader | Any:
+    """A binary file object for an input: http(s) through ``HTTPInput``, anything else through fsspec.
+    ``compression="infer"`` decompresses by the name's suffix (.gz, .bz2, .zst, .xz), as fsspec does."""
+    if not is_http(uri):
+        return fsspec.open(uri, "rb", compression=compression).open()
+    stream = io.BufferedReader(HTTPInput(uri), buffer_size=1 << 20)
+    codec = fsspec.utils.infer_compression(uri) if compression == "infer" else compression
+    if codec is None:
+        return stream
+    from fsspec.compression import compr
+
+    return compr[codec](stream, mode="rb")
 
 
 def read_listing(listing: str) -> list[str]:

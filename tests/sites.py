@@ -196,6 +196,7 @@ class FileServer:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
                 self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
+                self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
                 self.send_header("Accept-Ranges", "bytes" if ranges else "none")
                 self.end_headers()
                 if not body:

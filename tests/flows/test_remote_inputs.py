@@ -89,3 +89,26 @@ def test_a_listing_selection_and_an_unreachable_listing(tmp_path):
         gone = {"paths": f"{server.base}/missing.paths.gz", "base": server.base + "/"}
         with pytest.raises(OSError, match="404"):
             expand_listing(SourceConfig(name="cc", listing=gone))
+
+
+def test_curated_text_and_a_saved_page_over_http(tmp_path):
+    """Other formats over https: gzipped JSON Lines decompressed by their suffix, and a saved page dated by the
+    server's Last-Modified (as a file on disk is by its mtime)."""
+    import json
+    import os
+
+    root = tmp_path / "served"
+    root.mkdir()
+    lines = [json.dumps({"text": f"A curated note number {i}, long enough to count as a document."}) for i in range(7)]
+    (root / "notes.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n{broken\n").encode()))
+    (root / "page.html").write_text("<html><head><title>T</title></head><body><p>A saved page.</p></body></html>")
+    os.utime(root / "page.html", (1_700_000_000, 1_700_000_000))
+    with FileServer(root) as server:
+        wh, run_id, docs = _ingest(tmp_path, "notes", {"name": "notes", "format": "jsonl",
+                                                       "inputs": [f"{server.base}/notes.jsonl.gz"]})
+        assert len(docs) == 7
+        assert {(f["reason"], f["docs"]) for f in wh.funnel(run_id) if f["dropped"]} == {("bad_json", 1)}
+        wh, run_id, _ = _ingest(tmp_path, "page", {"name": "web", "format": "html",
+                                                   "inputs": [f"{server.base}/page.html"]})
+        [page] = wh.query("SELECT url, epoch(fetch_time) AS t FROM docs_ingest")
+        assert page["url"] == f"{server.base}/page.html" and page["t"] == 1_700_000_000
