@@ -206,7 +206,12 @@ def read_listing(listing: str) -> list[str]:
         import gzip
 
         raw = gzip.decompress(raw)
-    return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the listing {listing} is not UTF-8 text with one path per line (byte {err.start} "
+                         f"is {raw[err.start:err.start + 1]!r}); a listing is a warc.paths.gz-style file") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def listed_urls(paths: list[str], base: str, line_range: list[int] | None = None, first: int | None = None,

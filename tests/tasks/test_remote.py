@@ -65,3 +65,9 @@ def test_a_listing_selects_a_range_then_the_first_or_a_seeded_sample(tmp_path):
                                                                                      seed=7)
     assert sample != listed_urls(lines, base, None, sample=4, seed=8)
     assert listed_urls(lines, base) == [base + p for p in lines]
+
+
+def test_a_listing_that_is_not_a_listing_is_a_clear_error(tmp_path):
+    (tmp_path / "warc.paths.gz").write_bytes(gzip.compress(os.urandom(64) + b"\xff\xfe"))
+    with pytest.raises(ValueError, match="is not UTF-8 text with one path per line"):
+        read_listing(str(tmp_path / "warc.paths.gz"))
