@@ -127,9 +127,8 @@ class IngestStage(ShardedStage):
 
     def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
         t0 = time.perf_counter()
-        described = "; ".join(f"{s.name}: {', '.join(s.inputs + ([s.listing.paths] if s.listing else [])) or 'the crawl'}"
-                              for s in self.source_list()) \
-            or "crawl"
+        described = "; ".join(f"{s.name}: {', '.join([*s.inputs, *([s.listing.paths] if s.listing else [])])
+                                            or 'the crawl'}" for s in self.source_list()) or "crawl"
         sources = Dataset(inp.dataset_ids[0], "source", None, described, "warc",
                           inp.fingerprint, [(f.uri, None, f.size, f.version) for f in inp.files],
                           [inp.dataset["dataset_id"]] if inp.dataset else [])
@@ -201,8 +200,7 @@ class IngestStage(ShardedStage):
         finally:
             streamed = getattr(opened, "raw", None)
             if isinstance(streamed, HTTPInput):  # what came over the network: its bytes, hash and reconnects
-                result.inputs[uri] = [streamed.length, streamed.sha256]
-                result.bytes_in = streamed.length or 0
+                result.inputs[uri], result.bytes_in = [streamed.length, streamed.sha256], streamed.length or 0
                 if streamed.reconnects:
                     result.stats["http_reconnects"] = result.stats.get("http_reconnects", 0) + streamed.reconnects
 
