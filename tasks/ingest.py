@@ -127,8 +127,8 @@ class IngestStage(ShardedStage):
 
     def execute(self, ctx: StageContext, inp: Input, out_dir: Path, key: str) -> StageResult:
         t0 = time.perf_counter()
-        described = "; ".join(f"{s.name}: {', '.join([*s.inputs, *([s.listing.paths] if s.listing else [])])
-                                            or 'the crawl'}" for s in self.source_list()) or "crawl"
+        named = {s.name: [*s.inputs, *([s.listing.paths] if s.listing else [])] for s in self.source_list()}
+        described = "; ".join(f"{n}: {', '.join(files) or 'the crawl'}" for n, files in named.items()) or "crawl"
         sources = Dataset(inp.dataset_ids[0], "source", None, described, "warc",
                           inp.fingerprint, [(f.uri, None, f.size, f.version) for f in inp.files],
                           [inp.dataset["dataset_id"]] if inp.dataset else [])
