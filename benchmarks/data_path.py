@@ -50,7 +50,8 @@ def inputs(copies: int, tmp: Path) -> list[str]:
 
 
 def _pages(path: str) -> list[tuple[str, str]]:
-    from tasks.ingest import decode_html, read_payload
+    from tasks.ingest import decode_html
+    from tasks.warc import read_payload
     from warcio.archiveiterator import ArchiveIterator
 
     pages = []

@@ -215,7 +215,7 @@ def test_whole_file_gzip_stream(tmp_path, monkeypatch):
     path.write_bytes(gzip.compress(plain))  # one gzip stream, not a member per record
     rows, [res] = ingest(tmp_path / "a", path)
     assert len(rows) == 6 and "single_gzip_stream" not in res.notes
-    monkeypatch.setattr("tasks.ingest.MAX_MEMBER_BYTES", 1000)  # as if the stream were too big to hold
+    monkeypatch.setattr("tasks.records.MAX_MEMBER_BYTES", 1000)  # as if the stream were too big to hold
     rows, [res] = ingest(tmp_path / "b", path)
     assert len(rows) == 6 and res.notes["single_gzip_stream"] == 1
 
