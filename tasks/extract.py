@@ -13,13 +13,16 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import re
 import resource
 import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from multiprocessing.connection import Connection
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -86,13 +89,26 @@ def _max_file_size() -> int:
 
 
 def _serve(conn: Connection, cfg: ExtractConfig) -> None:
-    """The child: extract pages sent down the pipe, each under a fresh CPU-time cap (SIGXCPU ends the child)."""
+    """The child: extract pages sent down the pipe, each under a fresh CPU-time cap (SIGXCPU ends the child).
+
+    A thread takes pages off the pipe as they come, so the parent's next page never waits for this one's answer
+    to be read (and the two never block each other on full pipes)."""
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    while True:
+    pages: queue.SimpleQueue = queue.SimpleQueue()
+
+    def take() -> None:
         try:
-            html, url = conn.recv()
-        except EOFError:
+            while True:
+                pages.put(conn.recv())
+        except (EOFError, OSError):
+            pages.put(None)
+
+    threading.Thread(target=take, daemon=True).start()
+    while True:
+        page = pages.get()
+        if page is None:
             return
+        html, url = page
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cap = int(usage.ru_utime + usage.ru_stime + cfg.cpu_time_limit_s) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
@@ -138,10 +154,51 @@ class IsolatedExtractor:
 
     def __call__(self, html: str, url: str | None) -> tuple[str, object]:
         """('ok', (title, text)) | ('error' | 'timeout' | 'crash', message)."""
+        return next(iter(self.map([(html, url)])))
+
+    def map(self, pages: Iterable[tuple[str, str | None] | None], ahead: int = 1) -> Iterator[tuple[str, object]]:
+        """``__call__`` over (html, url) pages in order, sending up to ``ahead`` pages before reading an answer:
+        the child starts the next page at once instead of waiting while this thread reads, sends and writes, so
+        with one worker this thread's share of the work runs beside the child's on another core. A None page
+        (nothing to extract) is answered ('skip', None) in its place."""
+        pending: deque[tuple[str, str | None] | None] = deque()
+        try:
+            for page in pages:
+                if page is not None:
+                    self._submit(page)
+                pending.append(page)
+                if len(pending) > ahead:
+                    yield self._answer(pending)
+            while pending:
+                yield self._answer(pending)
+        finally:
+            if pending:  # left early (an error, a stop): answers still due would reach the next caller
+                self._stop()
+
+    def _submit(self, page: tuple[str, str | None]) -> None:
         if self._proc is None:
             self._start()
         try:
-            self._send.send((html, url))
+            self._send.send(page)
+        except OSError:  # the child died on an earlier page: _answer finds out why, and resends this one
+            pass
+
+    def _answer(self, pending: deque[tuple[str, str | None] | None]) -> tuple[str, object]:
+        """The answer for ``pending[0]``; a child replaced on it gets the pages queued behind it again."""
+        if pending[0] is None:
+            pending.popleft()
+            return "skip", None
+        answer = self._receive()
+        pending.popleft()
+        if self._proc is None and any(page is not None for page in pending):
+            self._start()
+            for page in pending:
+                if page is not None:
+                    self._send.send(page)
+        return answer
+
+    def _receive(self) -> tuple[str, object]:
+        try:
             if self._recv.poll(self.cfg.wall_time_limit_s):
                 return self._recv.recv()
             self._stop()
@@ -233,18 +290,24 @@ class ExtractStage(ShardedStage):
     config: ExtractConfig
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        extractor = extractor_for(self.config)
-        for row in self.input_rows(unit, SOURCE_COLUMNS + ["html"]):
+        rows: deque[dict] = deque()  # read, and waiting for their answers: the child is sent a page ahead
+
+        def pages() -> Iterator[tuple[str, str | None] | None]:
+            for row in self.input_rows(unit, SOURCE_COLUMNS + ["html"]):
+                rows.append(row)
+                yield None if row["content_type"] == "text/plain" else (row["html"] or "", row["url"])
+
+        for status, value in extractor_for(self.config).map(pages()):
+            row = rows.popleft()
             html = row.pop("html") or ""
             result.docs_in += 1
             result.bytes_in += len(html)
-            if row["content_type"] == "text/plain":
+            if status == "skip":  # WET and curated text: already text
                 title, text = None, html
+            elif status != "ok":
+                drops.add_record(f"extract_{status}", row, nbytes=len(html), detail=str(value))
+                continue
             else:
-                status, value = extractor(html, row["url"])
-                if status != "ok":
-                    drops.add_record(f"extract_{status}", row, nbytes=len(html), detail=str(value))
-                    continue
                 title, text = value
             text = text.strip()
             if len(text) < self.config.min_text_chars:

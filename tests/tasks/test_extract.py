@@ -92,6 +92,38 @@ def test_a_worker_stopped_by_a_user_signal_is_an_interruption_not_a_page_crash(s
         extractor.close()
 
 
+@pytest.mark.slow
+def test_pages_sent_ahead_come_back_in_order_past_a_replaced_worker():
+    """The child is sent pages ahead of their answers; when one page takes it down (here the CPU cap), the pages
+    queued behind it go to the new child, and every answer still comes back in its page's place."""
+    from tasks.extract import IsolatedExtractor
+
+    huge = "<html><body>" + "<p>word word word</p>" * 2_500_000 + "</body></html>"
+    pages = [(page("First"), "http://e.com/1"), None, (huge, "http://e.com/huge"), (page("Second"), "http://e.com/2"),
+             None, (page("Third"), "http://e.com/3")]
+    extractor = IsolatedExtractor(ExtractConfig(cpu_time_limit_s=1))
+    try:
+        answers = list(extractor.map(pages, ahead=2))
+    finally:
+        extractor.close()
+    assert [status for status, _ in answers] == ["ok", "skip", "timeout", "ok", "skip", "ok"]
+    assert [value[0] for status, value in answers if status == "ok"] == ["First", "Second", "Third"]
+
+
+def test_a_reader_that_stops_early_leaves_no_answer_for_the_next():
+    from tasks.extract import IsolatedExtractor
+
+    extractor = IsolatedExtractor(ExtractConfig())
+    try:
+        answers = extractor.map([(page(f"Page {i}"), None) for i in range(4)], ahead=3)
+        assert next(answers)[1][0] == "Page 0"
+        answers.close()  # three answers were still due: that child is gone, not read by the next caller
+        assert extractor("<html><body><h1>Next</h1><p>" + "Words for the next page. " * 20 + "</p></body></html>",
+                         None)[1][0] == "Next"
+    finally:
+        extractor.close()
+
+
 def _with_metadata(html, url, cfg):
     """What extraction gave when it ran trafilatura's whole metadata pass to get the title."""
     import trafilatura
