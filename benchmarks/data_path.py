@@ -111,34 +111,18 @@ def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(pages)
 
 
-def stage(files: list[str], workers: int, tmp: Path, n: int) -> tuple[float, int]:
+def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] = STAGES) -> tuple[float, int]:
+    """``stages`` through Prefect in a fresh work directory: (seconds, documents ingested)."""
     from flows.pipeline import pipeline_flow
     from tasks.config import parse_config
     from warehouse.lineage import Warehouse
 
-    cfg = parse_config({"paths": {"work_dir": str(tmp / f"work-{workers}-{n}")},
+    cfg = parse_config({"paths": {"work_dir": str(tmp / f"work-{len(stages)}-{workers}-{n}")},
                         "runner": {"kind": "threads", "workers": workers},
                         "ingest": {"inputs": files, "shard_max_docs": 200},
                         "extract": {"shard_max_docs": 50}, "quality": {"c4_drop_curly_bracket": False}})
     t0 = time.perf_counter()
-    run_id = pipeline_flow(cfg, STAGES, "manual", None)
-    seconds = time.perf_counter() - t0
-    runs = Warehouse(cfg.warehouse_path).stage_runs(run_id)
-    return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
-
-
-def front(files: list[str], workers: int, tmp: Path, n: int) -> tuple[float, int]:
-    """ingest -> extract -> language -> quality through Prefect: (seconds, documents ingested)."""
-    from flows.pipeline import pipeline_flow
-    from tasks.config import parse_config
-    from warehouse.lineage import Warehouse
-
-    cfg = parse_config({"paths": {"work_dir": str(tmp / f"front-{workers}-{n}")},
-                        "runner": {"kind": "threads", "workers": workers},
-                        "ingest": {"inputs": files, "shard_max_docs": 200},
-                        "extract": {"shard_max_docs": 50}, "quality": {"c4_drop_curly_bracket": False}})
-    t0 = time.perf_counter()
-    run_id = pipeline_flow(cfg, STAGES[:4], "manual", None)
+    run_id = pipeline_flow(cfg, stages, "manual", None)
     seconds = time.perf_counter() - t0
     runs = Warehouse(cfg.warehouse_path).stage_runs(run_id)
     return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
@@ -154,7 +138,7 @@ def same_files(files: list[str], repeats: int, tmp: Path) -> None:
     docs = 0
     for n in range(repeats):
         for workers in (1, 2):
-            t, docs = front(warc, workers, tmp, n)
+            t, docs = stage(warc, workers, tmp, n, STAGES[:4])  # ingest -> extract -> language -> quality
             seconds[workers].append(t)
     for workers in (1, 2):
         t = statistics.median(seconds[workers])
