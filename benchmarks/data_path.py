@@ -15,9 +15,13 @@ from above. Stock warcio stops at the first damaged record of a file, so the bar
 than ingest does: the ratio is of documents per second. Two bare workers are a process pool over the documents.
 Runs alternate; figures are medians.
 
-"same files": ingest -> extract -> language -> quality through Prefect on the 17 WARC/WET files (not the two ARC
-files, which datatrove cannot read), in documents ingested per second at 1 and 2 workers, against the figure
-datatrove 0.10.1 measured on the same files and machine (``DATATROVE``; datatrove is not a dependency).
+"same files": ingest -> extract -> language -> quality through Prefect on the 17 WARC/WAT/WET files (not the two
+ARC files, which datatrove cannot read), at 1 and 2 workers, against datatrove 0.10.1's WarcReader -> Trafilatura ->
+GopherQualityFilter -> JsonlWriter on the same files, run alternately in this process when datatrove is importable
+(it is not a dependency: install it beside Crucible, e.g. ``python -m venv --system-site-packages /tmp/dt &&
+/tmp/dt/bin/pip install datatrove==0.10.1 python-magic faust-cchardet spacy``, and run this script with that
+python); without it, against the documents/s it measured here before (``DATATROVE``). The ratio is of wall time on
+the same files: each counts its documents its own way (datatrove reads every response that libmagic calls HTML).
 """
 from __future__ import annotations
 
@@ -128,23 +132,75 @@ def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] =
     return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
 
 
+def datatrove_run(files: list[str], workers: int, tmp: Path, n: int) -> tuple[float, int] | None:
+    """datatrove's WarcReader -> Trafilatura -> GopherQualityFilter -> JsonlWriter on the same files, its defaults
+    (one task per file): (seconds, documents its reader read), or None where datatrove is not importable."""
+    try:
+        from datatrove.executor import LocalPipelineExecutor
+        from datatrove.pipeline.extractors import Trafilatura
+        from datatrove.pipeline.filters import GopherQualityFilter
+        from datatrove.pipeline.readers import WarcReader
+        from datatrove.pipeline.writers import JsonlWriter
+        from loguru import logger
+    except ImportError:
+        return None
+    import json
+    import os
+
+    logger.remove()  # its per-task tables go to stderr; the figures are read from its stats file
+    src = tmp / "datatrove-in"
+    if not src.exists():  # one folder of links: its reader takes a folder
+        src.mkdir()
+        for i, f in enumerate(files):
+            os.symlink(f, src / f"{i:03d}-{Path(f).name}")
+    out = tmp / f"datatrove-{workers}-{n}"
+    quiet, saved = os.open(os.devnull, os.O_WRONLY), os.dup(2)  # its worker processes log to stderr too
+    os.dup2(quiet, 2)
+    try:
+        t0 = time.perf_counter()
+        LocalPipelineExecutor(pipeline=[WarcReader(str(src), glob_pattern="*"), Trafilatura(), GopherQualityFilter(),
+                                        JsonlWriter(str(out / "out"))],
+                              tasks=len(files), workers=workers, logging_dir=str(out / "logs")).run()
+        seconds = time.perf_counter() - t0
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+    stats = json.loads((out / "logs" / "stats.json").read_text())
+    return seconds, stats[0]["stats"]["documents"]["total"]
+
+
 def same_files(files: list[str], repeats: int, tmp: Path) -> None:
-    """ingest -> quality on the WARC/WET files datatrove reads, against DATATROVE's documents/s on them."""
-    warc = [f for f in files if not f.endswith((".arc", ".arc.gz"))]
-    print(f"\ningest -> quality on the {len(warc)} WARC/WET files datatrove can read (it cannot read the ARC files); "
-          f"medians of {repeats} alternating runs")
-    print(f"{'workers':>8}{'docs':>7}{'seconds':>9}{'docs/s':>9}{'datatrove docs/s':>18}{'ratio':>8}")
-    seconds: dict[int, list[float]] = {1: [], 2: []}
-    docs = 0
+    """ingest -> quality on the WARC/WET files datatrove reads, against datatrove itself on them (run here when it
+    is importable, else its figure measured on this machine, ``DATATROVE``)."""
+    warc = sorted({f for p in ("*.warc", "*.warc.gz", "*.wat.gz", "*.wet.gz")
+                   for f in glob.glob(str(WARC / "**" / p), recursive=True)})
+    print(f"\ningest -> quality on the {len(warc)} WARC/WAT/WET files datatrove can read (it cannot read the ARC "
+          f"files); medians of {repeats} alternating runs")
+    seconds: dict[tuple[str, int], list[float]] = {}
+    docs: dict[str, int] = {}
     for n in range(repeats):
         for workers in (1, 2):
-            t, docs = stage(warc, workers, tmp, n, STAGES[:4])  # ingest -> extract -> language -> quality
-            seconds[workers].append(t)
+            t, docs["crucible"] = stage(warc, workers, tmp, n, STAGES[:4])  # ingest -> extract -> language -> quality
+            seconds.setdefault(("crucible", workers), []).append(t)
+            peer = datatrove_run(warc, workers, tmp, n)
+            if peer is not None:
+                seconds.setdefault(("datatrove", workers), []).append(peer[0])
+                docs["datatrove"] = peer[1]
+    print(f"{'workers':>8}{'crucible s':>12}{'docs':>6}{'docs/s':>8}{'datatrove s':>13}{'docs':>6}{'docs/s':>8}"
+          f"{'time ratio':>12}")
     for workers in (1, 2):
-        t = statistics.median(seconds[workers])
-        print(f"{workers:>8}{docs:>7}{t:>9.1f}{docs / t:>9.1f}{DATATROVE[workers]:>18.1f}"
-              f"{docs / t / DATATROVE[workers]:>7.2f}x")
-    print(f"2 vs 1 worker: {statistics.median(seconds[1]) / statistics.median(seconds[2]):.2f}x")
+        t = statistics.median(seconds[("crucible", workers)])
+        if ("datatrove", workers) in seconds:
+            p = statistics.median(seconds[("datatrove", workers)])
+            print(f"{workers:>8}{t:>12.1f}{docs['crucible']:>6}{docs['crucible'] / t:>8.1f}{p:>13.1f}"
+                  f"{docs['datatrove']:>6}{docs['datatrove'] / p:>8.1f}{p / t:>11.2f}x")
+        else:
+            print(f"{workers:>8}{t:>12.1f}{docs['crucible']:>6}{docs['crucible'] / t:>8.1f}{'(not installed)':>13}"
+                  f"{'':>6}{DATATROVE[workers]:>8.1f}{docs['crucible'] / t / DATATROVE[workers]:>11.2f}x (docs/s)")
+    for name in ("crucible", "datatrove"):
+        if (name, 1) in seconds:
+            print(f"{name} 2 vs 1 worker: {statistics.median(seconds[(name, 1)]) / statistics.median(seconds[(name, 2)]):.2f}x")
 
 
 def main() -> None:
