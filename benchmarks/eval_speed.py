@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.core import _rows, fewshot, render, score, sequences  # noqa: E402
+from model.core import _segments, fewshot, render, score, sequences  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from tasks.evalsets import TASKS, contamination_text, ensure_smoke, item_kind, read_items  # noqa: E402
 from tasks.tokenizer import TiktokenEncoder, train_bpe  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
 
     lm_eval = harness(model, tok, prepared, args)
 
-    packed_tokens = sum(len(r.tokens) for r in _rows(prepared))
+    packed_tokens = sum(len(s.tokens) for s in _segments(prepared, 6.0 * model.cfg.d_model)[0])
     print(f"packed: {packed_tokens:,} tokens run ({packed_tokens / n_tok:.0%} of the sequences' tokens)")
     modes = {"each sequence alone": (Alone(model), 1), f"each sequence, batched ({args.batch_rows})":
              (Alone(model), args.batch_rows), "packed (the stage)": (model, args.batch_rows)}

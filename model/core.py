@@ -14,9 +14,11 @@ Items come in three kinds (``tasks.evalsets``): multiple choice, schema and lang
 
 Sequences of many items are batched together, longest first so that a batch holds similar lengths, and
 right-padded: attention is causal, so padding after a sequence never changes a score (tested). An item's
-sequences are packed into one row that holds their shared prefix (the few-shot examples and the question) once,
-each choice seeing the prefix and itself at its own positions; only the positions that predict a scored token go
-through the output projection and softmax. Choices of one token after one context (boolq) cost one pass. ``centered`` and ``core_score`` aggregate: centered accuracy =
+sequences share their common prefix (the few-shot examples and the question): it runs once, and each sequence's
+own tokens run as a tail that reads the prefix's keys and values, as from a KV cache, so no attention is spent
+between choices; sequences that the left crop left with nothing in common run alone, causally. Only the positions
+that predict a scored token go through the output projection and softmax. Choices of one token after one context
+(boolq) cost one pass. ``centered`` and ``core_score`` aggregate: centered accuracy =
 (accuracy - baseline) / (1 - baseline), and CORE-7 is their unweighted mean over the 7 tasks.
 """
 from __future__ import annotations
@@ -147,111 +149,161 @@ CPU_BATCH_TOKENS = 1024  # measured: one long packed row per pass is fastest on 
 
 
 @dataclass
-class _Row:
-    """One row to run: the tokens, each one's position in its own sequence and the packed sequence it belongs to
-    (-1: the shared prefix), and the spans read from it as (item, choice, row indices predicting, targets)."""
+class _Segment:
+    """A run of tokens to put through the model: a prefix (run causally from position 0), or the tail of one
+    sequence, which attends to the prefix segment ``parent`` and then to itself."""
 
     tokens: list[int]
     positions: list[int]
-    owner: list[int]
-    spans: list[tuple[int, int, list[int], list[int]]]
+    parent: int | None = None
+    tails: list[int] = field(default_factory=list)  # of a prefix: its tail segments
 
 
-def _rows(items: list[Scored]) -> list[_Row]:
-    """The rows to run: an item's sequences packed into one row that holds their common prefix once, then each
-    sequence's own tokens. A sequence's last token is never run (it predicts nothing scored), so choices of one
-    token after a shared context (boolq's " yes" / " no") cost a single pass over the context. Packing is exact:
-    every token sees the same tokens at the same positions as in its own sequence (cropped ones included, since
-    the prefix is the tokens the cropped sequences share)."""
-    rows = []
+def _segments(items: list[Scored], pair_per_token: float) -> tuple[list[_Segment], list[tuple[int, int, list[tuple[int, int]], list[int]]]]:
+    """The segments to run, and each sequence's scored span as (item, choice, [(segment, index) predicting each
+    token], the tokens).
+
+    An item's sequences share their common prefix (the few-shot examples and the question) when that is cheaper
+    than running each alone: the prefix is one segment and each sequence's own tokens a tail that reads the
+    prefix's keys and values (a KV cache), so the prefix is computed once and no attention is spent between
+    choices. Sequences cropped from the left by different amounts share nothing and run alone, as causal rows.
+    A sequence's last token is never run (it predicts nothing scored), so choices of one token after a shared
+    context (boolq's " yes" / " no") cost a single pass over the context. Every token sees the same tokens at the
+    same positions as in its own sequence, so the scores are those of running each sequence alone (tested).
+    ``pair_per_token``: what one attention (query, key) pair costs next to one token's projections and MLP."""
+    segments: list[_Segment] = []
+    spans = []
     for i, it in enumerate(items):
-        shared = common_length(it.tokens, "left")
-        tokens, positions, owner = list(it.tokens[0][:shared]), list(range(shared)), [-1] * shared
-        spans = []
-        for j, t in enumerate(it.tokens):
-            first = len(tokens)
-            own = t[shared:len(t) - 1]
-            tokens += own
-            positions += range(shared, shared + len(own))
-            owner += [j] * len(own)
-            s, e = it.starts[j], it.ends[j]
-            # the token at position p is predicted at p - 1: in the prefix, or in this sequence's own tokens
-            at = [p - 1 if p - 1 < shared else first + p - 1 - shared for p in range(s, e)]
-            spans.append((i, j, at, t[s:e]))
-        rows.append(_Row(tokens, positions, owner, spans))
-    return rows
+        shared = common_length(it.tokens, "left") if len(it.tokens) > 1 else 0
+        own = [len(t) - 1 - shared for t in it.tokens]
+        together = shared * shared / 2 + sum(c * (shared + c) for c in own) + pair_per_token * (shared + sum(own))
+        alone = sum((shared + c) ** 2 / 2 for c in own) + pair_per_token * sum(shared + c for c in own)
+        if shared and together < alone:
+            prefix = len(segments)
+            segments.append(_Segment(it.tokens[0][:shared], list(range(shared))))
+            for j, t in enumerate(it.tokens):
+                tail = None
+                if len(t) - 1 > shared:
+                    tail = len(segments)
+                    segments.append(_Segment(t[shared:len(t) - 1], list(range(shared, len(t) - 1)), prefix))
+                    segments[prefix].tails.append(tail)
+                s, e = it.starts[j], it.ends[j]
+                # the token at position p is predicted at p - 1: in the prefix, or in this sequence's tail
+                at = [(prefix, p - 1) if p - 1 < shared else (tail, p - 1 - shared) for p in range(s, e)]
+                spans.append((i, j, at, t[s:e]))
+        else:
+            for j, t in enumerate(it.tokens):
+                seg = len(segments)
+                segments.append(_Segment(t[:len(t) - 1], list(range(len(t) - 1))))
+                spans.append((i, j, [(seg, p - 1) for p in range(it.starts[j], it.ends[j])], t[it.starts[j]:it.ends[j]]))
+    return segments, spans
 
 
-def _packed_mask(chunk: list[_Row], width: int) -> torch.Tensor:
-    """(rows, 1, width, width), True where a query may attend a key: earlier or equal positions of the shared
-    prefix or of its own sequence. A padding position sees itself only (it is never read)."""
-    mask = torch.zeros(len(chunk), 1, width, width, dtype=torch.bool)
-    eye = torch.eye(width, dtype=torch.bool)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    for r, row in enumerate(chunk):
-        n = len(row.tokens)
-        owner = torch.tensor(row.owner)
-        same = (owner[:, None] == owner[None, :]) | (owner[None, :] == -1)
-        mask[r, 0, :n, :n] = same & causal[:n, :n]
-        mask[r, 0, n:, n:] = eye[n:, n:]
+def _tail_mask(tails: list[_Segment], prefix_len: list[int], prefix_width: int, tail_width: int) -> torch.Tensor:
+    """(tails, 1, tail_width, prefix_width + tail_width), True where a tail token may attend a key: its prefix's
+    real tokens, and its own earlier or equal tokens. A padding position sees itself only (it is never read)."""
+    mask = torch.zeros(len(tails), 1, tail_width, prefix_width + tail_width, dtype=torch.bool)
+    causal = torch.ones(tail_width, tail_width, dtype=torch.bool).tril()
+    pads = torch.arange(tail_width)
+    for r, (tail, p) in enumerate(zip(tails, prefix_len)):
+        n = len(tail.tokens)
+        mask[r, 0, :n, :p] = True
+        mask[r, 0, :n, prefix_width:prefix_width + n] = causal[:n, :n]
+        mask[r, 0, pads[n:], prefix_width + pads[n:]] = True
     return mask
 
 
 @torch.no_grad()
 def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, pad: int = 0,
           device: torch.device | str = "cpu", autocast=None, batch_tokens: int | None = None) -> list[ItemResult]:
-    """Score prepared items, packing their rows into right-padded batches of at most ``batch_rows``.
+    """Score prepared items: their segments (``_segments``) in right-padded batches, longest first, of at most
+    ``batch_rows`` prefixes and ``batch_tokens`` padded tokens (default: no bound on a GPU, ``CPU_BATCH_TOKENS``
+    on a CPU), each prefix with its tails.
 
-    An item's sequences share one row (``_rows``) when the model takes ``positions`` and ``mask`` (Crucible's GPT:
-    ``hidden`` and ``head``); only the positions that predict a span token go through the output projection,
-    softmax and argmax. Any other module gets each sequence alone and its logits are read at those positions.
-    Rows run longest first, so a batch holds about one length, and a batch holds at most ``batch_rows`` rows and
-    ``batch_tokens`` padded tokens (default: no bound on a GPU, ``CPU_BATCH_TOKENS`` on a CPU)."""
-    packed = hasattr(model, "hidden") and hasattr(model, "head")
+    With Crucible's GPT (``hidden_with_prefix`` and ``head``) an item's sequences share their prefix and only the
+    positions that predict a span token go through the output projection, softmax and argmax. Any other module
+    gets each whole sequence alone and its logits are read at those positions."""
+    packed = hasattr(model, "hidden_with_prefix") and hasattr(model, "head")
     if packed:
-        rows = _rows(items)
+        segments, spans = _segments(items, 6.0 * getattr(getattr(model, "cfg", None), "d_model", 768))
     else:
-        rows = [_Row(t, list(range(len(t))), [0] * len(t),
-                     [(i, j, list(range(it.starts[j] - 1, it.ends[j] - 1)), t[it.starts[j]:it.ends[j]])])
-                for i, it in enumerate(items) for j, t in enumerate(it.tokens)]
-    rows.sort(key=lambda r: -len(r.tokens))
-    if batch_tokens is None:  # a CPU gains nothing from wide batches, and the packed rows' masks grow as width^2
+        segments = [_Segment(t, list(range(len(t)))) for it in items for t in it.tokens]
+        spans, k = [], 0
+        for i, it in enumerate(items):
+            for j, t in enumerate(it.tokens):
+                spans.append((i, j, [(k, p - 1) for p in range(it.starts[j], it.ends[j])], t[it.starts[j]:it.ends[j]]))
+                k += 1
+    prefixes = sorted((k for k, seg in enumerate(segments) if seg.parent is None),
+                      key=lambda k: -(len(segments[k].tokens) + sum(len(segments[t].tokens) for t in segments[k].tails)))
+    if batch_tokens is None:  # a CPU gains nothing from wide batches
         batch_tokens = 1 << 30 if torch.device(device).type == "cuda" else CPU_BATCH_TOKENS
-    span_loss: dict[tuple[int, int], float] = {}
-    span_exact: dict[tuple[int, int], bool] = {}
+    batches: list[list[int]] = []
     b = 0
-    while b < len(rows):
-        width = len(rows[b].tokens)  # the longest of its batch
-        chunk = rows[b:b + max(1, min(batch_rows, batch_tokens // max(width, 1)))]
-        b += len(chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        positions = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, row in enumerate(chunk):
-            ids[r, :len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
-            positions[r, :len(row.tokens)] = torch.tensor(row.positions, dtype=torch.long)
-        at_row, at_pos, targets, owners = [], [], [], []
-        for r, row in enumerate(chunk):
-            for i, j, at, span in row.spans:
-                at_row += [r] * len(at)
-                at_pos += at
-                targets += span
-                owners.append((i, j, len(span)))
-        rows_t, pos_t = torch.tensor(at_row, device=device), torch.tensor(at_pos, device=device)
+    while b < len(prefixes):  # rows run longest first, so a batch holds about one length
+        chunk, width = [], 0
+        while b < len(prefixes) and len(chunk) < batch_rows:
+            k = prefixes[b]
+            cost = len(segments[k].tokens) + sum(len(segments[t].tokens) for t in segments[k].tails)
+            if chunk and (len(chunk) + 1) * max(width, cost) > batch_tokens:
+                break
+            chunk.append(k)
+            width = max(width, cost)
+            b += 1
+        batches.append(chunk)
+    wanted: dict[int, list[tuple[int, int, int]]] = {}  # batch -> [(span number, offset in span, flat index)]
+    seg_batch = {}
+    for n, chunk in enumerate(batches):
+        for k in chunk:
+            seg_batch[k] = n
+            for t in segments[k].tails:
+                seg_batch[t] = n
+    for n_span, (_, _, at, _) in enumerate(spans):
+        for o, (seg, idx) in enumerate(at):
+            wanted.setdefault(seg_batch[seg], []).append((n_span, o, seg, idx))
+    nll_of: dict[tuple[int, int], float] = {}
+    hit_of: dict[tuple[int, int], bool] = {}
+    for n, chunk in enumerate(batches):
+        tails = [t for k in chunk for t in segments[k].tails]
+        p_width = max(len(segments[k].tokens) for k in chunk)
+        t_width = max((len(segments[t].tokens) for t in tails), default=0)
+        prefix = torch.full((len(chunk), p_width), pad, dtype=torch.long)
+        tail = torch.full((len(tails), t_width), pad, dtype=torch.long)
+        tail_pos = torch.zeros((len(tails), t_width), dtype=torch.long)
+        row_of = {k: r for r, k in enumerate(chunk)}
+        for r, k in enumerate(chunk):
+            prefix[r, :len(segments[k].tokens)] = torch.tensor(segments[k].tokens, dtype=torch.long)
+        for r, t in enumerate(tails):
+            row_of[t] = r
+            tail[r, :len(segments[t].tokens)] = torch.tensor(segments[t].tokens, dtype=torch.long)
+            tail_pos[r, :len(segments[t].tokens)] = torch.tensor(segments[t].positions, dtype=torch.long)
+        flat, targets = [], []
+        for n_span, o, seg, idx in wanted.get(n, []):
+            r = row_of[seg]
+            flat.append(r * p_width + idx if segments[seg].parent is None else len(chunk) * p_width + r * t_width + idx)
+            targets.append(spans[n_span][3][o])
+        flat_t = torch.tensor(flat, device=device)
         with autocast if autocast is not None else nullcontext():
             if packed:
-                h = model.hidden(ids.to(device), positions.to(device), _packed_mask(chunk, width).to(device))
-                logits = model.head(h[rows_t, pos_t])
+                ref = torch.tensor([row_of[segments[t].parent] for t in tails], dtype=torch.long)
+                mask = _tail_mask([segments[t] for t in tails], [len(segments[segments[t].parent].tokens) for t in tails],
+                                  p_width, t_width)
+                hp, ht = model.hidden_with_prefix(prefix.to(device), tail.to(device), tail_pos.to(device),
+                                                  ref.to(device), mask.to(device))
+                logits = model.head(torch.cat((hp.flatten(0, 1), ht.flatten(0, 1)))[flat_t])
             else:
-                logits = model(ids.to(device))[rows_t, pos_t]
+                logits = model(prefix.to(device)).flatten(0, 1)[flat_t]
         logits = logits.float()
         target_t = torch.tensor(targets, device=device)
-        nll = F.cross_entropy(logits, target_t, reduction="none").cpu()
-        hit = (logits.argmax(-1) == target_t).cpu()
-        k = 0
-        for i, j, n in owners:
-            span_loss[(i, j)] = nll[k:k + n].mean().item()
-            span_exact[(i, j)] = bool(hit[k:k + n].all())
-            k += n
+        nll = F.cross_entropy(logits, target_t, reduction="none").cpu().tolist()
+        hit = (logits.argmax(-1) == target_t).cpu().tolist()
+        for (n_span, o, _, _), loss, ok in zip(wanted.get(n, []), nll, hit):
+            nll_of[(n_span, o)] = loss
+            hit_of[(n_span, o)] = ok
+    span_loss, span_exact = {}, {}
+    for n_span, (i, j, at, span) in enumerate(spans):
+        losses = [nll_of[(n_span, o)] for o in range(len(at))]
+        span_loss[(i, j)] = sum(losses) / len(losses)
+        span_exact[(i, j)] = all(hit_of[(n_span, o)] for o in range(len(at)))
     results = []
     for i, it in enumerate(items):
         if it.kind == "language_modelling":

@@ -118,8 +118,15 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_weight) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps, cfg.norm_weight) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
+        # position i attends to j <= i
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.cfg.n_kv_heads != self.cfg.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         b, t, _ = x.shape
         hd = self.cfg.head_dim
         q = self.q_proj(x).view(b, t, self.cfg.n_heads, hd).transpose(1, 2)
@@ -127,11 +134,26 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.cfg.n_kv_heads, hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        # position i attends to j <= i; or, given a mask (batch, 1, t, t), to the keys it allows
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.cfg.n_kv_heads != self.cfg.n_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def with_prefix(self, xp: torch.Tensor, xt: torch.Tensor, rope_p: tuple[torch.Tensor, torch.Tensor],
+                    rope_t: tuple[torch.Tensor, torch.Tensor], ref: torch.Tensor,
+                    tail_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Attention of causal prefixes (prefixes, P) and of tails (tails, T), each of which sees the keys of
+        prefix ``ref[tail]`` and its own that ``tail_mask`` (tails, 1, T, P + T) allows: one layer of
+        ``GPT.hidden_with_prefix``."""
+        gqa, width = self.cfg.n_kv_heads != self.cfg.n_heads, self.cfg.n_heads * self.cfg.head_dim
+        qp, kp, vp = self._qkv(xp, *rope_p)
+        out_p = xp
+        if xp.shape[1]:
+            yp = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)
+            out_p = self.o_proj(yp.transpose(1, 2).reshape(xp.shape[0], xp.shape[1], width))
+        if xt.shape[1] == 0:
+            return out_p, xt
+        qt, kt, vt = self._qkv(xt, *rope_t)
+        yt = F.scaled_dot_product_attention(qt, torch.cat((kp[ref], kt), 2), torch.cat((vp[ref], vt), 2),
+                                            attn_mask=tail_mask, enable_gqa=gqa)
+        return out_p, self.o_proj(yt.transpose(1, 2).reshape(xt.shape[0], xt.shape[1], width))
 
 
 class MLP(nn.Module):
@@ -157,10 +179,17 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_weight)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def with_prefix(self, xp: torch.Tensor, xt: torch.Tensor, rope_p: tuple[torch.Tensor, torch.Tensor],
+                    rope_t: tuple[torch.Tensor, torch.Tensor], ref: torch.Tensor,
+                    tail_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ap, at = self.self_attn.with_prefix(self.input_layernorm(xp), self.input_layernorm(xt), rope_p, rope_t, ref,
+                                            tail_mask)
+        xp, xt = xp + ap, xt + at
+        return xp + self.mlp(self.post_attention_layernorm(xp)), xt + self.mlp(self.post_attention_layernorm(xt))
 
 
 class GPT(nn.Module):
@@ -199,28 +228,35 @@ class GPT(nn.Module):
         t = seq_len or self.cfg.seq_len
         return 6 * self.num_params(embeddings=False) + 12 * self.cfg.depth * self.cfg.d_model * t
 
-    def hidden(self, idx: torch.Tensor, positions: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The final normalised hidden states (batch, time, d_model): what ``head`` turns into logits. Scoring
-        calls the two apart, to run the vocabulary projection only at the positions it scores.
-
-        ``positions`` (batch, time) and ``mask`` (batch, 1, time, time; True where a query may attend a key) run
-        several sequences packed in one row that share a prefix: each token gets its position in its own sequence
-        and sees only its own sequence's tokens (model/core.py). Without them, token i is at position i and sees
-        j <= i."""
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final normalised hidden states (batch, time, d_model): what ``head`` turns into logits. Token i is
+        at position i and sees j <= i."""
         t = idx.shape[1]
-        if positions is None:
-            if t > self.cfg.seq_len:
-                raise ValueError(f"a sequence of {t} tokens is longer than the model's {self.cfg.seq_len}")
-            cos, sin = self.cos[:t], self.sin[:t]
-        else:
-            if int(positions.max()) >= self.cfg.seq_len:
-                raise ValueError(f"a position past the model's {self.cfg.seq_len}")
-            cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        if t > self.cfg.seq_len:
+            raise ValueError(f"a sequence of {t} tokens is longer than the model's {self.cfg.seq_len}")
+        cos, sin = self.cos[:t], self.sin[:t]
         x = self.embed_tokens(idx)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin)
         return self.norm(x)
+
+    def hidden_with_prefix(self, prefix: torch.Tensor, tail: torch.Tensor, tail_positions: torch.Tensor,
+                           ref: torch.Tensor, tail_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states of prefixes shared by several sequences and of those sequences' own tokens (how
+        model/core.py scores an item's choices): each ``prefix`` row (prefixes, P) runs causally from position 0
+        (a shorter one right-padded); each ``tail`` row (tails, T), at ``tail_positions``, continues prefix
+        ``ref[row]``: it reads that prefix's keys and values, as from a KV cache, and sees the keys ``tail_mask``
+        (tails, 1, T, P + T; True where allowed) lets it: the prefix's real tokens and its own earlier ones. The
+        prefix is computed once for all its tails, and no attention is spent between tails."""
+        p = prefix.shape[1]
+        if p > self.cfg.seq_len or (tail.shape[1] and int(tail_positions.max()) >= self.cfg.seq_len):
+            raise ValueError(f"a position past the model's {self.cfg.seq_len}")
+        rope_p = self.cos[:p], self.sin[:p]
+        rope_t = self.cos[tail_positions].unsqueeze(1), self.sin[tail_positions].unsqueeze(1)
+        xp, xt = self.embed_tokens(prefix), self.embed_tokens(tail)
+        for layer in self.layers:
+            xp, xt = layer.with_prefix(xp, xt, rope_p, rope_t, ref, tail_mask)
+        return self.norm(xp), self.norm(xt)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits of hidden states (any leading shape), soft-capped when the model is."""

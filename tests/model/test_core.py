@@ -1,4 +1,5 @@
 """model/core.py: CORE spans per item kind, an oracle scores 100%, padding and batch size change nothing."""
+import pytest
 import torch
 
 from model.core import (centered, common_length, core_score, fewshot, generate, render, score, sequences)
@@ -131,13 +132,15 @@ class Alone(torch.nn.Module):
         return self.inner(ids)
 
 
-def test_packing_an_items_sequences_on_their_shared_prefix_scores_as_running_each_alone():
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (4, 1)])  # multi-head, grouped-query and multi-query attention
+def test_packing_an_items_sequences_on_their_shared_prefix_scores_as_running_each_alone(heads):
     """Few-shot prompts (a long shared prefix), single-token choices (one pass for both), and sequences cropped
     from the left to different lengths (no shared prefix left): the packed rows give every sequence's losses."""
-    from model.core import _rows
+    from model.core import _segments
 
     torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=256, depth=2, d_model=64, seq_len=160)).eval()
+    model = GPT(GPTConfig(vocab_size=256, depth=2, d_model=64, seq_len=160, n_heads=heads[0],
+                          n_kv_heads=heads[1])).eval()
     mcs = [{**MC, "query": f"Which is warm, number {i}?"} for i in range(8)]
     yes_no = [{"query": f"Is thing {i} warm?", "choices": ["yes", "no"], "gold": i % 2} for i in range(8)]
     schemas = [{**SCHEMA, "continuation": f"and it was pushed {i} times."} for i in range(6)]
@@ -149,8 +152,10 @@ def test_packing_an_items_sequences_on_their_shared_prefix_scores_as_running_eac
             prompts = render(kind, item, " ", fewshot(pool, i, 2))
             items.append(sequences(kind, prompts, encode, BOS, max_len, gold=item.get("gold")))
     items.append(sequences("language_modelling", render("language_modelling", LM, " "), encode, BOS, 160))
-    rows = _rows(items)
-    assert sum(len(r.tokens) for r in rows) < 0.7 * sum(len(t) for it in items for t in it.tokens)
+    segments, _ = _segments(items, 6.0 * model.cfg.d_model)
+    assert sum(len(s.tokens) for s in segments) < 0.7 * sum(len(t) for it in items for t in it.tokens)
+    assert any(s.parent is not None for s in segments)  # prefixes shared by tails (a KV cache) ...
+    assert any(s.parent is None and not s.tails for s in segments)  # ... and sequences that run alone
     # cropped at different offsets, so that the sequences share (almost) nothing at the left
     assert any(len(it.tokens[0]) == 70 and common_length(it.tokens, "left") < 5 for it in items)
     packed = score(model, items, batch_rows=5)
