@@ -125,8 +125,8 @@ def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] =
     cfg = parse_config({"paths": {"work_dir": str(tmp / f"work-{len(stages)}-{workers}-{n}")},
                         "runner": {"kind": "threads", "workers": workers},
                         # smaller units balance two workers better on 338 pages (50-page units are 7, and one
-                        # worker idles while the other runs the 7th), but each unit is a Prefect task run, and
-                        # 20-page units cost more in orchestration than they gain (measured: 1.12x -> 1.02x datatrove)
+                        # worker idles while the other runs the 7th), but 20-page ones made the whole run slower
+                        # here (1.12x -> 1.02x datatrove at 1 worker; Prefect's task runs cost only ~11 ms a unit)
                         "ingest": {"inputs": files, "shard_max_docs": 200},
                         "extract": {"shard_max_docs": 50}, "quality": {"c4_drop_curly_bracket": False}})
     t0 = time.perf_counter()
