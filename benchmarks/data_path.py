@@ -204,7 +204,8 @@ def same_files(files: list[str], repeats: int, tmp: Path) -> None:
                   f"{'':>6}{DATATROVE[workers]:>8.1f}{docs['crucible'] / t / DATATROVE[workers]:>11.2f}x (docs/s)")
     for name in ("crucible", "datatrove"):
         if (name, 1) in seconds:
-            print(f"{name} 2 vs 1 worker: {statistics.median(seconds[(name, 1)]) / statistics.median(seconds[(name, 2)]):.2f}x")
+            one, two = statistics.median(seconds[(name, 1)]), statistics.median(seconds[(name, 2)])
+            print(f"{name} 2 vs 1 worker: {one / two:.2f}x")
 
 
 def main() -> None:

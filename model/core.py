@@ -159,7 +159,10 @@ class _Segment:
     tails: list[int] = field(default_factory=list)  # of a prefix: its tail segments
 
 
-def _segments(items: list[Scored], pair_per_token: float) -> tuple[list[_Segment], list[tuple[int, int, list[tuple[int, int]], list[int]]]]:
+Span = tuple[int, int, list[tuple[int, int]], list[int]]  # (item, choice, [(segment, index)], the scored tokens)
+
+
+def _segments(items: list[Scored], pair_per_token: float) -> tuple[list[_Segment], list[Span]]:
     """The segments to run, and each sequence's scored span as (item, choice, [(segment, index) predicting each
     token], the tokens).
 
@@ -175,7 +178,7 @@ def _segments(items: list[Scored], pair_per_token: float) -> tuple[list[_Segment
     spans = []
     for i, it in enumerate(items):
         shared = common_length(it.tokens, "left") if len(it.tokens) > 1 else 0
-        own = [len(t) - 1 - shared for t in it.tokens]
+        own = [max(0, len(t) - 1 - shared) for t in it.tokens]  # 0: a choice that ends inside the prefix
         together = shared * shared / 2 + sum(c * (shared + c) for c in own) + pair_per_token * (shared + sum(own))
         alone = sum((shared + c) ** 2 / 2 for c in own) + pair_per_token * sum(shared + c for c in own)
         if shared and together < alone:
@@ -195,7 +198,8 @@ def _segments(items: list[Scored], pair_per_token: float) -> tuple[list[_Segment
             for j, t in enumerate(it.tokens):
                 seg = len(segments)
                 segments.append(_Segment(t[:len(t) - 1], list(range(len(t) - 1))))
-                spans.append((i, j, [(seg, p - 1) for p in range(it.starts[j], it.ends[j])], t[it.starts[j]:it.ends[j]]))
+                s, e = it.starts[j], it.ends[j]
+                spans.append((i, j, [(seg, p - 1) for p in range(s, e)], t[s:e]))
     return segments, spans
 
 
@@ -231,10 +235,13 @@ def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, 
         spans, k = [], 0
         for i, it in enumerate(items):
             for j, t in enumerate(it.tokens):
-                spans.append((i, j, [(k, p - 1) for p in range(it.starts[j], it.ends[j])], t[it.starts[j]:it.ends[j]]))
+                s, e = it.starts[j], it.ends[j]
+                spans.append((i, j, [(k, p - 1) for p in range(s, e)], t[s:e]))
                 k += 1
-    prefixes = sorted((k for k, seg in enumerate(segments) if seg.parent is None),
-                      key=lambda k: -(len(segments[k].tokens) + sum(len(segments[t].tokens) for t in segments[k].tails)))
+    def size(k: int) -> int:  # a prefix's tokens and its tails'
+        return len(segments[k].tokens) + sum(len(segments[t].tokens) for t in segments[k].tails)
+
+    prefixes = sorted((k for k, seg in enumerate(segments) if seg.parent is None), key=lambda k: -size(k))
     if batch_tokens is None:  # a CPU gains nothing from wide batches
         batch_tokens = 1 << 30 if torch.device(device).type == "cuda" else CPU_BATCH_TOKENS
     batches: list[list[int]] = []
@@ -243,14 +250,14 @@ def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, 
         chunk, width = [], 0
         while b < len(prefixes) and len(chunk) < batch_rows:
             k = prefixes[b]
-            cost = len(segments[k].tokens) + sum(len(segments[t].tokens) for t in segments[k].tails)
+            cost = size(k)
             if chunk and (len(chunk) + 1) * max(width, cost) > batch_tokens:
                 break
             chunk.append(k)
             width = max(width, cost)
             b += 1
         batches.append(chunk)
-    wanted: dict[int, list[tuple[int, int, int]]] = {}  # batch -> [(span number, offset in span, flat index)]
+    wanted: dict[int, list[tuple[int, int, int, int]]] = {}  # batch -> [(span, offset in it, segment, index)]
     seg_batch = {}
     for n, chunk in enumerate(batches):
         for k in chunk:
@@ -285,8 +292,8 @@ def score(model: torch.nn.Module, items: list[Scored], *, batch_rows: int = 32, 
         with autocast if autocast is not None else nullcontext():
             if packed:
                 ref = torch.tensor([row_of[segments[t].parent] for t in tails], dtype=torch.long)
-                mask = _tail_mask([segments[t] for t in tails], [len(segments[segments[t].parent].tokens) for t in tails],
-                                  p_width, t_width)
+                mask = _tail_mask([segments[t] for t in tails],
+                                  [len(segments[segments[t].parent].tokens) for t in tails], p_width, t_width)
                 hp, ht = model.hidden_with_prefix(prefix.to(device), tail.to(device), tail_pos.to(device),
                                                   ref.to(device), mask.to(device))
                 logits = model.head(torch.cat((hp.flatten(0, 1), ht.flatten(0, 1)))[flat_t])

@@ -191,10 +191,9 @@ class IsolatedExtractor:
         answer = self._receive()
         pending.popleft()
         if self._proc is None and any(page is not None for page in pending):
-            self._start()
-            for page in pending:
+            for page in pending:  # a new child (started by _submit) gets the pages the old one had queued
                 if page is not None:
-                    self._send.send(page)
+                    self._submit(page)
         return answer
 
     def _receive(self) -> tuple[str, object]:

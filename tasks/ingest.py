@@ -21,7 +21,7 @@ import hashlib
 import io
 import time
 import zlib
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +56,25 @@ SOURCE_FIELDS = [
 SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("record_id", pa.string()), pa.field("charset", pa.string()),
                     pa.field("html", pa.large_string())])  # record_id: the WARC-Record-ID (none for ARC, files)
 
+
+
+def page_time(fh: IO[bytes], uri: str) -> datetime | None:
+    """When a saved page was fetched: the server's Last-Modified for a page read over http(s), else the file's
+    modification time; None where there is none to read (no header, one that is not an HTTP date, a filesystem
+    that keeps no times: fsspec's raise NotImplementedError)."""
+    streamed = getattr(fh, "raw", None)
+    if isinstance(streamed, HTTPInput):
+        try:
+            when = parsedate_to_datetime(streamed.last_modified or "")
+        except (TypeError, ValueError):
+            return None
+    else:
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(uri)
+            when = fs.modified(paths[0])
+        except (OSError, NotImplementedError):
+            return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,17 +255,8 @@ class IngestStage(ShardedStage):
         text, charset, fell_back = decode_html(raw, None)
         if fell_back:
             result.notes["charset_fallback"] = result.notes.get("charset_fallback", 0) + 1
-        fetch_time = None
-        streamed = getattr(fh, "raw", None)
-        try:
-            if isinstance(streamed, HTTPInput):  # a page served over http(s): the server's Last-Modified
-                fetch_time = parsedate_to_datetime(streamed.last_modified or "")
-            else:
-                fs, _, paths = fsspec.get_fs_token_paths(uri)
-                fetch_time = fs.modified(paths[0])
-            fetch_time = fetch_time if fetch_time.tzinfo else fetch_time.replace(tzinfo=timezone.utc)
-        except (OSError, NotImplementedError, ValueError, TypeError):  # no time kept or sent: undated, counted
-            fetch_time = None
+        fetch_time = page_time(fh, uri)
+        if fetch_time is None:  # kept, undated, and counted
             result.notes["invalid_date"] = result.notes.get("invalid_date", 0) + 1
         return {"doc_id": make_doc_id(f"{where['url']} {hashlib.sha1(raw).hexdigest()}"), "url": where["url"],
                 "host": None, "warc_file": uri, "warc_offset": 0, "fetch_time": fetch_time, "http_status": None,

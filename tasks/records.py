@@ -79,14 +79,8 @@ class ArchiveReader:
     def _fast_record(self, rec: Any, member: Any, uri: str, drops: DropLog,
                      result: ShardResult) -> Iterator[dict[str, Any]]:
         """The one record of a member FastWARC parsed, as ``_plain_records`` would read it."""
-        notes = result.notes
-        if not self._is_document(rec):
-            kind = f"record_{rec.rec_type or 'unknown'}"
-            notes[kind] = notes.get(kind, 0) + 1
-            return
-        result.docs_in += 1
         try:
-            doc = self._record(rec, uri, member.offset, drops, notes)
+            doc = self._read_record(rec, uri, member.offset, drops, result)
         except Overrun:  # a record header inside the payload: the tolerant reader reads on from there
             data = io.BytesIO(member.data)
             start = next_header_offset(data, 0)
@@ -94,11 +88,26 @@ class ArchiveReader:
                 yield from self._plain_records(data, uri, member.offset, drops, result, exact_offsets=False,
                                                start=start)
             return
-        except Exception as err:  # one odd record must not cost the file
-            drops.add("record_error", warc_file=uri, warc_offset=member.offset, detail=f"{type(err).__name__}: {err}")
-            return
         if doc is not None:
             yield doc
+
+    def _read_record(self, rec: Any, uri: str, where: int, drops: DropLog, result: ShardResult,
+                     arc: bool = False) -> dict[str, Any] | None:
+        """One record, from either reader: a document, or None with the record counted (a note for a record that is
+        not a document, a drop with its reason for one that is). Raises Overrun for the caller to read on."""
+        notes = result.notes
+        if not self._is_document(rec):  # a request, warcinfo, revisit…: a record, not a document
+            kind = f"record_{rec.rec_type or 'unknown'}"
+            notes[kind] = notes.get(kind, 0) + 1
+            return None
+        result.docs_in += 1
+        try:
+            return self._record(rec, uri, where, drops, notes, arc)
+        except Overrun:
+            raise
+        except Exception as err:  # one odd record must not cost the file
+            drops.add("record_error", warc_file=uri, warc_offset=where, detail=f"{type(err).__name__}: {err}")
+            return None
 
     def _plain_records(self, fh: IO[bytes], uri: str, base: int, drops: DropLog, result: ShardResult,
                        exact_offsets: bool = True, arc: bool = False, start: int | None = 0,
@@ -119,22 +128,13 @@ class ArchiveReader:
                 start = None
                 for rec in it:
                     offset = it.offset  # where this record starts; warcio moves it on at the next record
-                    where = base + offset if exact_offsets else base
-                    if not self._is_document(rec):  # a request, warcinfo, revisit…: a record, not a document
-                        kind = f"record_{rec.rec_type or 'unknown'}"
-                        notes[kind] = notes.get(kind, 0) + 1
-                        continue
-                    result.docs_in += 1
                     try:
-                        doc = self._record(rec, uri, where, drops, notes, arc)
+                        doc = self._read_record(rec, uri, base + offset if exact_offsets else base, drops, result,
+                                                arc)
                     except Overrun:  # its Content-Length swallowed the records after it: read those again
                         start = next_header_offset(fh, offset) if fh.seekable() else None
                         if start is not None:
                             break
-                        continue
-                    except Exception as err:  # one odd record must not cost the file
-                        drops.add("record_error", warc_file=uri, warc_offset=where,
-                                  detail=f"{type(err).__name__}: {err}")
                         continue
                     if doc is not None:
                         yield doc

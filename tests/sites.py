@@ -153,7 +153,8 @@ class FileServer:
     reaches the client before the reset varies), or with ``how = "close"`` closes it cleanly there (a short body).
     ``requests`` logs (method, path, Range header)."""
 
-    def __init__(self, root, cut: dict[str, int] | None = None, ranges: bool = True, how: str = "reset") -> None:
+    def __init__(self, root, cut: dict[str, int] | None = None, ranges: bool = True, how: str = "reset",
+                 last_modified: dict[str, str | None] | None = None) -> None:
         import hashlib
         import socket
         import struct
@@ -196,7 +197,9 @@ class FileServer:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
                 self.send_header("ETag", '"' + hashlib.md5(data).hexdigest() + '"')
-                self.send_header("Last-Modified", formatdate(path.stat().st_mtime, usegmt=True))
+                sent = (last_modified or {}).get("/" + rel, formatdate(path.stat().st_mtime, usegmt=True))
+                if sent is not None:  # a path mapped to None gets no Last-Modified; to a string, that string
+                    self.send_header("Last-Modified", sent)
                 self.send_header("Accept-Ranges", "bytes" if ranges else "none")
                 self.end_headers()
                 if not body:

@@ -112,3 +112,20 @@ def test_curated_text_and_a_saved_page_over_http(tmp_path):
                                                    "inputs": [f"{server.base}/page.html"]})
         [page] = wh.query("SELECT url, epoch(fetch_time) AS t FROM docs_ingest")
         assert page["url"] == f"{server.base}/page.html" and page["t"] == 1_700_000_000
+
+
+def test_saved_pages_over_http_without_a_usable_last_modified_are_kept_undated_and_counted(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    for name in ("none", "garbage", "good"):
+        (root / f"{name}.html").write_text(f"<html><body><p>A saved page, {name}.</p></body></html>")
+    with FileServer(root, last_modified={"/none.html": None, "/garbage.html": "last Tuesday"}) as server:
+        wh, run_id, _ = _ingest(tmp_path, "pages", {"name": "web", "format": "html", "inputs": [
+            f"{server.base}/{name}.html" for name in ("none", "garbage", "good")]})
+        dated = {r["url"].rsplit("/", 1)[1]: r["t"] for r in wh.query("SELECT url, fetch_time AS t FROM docs_ingest")}
+        assert set(dated) == {"none.html", "garbage.html", "good.html"}
+        assert dated["none.html"] is None and dated["garbage.html"] is None and dated["good.html"] is not None
+        [ingest] = [s for s in wh.stage_runs(run_id) if s["stage"] == "ingest"]
+        assert ingest["docs_out"] == 3
+        notes = {f["reason"]: f["docs"] for f in wh.funnel(run_id) if not f["dropped"]}
+        assert notes.get("invalid_date") == 2

@@ -99,8 +99,8 @@ QUIRKS = {  # name -> (gzip member, whether FastWARC takes it)
     "no reason phrase": (response("http://q.example.org/noreason", http(b"HTTP/1.1 200")), True),
     "HTTP/2": (response("http://q.example.org/h2", http(b"HTTP/2 200")), True),
     "404": (response("http://q.example.org/404", http(b"HTTP/1.1 404 Not Found")), True),
-    "folded header": (response("http://q.example.org/fold", http(headers=b"Content-Type: text/html;\r\n charset=latin1\r\n",
-                                                                 body="Café".encode("latin-1") * 50)), True),
+    "folded header": (response("http://q.example.org/fold", http(
+        headers=b"Content-Type: text/html;\r\n charset=latin1\r\n", body="Café".encode("latin-1") * 50)), True),
     "duplicate content-type": (response("http://q.example.org/dup", http(
         headers=b"Content-Type: image/png\r\nContent-Type: text/html\r\n")), True),
     "latin-1 header bytes": (response("http://q.example.org/latin", http(
