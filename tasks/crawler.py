@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import re
 import socket
@@ -242,13 +243,21 @@ class Crawler:
             self.hosts[netloc] = _Host(asyncio.Semaphore(self.cfg.per_host_concurrency), delay=self.cfg.delay_s)
         return self.hosts[netloc]
 
-    async def wait_turn(self, host: _Host) -> None:
+    @contextlib.asynccontextmanager
+    async def turn(self, host: _Host):
+        """One request to ``host``: it starts ``delay`` seconds after the last one to it started and after the last
+        one finished, so the server sees requests at least ``delay`` apart however long a connection took to open."""
         async with host.lock:
             now = time.monotonic()
             start = max(now, host.next_time)
             host.next_time = start + host.delay
         if start > now:
             await asyncio.sleep(start - now)
+        try:
+            yield
+        finally:
+            if host.delay:
+                host.next_time = max(host.next_time, time.monotonic() + host.delay)
 
     async def robots(self, url: str) -> Robots:
         """robots.txt of the URL's host, fetched once (RFC 9309): up to 5 redirects followed, at most 500 KiB read;
@@ -263,8 +272,7 @@ class Crawler:
         parser = Robots(disallow_all=True, why=f"robots.txt: more than {ROBOTS_MAX_REDIRECTS} redirects")
         target = f"{parts.scheme}://{parts.netloc}/robots.txt"
         try:
-            async with host.sem:
-                await self.wait_turn(host)
+            async with host.sem, self.turn(host):
                 async with asyncio.timeout(self.cfg.fetch_deadline_s):
                     for _ in range(ROBOTS_MAX_REDIRECTS + 1):
                         status, location, body = await self._robots_get(target)
@@ -282,9 +290,7 @@ class Crawler:
                             parser.rules = Protego.parse(body.decode("utf-8", "replace"))
                             delay = parser.rules.crawl_delay(self.cfg.user_agent)
                             if delay:
-                                host.delay = max(host.delay, float(delay))
-                                # robots.txt was a request too
-                                host.next_time = max(host.next_time, time.monotonic() + host.delay)
+                                host.delay = max(host.delay, float(delay))  # robots.txt's own turn ends with it
                         break
         except Exception as err:  # RFC 9309: an unreachable robots.txt means everything is disallowed
             parser = Robots(disallow_all=True, why=f"robots.txt: {type(err).__name__}: {err}"[:300])
@@ -355,8 +361,7 @@ class Crawler:
             if attempt:
                 await asyncio.sleep(cfg.backoff_s * 2 ** (attempt - 1))
             try:
-                async with host.sem:
-                    await self.wait_turn(host)
+                async with host.sem, self.turn(host):
                     async with asyncio.timeout(cfg.fetch_deadline_s):  # a trickling server cannot hold us longer
                         outcome = await self._one_request(item, headers, previous, queue, t0)
             except TimeoutError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import uuid
 from pathlib import Path
 
 from warcio.statusandheaders import StatusAndHeaders
@@ -23,10 +24,12 @@ def page(title: str, n_paras: int = 4) -> str:
 
 def response(writer: WARCWriter, url: str, body: bytes, *, content_type: str = "text/html; charset=utf-8",
              status: str = "200 OK", extra_headers: list[tuple[str, str]] | None = None,
-             warc_date: str | None = "2024-05-01T12:00:00Z") -> None:
+             warc_date: str | None = "2024-05-01T12:00:00Z", record_id: str | None = None) -> None:
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))] + (extra_headers or [])
     http = StatusAndHeaders(status, headers, protocol="HTTP/1.1")
     warc_headers = {"WARC-Date": warc_date} if warc_date else {}
+    if record_id:  # else warcio draws a random one (and the doc_id, so the validation split, with it)
+        warc_headers["WARC-Record-ID"] = record_id
     rec = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http,
                                     warc_headers_dict=warc_headers)
     writer.write_record(rec)
@@ -151,9 +154,11 @@ def prose_html(text: str) -> bytes:
 
 
 def write_prose_warc(path: Path, n: int) -> Path:
-    """n pages of distinct prose that pass the quality rules and dedup, so a pipeline has documents to train on."""
+    """n pages of distinct prose that pass the quality rules and dedup, so a pipeline has documents to train on. Their
+    record IDs (so doc_ids, so the validation split) are the same every time."""
     with open(path, "wb") as fh:
         w = WARCWriter(fh, gzip=True)
         for i in range(n):
-            response(w, f"http://site{i % 3}.example.org/prose/{i}", prose_html(prose(i, 30)))
+            url = f"http://site{i % 3}.example.org/prose/{i}"
+            response(w, url, prose_html(prose(i, 30)), record_id=f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, url)}>")
     return path
