@@ -12,6 +12,9 @@ from flows import configure_prefect
 _HOME = Path(tempfile.mkdtemp(prefix="crucible-tests-"))
 configure_prefect(_HOME)  # before anything imports prefect
 os.environ["CRUCIBLE_CACHE_DIR"] = str(_HOME / "cache")  # remembered file hashes stay out of the user's ~/.cache
+# The CLI's tables are read at the width a pipe gets (flows/cli_base.py), whatever COLUMNS the shell or an xdist
+# worker (80) hands down: at 80 a rich table cuts "completed" in two.
+os.environ["COLUMNS"] = "160"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CRUCIBLE_SHARED", REPO.parent / "shared"))
