@@ -31,7 +31,7 @@ from tasks.atomic import atomic_file
 from tasks.evalsets import TASKS, benchmark_files, item_kind, read_items
 from tasks.codeversion import code_version
 from tasks.config import EvaluateConfig
-from tasks.procs import die_with_parent
+from tasks.procs import die_with_parent, exit_now
 from tasks.token_shards import read_token_manifest
 
 _EVAL = EvaluateConfig()
@@ -220,3 +220,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     die_with_parent()  # never outlive the launcher (see model/train.py)
     main()
+    exit_now()  # written and closed: skip a teardown that can abort (tasks/procs.py)

@@ -53,7 +53,7 @@ from model.data import IGNORE, TrainLoader, ValLoader
 from model.gpt import GPT, GPTConfig
 from tasks.atomic import atomic_write_text
 from tasks.config import TrainConfig
-from tasks.procs import die_with_parent
+from tasks.procs import die_with_parent, exit_now
 from tasks.token_shards import read_token_manifest
 
 # bf16 dense peak FLOP/s per GPU, by a substring of torch.cuda.get_device_name()
@@ -555,3 +555,4 @@ if __name__ == "__main__":
     # cannot stop it, and it would go on appending steps to metrics.jsonl.
     die_with_parent()
     main()
+    exit_now()  # written and closed: skip a teardown that can abort (tasks/procs.py)
