@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.stages import StageFailed, configured, describe_ending, ending_status, say, stage_flow
+from tasks import docpool
 from tasks.config import Config
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
@@ -98,6 +99,9 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                               trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
         claim(run_id)
         say(f"pipeline run {run_id}: {' -> '.join(stages)}")
+        if cfg.runner.kind == "threads" and {"language", "quality"} & set(stages):
+            docpool.configure(cfg.runner.workers)
+            docpool.warm()  # its workers load langid while the stages before them run
         try:
             for name in stages:
                 stage = configured(cfg, name)

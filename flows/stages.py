@@ -28,6 +28,7 @@ from prefect.futures import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flows.runners import check_workers_see, task_runner
+from tasks import docpool
 from tasks.config import Config, stable_hash
 from tasks.procs import STOP, Interrupted
 from tasks.registry import stage_class
@@ -98,6 +99,9 @@ class FlowContext(StageContext):
         super().__init__(cfg.work_dir, warehouse=wh, run_id=run_id, recrawl=recrawl, log=say)
         self.runner = cfg.runner
         self._workers_checked = False
+        # Per-document Python work on processes of its own: on the thread runner it would hold one interpreter
+        # lock (tasks/docpool.py); the other runners' units already run in processes.
+        docpool.configure(cfg.runner.workers if cfg.runner.kind == "threads" else 1)
 
     def _check_workers(self) -> None:
         """A cluster of its own (runner.address): every worker must see the work directory, asked once a stage."""

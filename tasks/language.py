@@ -11,6 +11,7 @@ import threading
 
 import pyarrow as pa
 
+from tasks import docpool
 from tasks.config import LanguageConfig
 from tasks.extract import SCHEMA as EXTRACT_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
@@ -46,6 +47,11 @@ def classify(text: str, max_chars: int = 20_000) -> tuple[str, float]:
     return lang, float(score)
 
 
+def classify_texts(texts: list[str], max_chars: int) -> list[tuple[str, float]]:
+    """``classify`` over texts (one chunk of a batch, in a docpool worker or here)."""
+    return [classify(t, max_chars) for t in texts]
+
+
 class LanguageStage(ShardedStage):
     name = "language"
     role = "languages"
@@ -64,7 +70,8 @@ class LanguageStage(ShardedStage):
         for batch in self.input_batches(unit):
             texts = batch.column("text").to_pylist()
             passed = [s in skipping for s in batch.column("source").to_pylist()] if skipping else [False] * len(texts)
-            guesses = [(None, None) if p else classify(t or "", max_chars) for t, p in zip(texts, passed)]
+            found = iter(docpool.map(classify_texts, [t or "" for t, p in zip(texts, passed) if not p], max_chars))
+            guesses = [(None, None) if p else next(found) for p in passed]
             result.docs_in += len(texts)
             result.bytes_in += sum(len(t or "") for t in texts)
             langs = pa.array([g[0] for g in guesses], pa.string())

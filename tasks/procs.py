@@ -41,10 +41,14 @@ def died_of_stop_signal(returncode: int | None) -> bool:
     return returncode is not None and returncode < 0 and -returncode in STOP_SIGNALS
 
 
-def die_with_parent(sig: int = signal.SIGTERM, expected_parent: int | None = None) -> None:
-    """Have this process receive ``sig`` when its parent exits (and at once if it has already)."""
+def die_with_parent(sig: int = signal.SIGTERM, expected_parent: int | None = None, poll: bool = False) -> None:
+    """Have this process receive ``sig`` when its parent exits (and at once if it has already).
+
+    Linux sends the signal when the parent *thread* that started this process ends; ``poll`` watches the parent
+    process instead (a thread checks once a second), for a child started by a short-lived thread of a long-lived
+    parent (a process pool a task runner's thread may start)."""
     parent = expected_parent or os.getppid()
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and not poll:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
             _watchdog(parent, sig)

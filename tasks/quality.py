@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from tasks import docpool
 from tasks.config import QualityConfig
 from tasks.language import SCHEMA as LANGUAGE_SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
@@ -323,6 +324,25 @@ class QualityFilter:
         return True, text, None, redactions
 
 
+_filters: dict[str, QualityFilter] = {}
+
+
+def apply_rules(docs: list[tuple[str, str | None]], cfg: QualityConfig) -> list[tuple[bool, str, str | None, int]]:
+    """``QualityFilter.apply`` over (text, url) pairs (one chunk of a batch, in a docpool worker or here); the
+    filter, with its word lists read, is made once per process, settings and version of those list files."""
+    stamps = []
+    for path in (cfg.host_blocklist_file, cfg.offensive_words_file):
+        try:
+            stamps.append(Path(path).stat().st_mtime_ns if path else None)
+        except OSError:
+            stamps.append(None)  # QualityFilter says what is wrong with it
+    key = f"{cfg.model_dump_json()}{stamps}"
+    rules = _filters.get(key)
+    if rules is None:
+        rules = _filters[key] = QualityFilter(cfg)
+    return [rules.apply(text, url) for text, url in docs]
+
+
 class QualityStage(ShardedStage):
     name = "quality"
     schema = SCHEMA
@@ -334,19 +354,22 @@ class QualityStage(ShardedStage):
         return self.skip_params()
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
-        rules = QualityFilter(self.config)
         skipping = self.skipping()
-        for row in self.input_rows(unit):
-            result.docs_in += 1
-            result.bytes_in += len(row["text"])
-            if row.get("source") in skipping:  # a source that skips quality filters and PII redaction
-                writer.add({**row, "pii_redactions": 0})
-                continue
-            kept, text, reason, redactions = rules.apply(row["text"], row["url"])
-            if not kept:
-                drops.add_record(reason, row, nbytes=len(row["text"]),
-                                 text=row["text"] if self.config.keep_dropped_text else None)
-                continue
-            if redactions:
-                result.notes["pii_redacted_docs"] = result.notes.get("pii_redacted_docs", 0) + 1
-            writer.add({**row, "text": text, "pii_redactions": redactions})
+        for batch in self.input_batches(unit):
+            rows = batch.to_pylist()
+            checked = iter(docpool.map(apply_rules, [(r["text"], r["url"]) for r in rows
+                                                     if r.get("source") not in skipping], self.config))
+            for row in rows:
+                result.docs_in += 1
+                result.bytes_in += len(row["text"])
+                if row.get("source") in skipping:  # a source that skips quality filters and PII redaction
+                    writer.add({**row, "pii_redactions": 0})
+                    continue
+                kept, text, reason, redactions = next(checked)
+                if not kept:
+                    drops.add_record(reason, row, nbytes=len(row["text"]),
+                                     text=row["text"] if self.config.keep_dropped_text else None)
+                    continue
+                if redactions:
+                    result.notes["pii_redacted_docs"] = result.notes.get("pii_redacted_docs", 0) + 1
+                writer.add({**row, "text": text, "pii_redactions": redactions})

@@ -1,0 +1,104 @@
+"""tasks/docpool.py: language ID and the quality rules on worker processes write exactly what they write inline."""
+import os
+import signal
+import zipfile
+
+import pytest
+
+from tasks import docpool
+from tasks.config import LanguageConfig, QualityConfig
+from tasks.language import LanguageStage, identifier
+from tasks.quality import QualityStage
+from tasks.shards import DropLog, ShardResult, ShardWriter, finish_unit, read_dataset_manifest, write_dataset_manifest
+from tasks.sharded import ShardedStage, run_unit
+from tests.conftest import shared_path
+from tests.tasks.test_language import chunks
+
+
+@pytest.fixture(scope="module")
+def udhr(tmp_path_factory):
+    """An extract-shaped dataset of real text in many languages and scripts: pieces of the Universal Declaration
+    of Human Rights in the first 60 of NLTK's ~380 translations, a few pieces each (the kept and the dropped)."""
+    from tasks.extract import SCHEMA
+
+    archive = shared_path("corpora", "langid", "nltk_udhr", "udhr2.zip")
+    up = tmp_path_factory.mktemp("udhr") / "extract"
+    writer = ShardWriter(up, "part-00000", SCHEMA, max_docs=10_000, max_bytes=10**9)
+    with zipfile.ZipFile(archive) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".txt"))[:60]
+        for name in names:
+            text = z.read(name).decode("utf-8", errors="replace")
+            for i, piece in enumerate(chunks(text, 1200)[:6]):
+                writer.add({"doc_id": f"{name}:{i}", "url": f"http://udhr.example/{name}/{i}", "text": piece,
+                            "source": "udhr"})
+    write_dataset_manifest(up, "extract", "k", [finish_unit(up, ShardResult("part-00000"), writer, DropLog())])
+    return up
+
+
+def run_whole(stage: ShardedStage, up, out) -> list[tuple[str, bytes]]:
+    """Every unit of the stage over ``up``; the bytes of every shard and drop log it wrote, by name."""
+    results = [run_unit(stage, unit, out) for unit in stage.plan(up)]
+    write_dataset_manifest(out, stage.name, "k", results)
+    manifest = read_dataset_manifest(out)
+    names = [f.name for f in manifest.files] + list(manifest.drops_files)
+    return [(name, (out / name).read_bytes()) for name in sorted(names)]
+
+
+@pytest.fixture
+def pool():
+    docpool.configure(2)
+    yield
+    docpool.shutdown()
+
+
+def test_language_then_quality_on_two_workers_write_the_same_bytes_as_inline(udhr, tmp_path, pool):
+    keep_all = {code: 0.0 for code in identifier().nb_classes}
+    runs = {}
+    sent = docpool.batches_sent
+    for mode in ("inline", "pool"):
+        docpool.configure(1 if mode == "inline" else 2)
+        language = LanguageStage(LanguageConfig(keep={"en": 0.5, "fr": 0.5, "de": 0.5, "es": 0.5, "pt": 0.5}))
+        everything = LanguageStage(LanguageConfig(keep=keep_all))
+        quality = QualityStage(QualityConfig())
+        runs[mode] = (run_whole(language, udhr, tmp_path / mode / "language"),
+                      run_whole(everything, udhr, tmp_path / mode / "all"),
+                      run_whole(quality, tmp_path / mode / "all", tmp_path / mode / "quality"))
+    assert runs["pool"] == runs["inline"]
+    assert docpool.batches_sent - sent >= 4  # two batches each for language, everything and quality
+    language, _, quality = runs["pool"]
+    assert any("drops" in name for name, _ in language) and any("drops" in name for name, _ in quality)
+    assert len(read_dataset_manifest(tmp_path / "pool" / "all").files) >= 1
+    assert read_dataset_manifest(tmp_path / "pool" / "quality").records > 0
+
+
+def test_a_killed_worker_costs_its_batch_a_pass_inline_not_the_unit(pool):
+    from tasks.language import classify, classify_texts
+
+    texts = [f"Numéro {i}: le comité a examiné la proposition et a convenu que les salles resteraient ouvertes."
+             for i in range(200)]
+    expected = [classify(t) for t in texts]
+    assert docpool.map(classify_texts, texts, 20_000) == expected
+    workers = list(docpool._pool._processes.values())
+    assert len(workers) == 2
+    os.kill(workers[0].pid, signal.SIGKILL)
+    workers[0].join(10)
+    assert docpool.map(classify_texts, texts, 20_000) == expected  # the broken pool's batch, inline
+    assert docpool.map(classify_texts, texts, 20_000) == expected  # and a new pool after it
+    assert docpool._pool is not None and all(p.is_alive() for p in docpool._pool._processes.values())
+
+
+def test_the_pool_outlives_the_task_runner_thread_that_started_it(pool):
+    """A unit on a task runner's thread may start the pool; that thread ends with its stage, the pool must not."""
+    import threading
+    import time
+
+    from tasks.language import classify_texts
+
+    texts = [f"Item {i}: the committee agreed that the reading rooms stay open late." for i in range(100)]
+    starter = threading.Thread(target=docpool.map, args=(classify_texts, texts, 20_000))
+    starter.start()
+    starter.join()
+    time.sleep(2.5)  # Linux's parent-death signal would have come by now; the watchdog polls once a second
+    sent = docpool.batches_sent
+    docpool.map(classify_texts, texts, 20_000)
+    assert docpool.batches_sent == sent + 1
