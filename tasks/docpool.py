@@ -5,115 +5,191 @@ child processes (tasks/extract.py), but language ID and the quality rules are Py
 lock: on threads, two workers ran them no faster than one, and a stage whose input is one unit (up to
 ``shard_max_docs`` documents) had a single worker anyway. So those stages send each batch's documents here:
 
-    docpool.configure(workers)                         # the flow's context, for the thread runner only
+    docpool.configure(workers)                            # the flow's context, for the thread runner only
     labels = docpool.map(classify_texts, texts, 20_000)   # fn(chunk, *args) -> one result per item, in order
 
-``map`` cuts the items into chunks, runs ``fn`` on them in a pool of ``workers`` processes shared by every stage and
-unit of this process, and returns the results in the items' order, so a stage writes exactly what it writes when
-it computes inline. It computes inline (same function, same results) where no pool is configured (tests, a stage run
-without Prefect, the process and Dask runners, whose units already run in processes of their own), for small
-batches, and when the pool breaks (a worker killed): the batch is done here and the next gets a fresh pool.
+``map`` cuts the items into chunks, runs ``fn`` (a module-level function, sent by name) on them in up to ``workers``
+child processes shared by every stage and unit of this process, and returns the results in the items' order, so a
+stage writes exactly what it writes when it computes inline. It computes inline (same function, same results) where
+no pool is configured (tests, a stage run without Prefect, the process and Dask runners, whose units already run in
+processes of their own), for small batches, and for a batch whose worker died (killed, out of memory): that worker is
+replaced on a later batch.
 
-Workers are spawned (the orchestrating process has threads, so it must not fork), ignore the terminal's Ctrl-C (the
-parent stops between batches; tasks/procs.py), die with their parent, and load what the stages need as they
-start. ``warm`` starts them ahead of the first batch, while extraction runs.
+A worker is a plain ``python -m tasks.docpool`` child talking over its stdin and stdout, like the extraction child:
+it never imports the caller's ``__main__`` (multiprocessing's spawn would, and an unguarded script would then run
+itself again in every worker), it sits in a session of its own so the terminal's Ctrl-C reaches only the parent
+(which stops between batches; tasks/procs.py), and it dies with the parent process. ``warm`` starts the workers
+ahead of the first batch (each loads langid's model, about a second), while ingest and extraction run.
 """
 from __future__ import annotations
 
-import multiprocessing
+import os
+import queue
 import signal
+import subprocess
+import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
+from tasks.procs import die_with_parent, drained
+
 MIN_ITEMS = 64  # fewer documents than this in a batch: the round trip costs more than it saves
+BATCH_ROWS = 256  # what a stage reads at a time to send here (small input shards' rows joined up to it)
+
+batches_sent = 0  # batches the workers computed, since this process started (what tests check)
+
+
+class _Worker:
+    """One child process and its two pipe ends."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.docpool", str(os.getpid())],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.send = Connection(os.dup(self.proc.stdin.fileno()), readable=False).send
+        self._recv_conn = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        self.recv = self._recv_conn.recv
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._recv_conn.close()
+
+
+class _Pool:
+    """``size`` workers, each lent to one caller at a time; a dead one is replaced when next lent."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
+        for _ in range(size):
+            self.free.put(None)  # a slot whose worker starts when first lent
+
+    def borrow(self, most: int) -> list[_Worker]:
+        """At least one worker (waiting for it), and up to ``most`` of those free now."""
+        slots = [self.free.get()]
+        while len(slots) < most:
+            try:
+                slots.append(self.free.get_nowait())
+            except queue.Empty:
+                break
+        return [w if w is not None and w.proc.poll() is None else self._fresh(w) for w in slots]
+
+    @staticmethod
+    def _fresh(dead: _Worker | None) -> _Worker:
+        if dead is not None:
+            dead.close()
+        return _Worker()
+
+    def give_back(self, workers: list[_Worker | None]) -> None:
+        for w in workers:
+            self.free.put(w)
+
+    def close(self) -> None:
+        for _ in range(self.size):
+            try:
+                w = self.free.get_nowait()
+            except queue.Empty:  # lent out: its caller finds it closed and computes inline
+                continue
+            if w is not None:
+                w.close()
+
 
 _lock = threading.Lock()
 _workers = 1
-_pool: ProcessPoolExecutor | None = None
-batches_sent = 0  # batches the workers computed, since this process started (what tests check)
+_pool: _Pool | None = None
 
 
 def configure(workers: int) -> None:
     """Use up to ``workers`` processes from now on (1: compute inline). A pool of another size is replaced."""
     global _workers, _pool
     with _lock:
+        workers = max(1, int(workers))
         if workers != _workers and _pool is not None:
-            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool.close()
             _pool = None
-        _workers = max(1, int(workers))
+        _workers = workers
 
 
-def workers() -> int:
-    return _workers
-
-
-def _start_worker() -> None:
-    """In each worker: Ctrl-C is the parent's to handle; die with it; load langid's model once, up front."""
-    from tasks.procs import die_with_parent
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent(poll=True)  # the thread that started the pool may be a task runner's, gone before the pool
-    from tasks.language import identifier
-
-    identifier()
-    import tasks.quality  # noqa: F401  (its word lists and regexes, compiled at import)
-
-
-def _ready() -> int:
-    return 0
-
-
-def _get_pool() -> ProcessPoolExecutor | None:
+def _get_pool() -> _Pool | None:
     global _pool
     with _lock:
         if _workers <= 1:
             return None
         if _pool is None:
-            _pool = ProcessPoolExecutor(_workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_start_worker)
+            _pool = _Pool(_workers)
         return _pool
 
 
 def warm() -> None:
-    """Start the workers now (they take about a second to load), without waiting for them."""
+    """Start the workers now, without waiting for them to load."""
     pool = _get_pool()
     if pool is not None:
-        for _ in range(_workers):
-            pool.submit(_ready)
-
-
-def _discard(pool: ProcessPoolExecutor) -> None:
-    global _pool
-    with _lock:
-        if _pool is pool:
-            _pool = None
-    pool.shutdown(wait=False, cancel_futures=True)
+        pool.give_back(pool.borrow(pool.size))
 
 
 def map(fn: Callable[..., list[Any]], items: Sequence[Any], *args: Any) -> list[Any]:  # noqa: A001
     """``fn(chunk, *args)`` over chunks of ``items``, concatenated in order: one result per item."""
+    global batches_sent
     pool = _get_pool() if len(items) >= MIN_ITEMS else None
     if pool is None:
         return list(fn(list(items), *args))
-    pieces = 2 * _workers  # two chunks a worker: one slow chunk does not leave the others idle for long
-    size = -(-len(items) // pieces)
+    workers = pool.borrow(pool.size)
+    size = -(-len(items) // len(workers))
     chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    lent: list[_Worker | None] = list(workers)
+    answers: list[tuple[str, Any]] = []
     try:
-        futures = [pool.submit(fn, chunk, *args) for chunk in chunks]
-        out: list[Any] = []
-        for future in futures:
-            out.extend(future.result())
-    except BrokenProcessPool:  # a worker was killed (the OOM killer, a signal): this batch here, a new pool next
-        _discard(pool)
+        for worker, chunk in zip(workers, chunks):
+            worker.send((fn, chunk, args))
+        for worker, _ in zip(workers, chunks):
+            answers.append(worker.recv())
+    except (EOFError, OSError):  # a worker died (killed, out of memory): this batch here, a new worker later
         return list(fn(list(items), *args))
-    except RuntimeError:  # the pool was replaced (configure) while this batch was being submitted
-        return list(fn(list(items), *args))
-    global batches_sent
+    finally:
+        if len(answers) < len(chunks):  # a death, or an interrupt: their answers are out of step now
+            for i, w in enumerate(workers):
+                w.close()
+                lent[i] = None
+        pool.give_back(lent)
+    for status, value in answers:
+        if status == "error":
+            raise value
     batches_sent += 1
-    return out
+    return [result for _, value in answers for result in value]
 
 
 def shutdown() -> None:
     configure(1)
+
+
+def _serve() -> None:
+    """The child: (fn, chunk, args) in on fd 0, ('ok', results) or ('error', exception) out on fd 1, until EOF."""
+    die_with_parent(expected_parent=int(sys.argv[1]), poll=True)  # started by any thread: watch the process
+    answers = os.dup(1)
+    os.dup2(2, 1)  # stray prints go to stderr, not into the answers
+    conn_in, conn_out = Connection(0, writable=False), Connection(answers, readable=False)
+    from tasks.language import identifier
+
+    identifier()  # langid's model, before the first batch waits for it
+    import tasks.quality  # noqa: F401
+
+    requests = drained(conn_in.recv)
+    while (request := requests.get()) is not None:
+        fn, chunk, args = request
+        try:
+            answer = ("ok", fn(chunk, *args))
+        except Exception as err:  # the parent raises it, as if the chunk had run there
+            answer = ("error", err)
+        try:
+            conn_out.send(answer)
+        except Exception as err:  # an exception that does not pickle: its type and message do
+            conn_out.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]} ({err})")))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _serve()

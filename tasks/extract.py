@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import queue
 import re
 import resource
 import signal
@@ -28,7 +27,7 @@ import pyarrow as pa
 
 from tasks.config import ExtractConfig
 from tasks.ingest import SOURCE_FIELDS
-from tasks.procs import STOP, Interrupted, die_with_parent, died_of_stop_signal
+from tasks.procs import STOP, Interrupted, die_with_parent, died_of_stop_signal, drained
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Unit
 
@@ -94,16 +93,7 @@ def _serve(conn: Connection, cfg: ExtractConfig) -> None:
     A thread takes pages off the pipe as they come, so the parent's next page never waits for this one's answer
     to be read (and the two never block each other on full pipes)."""
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    pages: queue.SimpleQueue = queue.SimpleQueue()
-
-    def take() -> None:
-        try:
-            while True:
-                pages.put(conn.recv())
-        except (EOFError, OSError):
-            pages.put(None)
-
-    threading.Thread(target=take, daemon=True).start()
+    pages = drained(conn.recv)
     while True:
         page = pages.get()
         if page is None:

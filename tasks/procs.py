@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 STOP = threading.Event()
 PR_SET_PDEATHSIG = 1
@@ -56,6 +58,22 @@ def die_with_parent(sig: int = signal.SIGTERM, expected_parent: int | None = Non
         _watchdog(parent, sig)
     if os.getppid() != parent:  # the parent was gone before the request was made
         os.kill(os.getpid(), sig)
+
+
+def drained(recv: Callable[[], Any]) -> queue.SimpleQueue:
+    """A queue that a daemon thread fills with ``recv()``'s messages as they come, then None at end of input: a
+    child that reads its pipe this way never leaves its parent blocked on a full pipe while it works."""
+    messages: queue.SimpleQueue = queue.SimpleQueue()
+
+    def take() -> None:
+        try:
+            while True:
+                messages.put(recv())
+        except (EOFError, OSError):
+            messages.put(None)
+
+    threading.Thread(target=take, daemon=True).start()
+    return messages
 
 
 def exit_now(code: int = 0) -> None:

@@ -355,8 +355,8 @@ class QualityStage(ShardedStage):
 
     def process(self, unit: Unit, writer: ShardWriter, drops: DropLog, result: ShardResult) -> None:
         skipping = self.skipping()
-        for batch in self.input_batches(unit):
-            rows = batch.to_pylist()
+        for group in self.input_batch_groups(unit, docpool.BATCH_ROWS):  # small shards' batches sent together
+            rows = [row for batch in group for row in batch.to_pylist()]
             checked = iter(docpool.map(apply_rules, [(r["text"], r["url"]) for r in rows
                                                      if r.get("source") not in skipping], self.config))
             for row in rows:

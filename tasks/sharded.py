@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.procs import check_stop
-from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit,
+from tasks.shards import (DropLog, ShardResult, ShardWriter, atomic_write_json, finish_unit, group_batches,
                           iter_batches, iter_rows, read_dataset_manifest, read_unit_manifest, remove_temp_files,
                           unit_manifest_path, write_dataset_manifest)
 from tasks.stage import (FULL_DISK, Dataset, Input, Records, Stage, StageContext, StageResult, UnitFailed,  # noqa: F401
@@ -195,6 +195,10 @@ class ShardedStage(Stage):
     def input_batches(self, unit: Unit, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         for src in unit.sources:
             yield from iter_batches(Path(src.uri), columns, src.start, src.stop)
+
+    def input_batch_groups(self, unit: Unit, min_rows: int) -> Iterator[list[pa.RecordBatch]]:
+        """The unit's record batches in groups of at least ``min_rows`` rows (``group_batches``)."""
+        return group_batches(self.input_batches(unit), min_rows)
 
     # -- work ----------------------------------------------------------------------------------------------------
 

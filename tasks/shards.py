@@ -349,6 +349,22 @@ def iter_batches(path: Path, columns: list[str] | None = None, start: int = 0, s
         row += n
 
 
+def group_batches(batches: Iterator[pa.RecordBatch], min_rows: int) -> Iterator[list[pa.RecordBatch]]:
+    """Consecutive batches in groups of at least ``min_rows`` rows (the last may have fewer): a unit that reads
+    many small shards hands its per-document work out in chunks worth sending (tasks/docpool.py), and still writes
+    batch by batch as it read them (the Parquet bytes follow the batches)."""
+    group: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        group.append(batch)
+        rows += batch.num_rows
+        if rows >= min_rows:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
+
+
 def iter_rows(path: Path, columns: list[str] | None = None, start: int = 0, stop: int | None = None,
               batch_rows: int = 256) -> Iterator[dict[str, Any]]:
     """Rows start..stop of one shard as dicts, read a batch at a time."""

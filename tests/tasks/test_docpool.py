@@ -23,7 +23,7 @@ def udhr(tmp_path_factory):
 
     archive = shared_path("corpora", "langid", "nltk_udhr", "udhr2.zip")
     up = tmp_path_factory.mktemp("udhr") / "extract"
-    writer = ShardWriter(up, "part-00000", SCHEMA, max_docs=10_000, max_bytes=10**9)
+    writer = ShardWriter(up, "part-00000", SCHEMA, max_docs=37, max_bytes=10**9)  # small shards, as extract writes
     with zipfile.ZipFile(archive) as z:
         names = sorted(n for n in z.namelist() if n.endswith(".txt"))[:60]
         for name in names:
@@ -78,13 +78,32 @@ def test_a_killed_worker_costs_its_batch_a_pass_inline_not_the_unit(pool):
              for i in range(200)]
     expected = [classify(t) for t in texts]
     assert docpool.map(classify_texts, texts, 20_000) == expected
-    workers = list(docpool._pool._processes.values())
+    workers = worker_pids()
     assert len(workers) == 2
-    os.kill(workers[0].pid, signal.SIGKILL)
-    workers[0].join(10)
-    assert docpool.map(classify_texts, texts, 20_000) == expected  # the broken pool's batch, inline
-    assert docpool.map(classify_texts, texts, 20_000) == expected  # and a new pool after it
-    assert docpool._pool is not None and all(p.is_alive() for p in docpool._pool._processes.values())
+    os.kill(workers[0], signal.SIGKILL)  # between batches: found dead when next lent, and replaced
+    assert docpool.map(classify_texts, texts, 20_000) == expected
+    assert workers[0] not in worker_pids()
+    items = [f"item {i}" for i in range(100)] + ["die"] + [f"item {i}" for i in range(100, 199)]
+    sent = docpool.batches_sent
+    assert docpool.map(lengths_or_die, items, os.getpid()) == [len(x) for x in items]  # died mid-batch: inline
+    assert docpool.batches_sent == sent
+    assert docpool.map(classify_texts, texts, 20_000) == expected  # and new workers after it
+    assert docpool.batches_sent == sent + 1 and len(worker_pids()) == 2
+
+
+def lengths_or_die(chunk: list[str], parent: int) -> list[int]:
+    """In a worker, a chunk holding "die" ends the worker before it answers (here, it is just counted)."""
+    if "die" in chunk and os.getpid() != parent:
+        os._exit(1)
+    return [len(x) for x in chunk]
+
+
+def worker_pids() -> list[int]:
+    """The pids of the pool's worker processes (children of this one running tasks.docpool)."""
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(os.getpid())], capture_output=True, text=True)
+    return [int(line.split()[0]) for line in out.stdout.splitlines() if "tasks.docpool" in line]
 
 
 def test_the_pool_outlives_the_task_runner_thread_that_started_it(pool):
@@ -102,3 +121,12 @@ def test_the_pool_outlives_the_task_runner_thread_that_started_it(pool):
     sent = docpool.batches_sent
     docpool.map(classify_texts, texts, 20_000)
     assert docpool.batches_sent == sent + 1
+
+
+def test_an_error_in_a_worker_is_raised_here_and_the_next_batch_is_answered_in_step(pool):
+    from tasks.language import classify, classify_texts
+
+    texts = [f"Article {i}. Everyone has the right to education, and education shall be free." for i in range(120)]
+    with pytest.raises(TypeError):
+        docpool.map(classify_texts, [*texts[:100], None, *texts[100:]], 20_000)
+    assert docpool.map(classify_texts, texts, 20_000) == [classify(t) for t in texts]

@@ -66,3 +66,27 @@ def test_udhr_accuracy_for_kept_languages():
             assert len(pieces) >= 20, iso3
             right = sum(classify(p)[0] == iso1 for p in pieces)
             assert right >= 0.9 * len(pieces), (iso3, right, len(pieces))
+
+
+def test_the_decoded_model_kept_in_the_cache_classifies_exactly_as_langids_own(tmp_path, monkeypatch):
+    import zipfile
+
+    from langid.langid import LanguageIdentifier, model
+
+    from tasks.language import _load_langid, langid_cache_path
+
+    monkeypatch.setenv("CRUCIBLE_CACHE_DIR", str(tmp_path))
+    archive = shared_path("corpora", "langid", "nltk_udhr", "udhr2.zip")
+    reference = LanguageIdentifier.from_modelstring(model, norm_probs=True)
+    _load_langid()  # decodes langid's model and keeps the arrays
+    cached = langid_cache_path()
+    assert cached.is_file() and cached.is_relative_to(tmp_path)
+    from_cache = _load_langid()
+    with zipfile.ZipFile(archive) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".txt"))[::4]
+        pieces = [piece for n in names for piece in chunks(z.read(n).decode("utf-8", errors="replace"), 200)[:3]]
+    assert len(pieces) > 200
+    assert [from_cache.classify(p) for p in pieces] == [reference.classify(p) for p in pieces]
+    cached.write_bytes(cached.read_bytes()[:1000])  # a damaged cache entry: decoded again and rewritten
+    assert _load_langid().classify(pieces[0]) == reference.classify(pieces[0])
+    assert cached.stat().st_size > 1000
