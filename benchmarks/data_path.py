@@ -6,7 +6,9 @@
 
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
-drop logs, the warehouse), in a fresh work directory each time. "bare": the library calls that do the same
+drop logs, the warehouse), in a fresh work directory each time; runs alternate between one and two workers, so
+every two-worker run starts its own pool of language/quality processes (tasks/docpool.py), as a `crucible run`
+does. "bare": the library calls that do the same
 document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
 text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
 encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
