@@ -19,10 +19,12 @@ A worker is a plain ``python -m tasks.docpool`` child talking over its stdin and
 it never imports the caller's ``__main__`` (multiprocessing's spawn would, and an unguarded script would then run
 itself again in every worker), it sits in a session of its own so the terminal's Ctrl-C reaches only the parent
 (which stops between batches; tasks/procs.py), and it dies with the parent process. ``warm`` starts the workers
-ahead of the first batch (each loads langid's model, about a second), while ingest and extraction run.
+ahead of the first batch, importing the modules ``configure`` names (the stages'), while ingest and
+extraction run.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import signal
@@ -43,8 +45,8 @@ batches_sent = 0  # batches the workers computed, since this process started (wh
 class _Worker:
     """One child process and its two pipe ends."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.docpool", str(os.getpid())],
+    def __init__(self, preload: tuple[str, ...]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.docpool", str(os.getpid()), *preload],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         self.send = Connection(os.dup(self.proc.stdin.fileno()), readable=False).send
@@ -62,8 +64,8 @@ class _Worker:
 class _Pool:
     """``size`` workers, each lent to one caller at a time; a dead one is replaced when next lent."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, size: int, preload: tuple[str, ...]) -> None:
+        self.size, self.preload = size, preload
         self.free: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         for _ in range(size):
             self.free.put(None)  # a slot whose worker starts when first lent
@@ -78,11 +80,10 @@ class _Pool:
                 break
         return [w if w is not None and w.proc.poll() is None else self._fresh(w) for w in slots]
 
-    @staticmethod
-    def _fresh(dead: _Worker | None) -> _Worker:
+    def _fresh(self, dead: _Worker | None) -> _Worker:
         if dead is not None:
             dead.close()
-        return _Worker()
+        return _Worker(self.preload)
 
     def give_back(self, workers: list[_Worker | None]) -> None:
         for w in workers:
@@ -100,18 +101,21 @@ class _Pool:
 
 _lock = threading.Lock()
 _workers = 1
+_preload: tuple[str, ...] = ()
 _pool: _Pool | None = None
 
 
-def configure(workers: int) -> None:
-    """Use up to ``workers`` processes from now on (1: compute inline). A pool of another size is replaced."""
-    global _workers, _pool
+def configure(workers: int, preload: tuple[str, ...] = ()) -> None:
+    """Use up to ``workers`` processes from now on (1: compute inline); a new worker imports the modules named in
+    ``preload`` as it starts (the stages' modules, so the first batch does not wait for them). A pool of another
+    size is replaced."""
+    global _workers, _pool, _preload
     with _lock:
         workers = max(1, int(workers))
         if workers != _workers and _pool is not None:
             _pool.close()
             _pool = None
-        _workers = workers
+        _workers, _preload = workers, tuple(preload) or _preload
 
 
 def _get_pool() -> _Pool | None:
@@ -120,7 +124,7 @@ def _get_pool() -> _Pool | None:
         if _workers <= 1:
             return None
         if _pool is None:
-            _pool = _Pool(_workers)
+            _pool = _Pool(_workers, _preload)
         return _pool
 
 
@@ -172,10 +176,8 @@ def _serve() -> None:
     answers = os.dup(1)
     os.dup2(2, 1)  # stray prints go to stderr, not into the answers
     conn_in, conn_out = Connection(0, writable=False), Connection(answers, readable=False)
-    from tasks.language import identifier
-
-    identifier()  # langid's model, before the first batch waits for it
-    import tasks.quality  # noqa: F401
+    for module in sys.argv[2:]:  # named by the caller (configure's preload): imported by name, not by this module
+        importlib.import_module(module)
 
     requests = drained(conn_in.recv)
     while (request := requests.get()) is not None:

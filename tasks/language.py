@@ -100,6 +100,7 @@ def classify_texts(texts: list[str], max_chars: int) -> list[tuple[str, float]]:
 
 class LanguageStage(ShardedStage):
     name = "language"
+    uses_docpool = True
     role = "languages"
     schema = SCHEMA
     size_column = "text"

@@ -345,6 +345,7 @@ def apply_rules(docs: list[tuple[str, str | None]], cfg: QualityConfig) -> list[
 
 class QualityStage(ShardedStage):
     name = "quality"
+    uses_docpool = True
     schema = SCHEMA
     size_column = "text"
 

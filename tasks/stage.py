@@ -216,6 +216,7 @@ class Stage(ABC):
     enabled: ClassVar[bool] = True  # a stage that is switched off by its config is skipped, and says why
     disabled_because: ClassVar[str] = ""
     role: ClassVar[str | None] = None  # what the report and dashboard show it as (warehouse/migrations/0006)
+    uses_docpool: ClassVar[bool] = False  # sends per-document work to tasks/docpool.py's processes
 
     def __init__(self, config: BaseModel | None, sources: Any = ()) -> None:
         self.config = config
