@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 from contextlib import contextmanager
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -100,15 +99,14 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                               trigger=trigger, stages=stages, flow_run_id=flow_run.get_id())
         claim(run_id)
         say(f"pipeline run {run_id}: {' -> '.join(stages)}")
-        pooled = tuple(type(s).__module__ for s in map(partial(configured, cfg), stages)
-                       if s.enabled and s.uses_docpool)
-        if cfg.runner.kind == "threads" and pooled:
-            docpool.configure(cfg.runner.workers, preload=pooled)
-            docpool.warm()  # its workers start, and import those stages' modules, while the stages before them run
         try:
+            made = [configured(cfg, name) for name in stages]
+            pooled = tuple(type(s).__module__ for s in made if s.enabled and s.uses_docpool)
+            if cfg.runner.kind == "threads" and pooled:
+                docpool.configure(cfg.runner.workers, preload=pooled)
+                docpool.warm()  # its workers start, and import those stages' modules, while the stages before run
             with quiet_subflow():  # once for all stages: each settings copy costs ~0.1 s of pydantic validation
-                for name in stages:
-                    stage = configured(cfg, name)
+                for name, stage in zip(stages, made):
                     if not stage.enabled:
                         say(f"{name}: skipped ({stage.disabled_because})")
                         continue

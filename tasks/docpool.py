@@ -66,6 +66,7 @@ class _Pool:
 
     def __init__(self, size: int, preload: tuple[str, ...]) -> None:
         self.size, self.preload = size, preload
+        self.closed = False
         self.free: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         for _ in range(size):
             self.free.put(None)  # a slot whose worker starts when first lent
@@ -87,13 +88,18 @@ class _Pool:
 
     def give_back(self, workers: list[_Worker | None]) -> None:
         for w in workers:
-            self.free.put(w)
+            if self.closed and w is not None:  # a pool replaced while this worker was lent: it ends here
+                w.close()
+            else:
+                self.free.put(w)
 
     def close(self) -> None:
+        """End the idle workers now; those lent out end when their callers give them back."""
+        self.closed = True
         for _ in range(self.size):
             try:
                 w = self.free.get_nowait()
-            except queue.Empty:  # lent out: its caller finds it closed and computes inline
+            except queue.Empty:
                 continue
             if w is not None:
                 w.close()

@@ -116,22 +116,22 @@ class LanguageStage(ShardedStage):
         max_chars, skipping = self.config.max_chars, self.skipping()
         for group in self.input_batch_groups(unit, docpool.BATCH_ROWS):  # small shards' batches sent together
             texts = [t or "" for batch in group for t in batch.column("text").to_pylist()]
-            sources = ([s for batch in group for s in batch.column("source").to_pylist()] if skipping
-                       else [None] * len(texts))
-            found = iter(docpool.map(classify_texts, [t for t, s in zip(texts, sources) if s not in skipping],
-                                     max_chars))
-            guesses = [(None, None) if s in skipping else next(found) for s in sources]
+            passed = ([s in skipping for batch in group for s in batch.column("source").to_pylist()] if skipping
+                      else [False] * len(texts))
+            found = iter(docpool.map(classify_texts, [t for t, p in zip(texts, passed) if not p], max_chars))
+            guesses = [(None, None) if p else next(found) for p in passed]
+            start = 0
             for batch in group:  # written batch by batch as read: the same Parquet bytes however they were sent
-                batch_guesses, guesses = guesses[:batch.num_rows], guesses[batch.num_rows:]
-                self._write(batch, batch_guesses, writer, drops, result)
+                stop = start + batch.num_rows
+                self._write(batch, texts[start:stop], passed[start:stop], guesses[start:stop], writer, drops, result)
+                start = stop
 
-    def _write(self, batch: pa.RecordBatch, guesses: list[tuple[str | None, float | None]], writer: ShardWriter,
-               drops: DropLog, result: ShardResult) -> None:
-        keep, skipping = self.config.keep, self.skipping()
-        texts = batch.column("text").to_pylist()
-        passed = [s in skipping for s in batch.column("source").to_pylist()] if skipping else [False] * len(texts)
+    def _write(self, batch: pa.RecordBatch, texts: list[str], passed: list[bool],
+               guesses: list[tuple[str | None, float | None]], writer: ShardWriter, drops: DropLog,
+               result: ShardResult) -> None:
+        keep = self.config.keep
         result.docs_in += len(texts)
-        result.bytes_in += sum(len(t or "") for t in texts)
+        result.bytes_in += sum(len(t) for t in texts)
         langs = pa.array([g[0] for g in guesses], pa.string())
         scores = pa.array([g[1] for g in guesses], pa.float64())
         kept = [p or (lang in keep and score >= keep[lang]) for p, (lang, score) in zip(passed, guesses)]
@@ -141,5 +141,5 @@ class LanguageStage(ShardedStage):
             for i in (i for i, k in enumerate(kept) if not k):
                 lang, score = guesses[i]
                 reason = "lang_not_kept" if lang not in keep else "lang_low_score"
-                drops.add_record(reason, batch.slice(i, 1).to_pylist()[0], nbytes=len(texts[i] or ""),
+                drops.add_record(reason, batch.slice(i, 1).to_pylist()[0], nbytes=len(texts[i]),
                                  detail=f"{lang}:{score:.4f}")

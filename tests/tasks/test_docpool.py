@@ -2,6 +2,7 @@
 import os
 import signal
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,41 @@ def test_an_error_in_a_worker_is_raised_here_and_the_next_batch_is_answered_in_s
     with pytest.raises(TypeError):
         docpool.map(classify_texts, [*texts[:100], None, *texts[100:]], 20_000)
     assert docpool.map(classify_texts, texts, 20_000) == [classify(t) for t in texts]
+
+
+def test_workers_lent_when_the_pool_is_replaced_end_when_given_back(pool):
+    old = docpool._get_pool()
+    lent = old.borrow(2)
+    assert all(w.proc.poll() is None for w in lent)
+    docpool.configure(3)  # another size: a new pool; the old one's lent workers are not kept
+    old.give_back(lent)
+    assert all(w.proc.poll() is not None for w in lent)
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """SIGKILL to the process that started the pool (a `crucible run` killed with -9) leaves no worker behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time\nfrom tasks import docpool\ndocpool.configure(2)\ndocpool.warm()\n"
+              "print(' '.join(str(w.proc.pid) for w in docpool._pool.borrow(2)), flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=str(Path(docpool.__file__).resolve().parents[1]))
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie that init has not reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
