@@ -13,7 +13,9 @@ child processes shared by every stage and unit of this process, and returns the 
 stage writes exactly what it writes when it computes inline. It computes inline (same function, same results) where
 no pool is configured (tests, a stage run without Prefect, the process and Dask runners, whose units already run in
 processes of their own), for small batches, and for a batch whose worker died (killed, out of memory): that worker is
-replaced on a later batch.
+replaced on a later batch, and the log says why it died (its exit code and the last lines it wrote to stderr). Workers
+that die before their first answer twice in a row (a stage module that no longer imports, a broken interpreter)
+leave the pool off for the rest of the process, said once in the log: the stage is then correct but slower.
 
 A worker is a plain ``python -m tasks.docpool`` child talking over its stdin and stdout, like the extraction child:
 it never imports the caller's ``__main__`` (multiprocessing's spawn would, and an unguarded script would then run
@@ -24,7 +26,9 @@ extraction run.
 """
 from __future__ import annotations
 
+import collections
 import importlib
+import logging
 import os
 import queue
 import signal
@@ -36,29 +40,55 @@ from typing import Any, Callable, Sequence
 
 from tasks.procs import die_with_parent, drained
 
+log = logging.getLogger("crucible.docpool")  # the terminal's logger (flows/stages.py) shows it
+
 MIN_ITEMS = 64  # fewer documents than this in a batch: the round trip costs more than it saves
 BATCH_ROWS = 256  # what a stage reads at a time to send here (small input shards' rows joined up to it)
+GIVE_UP_AFTER = 2  # workers in a row that die before their first answer: the pool is off for this process
 
 batches_sent = 0  # batches the workers computed, since this process started (what tests check)
 
 
 class _Worker:
-    """One child process and its two pipe ends."""
+    """One child process, its two pipe ends, and the last lines it wrote to stderr (read by a thread of its own, so
+    a chatty worker never blocks on a full pipe)."""
 
     def __init__(self, preload: tuple[str, ...]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.docpool", str(os.getpid()), *preload],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      start_new_session=True)
         self.send = Connection(os.dup(self.proc.stdin.fileno()), readable=False).send
         self._recv_conn = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
-        self.recv = self._recv_conn.recv
         self.proc.stdin.close()
         self.proc.stdout.close()
+        self.answered = False
+        self.stderr: collections.deque[bytes] = collections.deque(maxlen=20)
+        self._reader = threading.Thread(target=self.stderr.extend, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+
+    def recv(self) -> Any:
+        answer = self._recv_conn.recv()
+        self.answered = True
+        return answer
+
+    def why(self) -> str:
+        """Its exit status and the last lines it wrote, once it has ended (waiting a moment for that)."""
+        try:
+            code: int | None = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._reader.join(timeout=1)
+        status = ("still running" if code is None else f"killed by signal {-code}" if code < 0
+                  else f"exit code {code}")
+        lines = [b.decode("utf-8", "replace").rstrip() for b in list(self.stderr)[-3:]]
+        return status + "".join(f"; {line}" for line in lines if line)
 
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
         self._recv_conn.close()
+        self._reader.join(timeout=1)
+        self.proc.stderr.close()
 
 
 class _Pool:
@@ -67,24 +97,30 @@ class _Pool:
     def __init__(self, size: int, preload: tuple[str, ...]) -> None:
         self.size, self.preload = size, preload
         self.closed = False
+        self.off: str | None = None  # why workers cannot run here, once they keep dying at start
+        self._failed_starts = 0
+        self._said = threading.Lock()
         self.free: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         for _ in range(size):
             self.free.put(None)  # a slot whose worker starts when first lent
 
-    def borrow(self, most: int) -> list[_Worker]:
-        """At least one worker (waiting for it), and up to ``most`` of those free now."""
+    def borrow(self, most: int) -> list[_Worker | None]:
+        """At least one slot (waiting for it), and up to ``most`` of those free now, each with a live worker (None
+        once the pool is off)."""
         slots = [self.free.get()]
         while len(slots) < most:
             try:
                 slots.append(self.free.get_nowait())
             except queue.Empty:
                 break
-        return [w if w is not None and w.proc.poll() is None else self._fresh(w) for w in slots]
-
-    def _fresh(self, dead: _Worker | None) -> _Worker:
-        if dead is not None:
-            dead.close()
-        return _Worker(self.preload)
+        workers: list[_Worker | None] = []
+        for w in slots:
+            if w is not None and w.proc.poll() is not None:  # died idle (killed, out of memory, at its start)
+                self.died(w)
+                w.close()
+                w = None
+            workers.append(w if w is not None or self.off else _Worker(self.preload))
+        return workers
 
     def give_back(self, workers: list[_Worker | None]) -> None:
         for w in workers:
@@ -92,6 +128,20 @@ class _Pool:
                 w.close()
             else:
                 self.free.put(w)
+
+    def died(self, worker: _Worker) -> None:
+        """Say why ``worker`` died; turn the pool off after GIVE_UP_AFTER in a row that never answered."""
+        why = worker.why()
+        with self._said:
+            self._failed_starts = 0 if worker.answered else self._failed_starts + 1
+            if self.off or self._failed_starts < GIVE_UP_AFTER:
+                if not self.off:
+                    log.warning("docpool: a worker died (%s); its batch runs in this process and a new worker "
+                                "starts for the next", why)
+                return
+            self.off = why
+        log.warning("docpool: %d workers in a row died before their first answer (%s); per-document work runs in "
+                    "this process from now on (correct, but on one core)", GIVE_UP_AFTER, why)
 
     def close(self) -> None:
         """End the idle workers now; those lent out end when their callers give them back."""
@@ -131,7 +181,7 @@ def _get_pool() -> _Pool | None:
             return None
         if _pool is None:
             _pool = _Pool(_workers, _preload)
-        return _pool
+        return None if _pool.off else _pool
 
 
 def warm() -> None:
@@ -147,17 +197,23 @@ def map(fn: Callable[..., list[Any]], items: Sequence[Any], *args: Any) -> list[
     pool = _get_pool() if len(items) >= MIN_ITEMS else None
     if pool is None:
         return list(fn(list(items), *args))
-    workers = pool.borrow(pool.size)
+    slots = pool.borrow(pool.size)
+    workers = [w for w in slots if w is not None]
+    if not workers:  # the pool went off while these were lent
+        pool.give_back(slots)
+        return list(fn(list(items), *args))
     size = -(-len(items) // len(workers))
     chunks = [list(items[i:i + size]) for i in range(0, len(items), size)]
-    lent: list[_Worker | None] = list(workers)
+    lent: list[_Worker | None] = [*workers, *[None] * (len(slots) - len(workers))]
     answers: list[tuple[str, Any]] = []
+    worker = workers[0]
     try:
         for worker, chunk in zip(workers, chunks):
             worker.send((fn, chunk, args))
         for worker, _ in zip(workers, chunks):
             answers.append(worker.recv())
     except (EOFError, OSError):  # a worker died (killed, out of memory): this batch here, a new worker later
+        pool.died(worker)
         return list(fn(list(items), *args))
     finally:
         if len(answers) < len(chunks):  # a death, or an interrupt: their answers are out of step now

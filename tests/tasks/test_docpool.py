@@ -169,3 +169,26 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_workers_that_die_at_start_are_said_once_and_the_pool_goes_off(caplog, monkeypatch):
+    """A stage module that no longer imports kills every worker as it starts: each batch is still right (inline),
+    the log says why (the worker's own last words), and after two such deaths no more workers are started."""
+    from tasks.language import classify, classify_texts
+
+    texts = [f"Line {i}: the library keeps its reading rooms open until ten at night." for i in range(100)]
+    expected = [classify(t) for t in texts]
+    monkeypatch.setattr(docpool, "_preload", ())  # put back after the test, as the pool's modules
+    docpool.configure(2, preload=("tasks.no_such_stage_module",))
+    try:
+        sent = docpool.batches_sent
+        with caplog.at_level("WARNING", logger="crucible.docpool"):
+            for _ in range(4):
+                assert docpool.map(classify_texts, texts, 20_000) == expected
+        assert docpool.batches_sent == sent
+        said = [r.getMessage() for r in caplog.records if r.name == "crucible.docpool"]
+        assert any("No module named 'tasks.no_such_stage_module'" in m for m in said), said
+        assert sum("from now on" in m for m in said) == 1, said
+        assert docpool._get_pool() is None and worker_pids() == []
+    finally:
+        docpool.configure(1)
