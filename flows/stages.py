@@ -130,9 +130,12 @@ class FlowContext(StageContext):
         report(0)
         with task_runner(self.runner) as runner, _progress() as progress:
             bar = progress.add_task(name, total=len(units), rate="")
+            # the costliest first (a unit's ``cost``, about the bytes it reads): the runner starts units in the
+            # order given, so a large one handed out last would leave the other workers idle while it runs alone
+            first = sorted(units, key=lambda u: -getattr(u, "cost", 0))
             futures = {runner.submit(unit_task, parameters={
                 "fn": fn, "stage": stage, "unit": u, "out_dir": str(out_dir),
-                "label": f"{stage.name}:{step + ':' if step else ''}{u.name}"}): u for u in units}
+                "label": f"{stage.name}:{step + ':' if step else ''}{u.name}"}): u for u in first}
             for future in as_completed(list(futures)):
                 unit = futures[future]
                 try:

@@ -170,8 +170,9 @@ class IngestStage(ShardedStage):
     def plan(self, files: list[InputFile]) -> list[Unit]:  # type: ignore[override]
         """One unit per input file; a Parquet file is cut into runs of whole row groups of up to shard_max_docs
         rows (a file whose footer cannot be read is one unit, which counts it as a read error)."""
-        sources: list[Source] = []
+        sources: list[tuple[Source, int]] = []  # and about the bytes each reads
         for f in files:
+            size = f.size or 0
             groups = None
             if f.format == "parquet":
                 try:
@@ -179,16 +180,16 @@ class IngestStage(ShardedStage):
                 except Exception:  # not a Parquet file: its unit says so, counted
                     groups = None
             if not groups:
-                sources.append(Source(f.uri, origin=f.source))
+                sources.append((Source(f.uri, origin=f.source), size))
                 continue
-            start, rows = 0, 0
+            start, rows, total = 0, 0, sum(groups)
             for g, n in enumerate(groups):
                 if rows and rows + n > self.config.shard_max_docs:
-                    sources.append(Source(f.uri, start, g, origin=f.source))
+                    sources.append((Source(f.uri, start, g, origin=f.source), size * rows // max(total, 1)))
                     start, rows = g, 0
                 rows += n
-            sources.append(Source(f.uri, start, len(groups), origin=f.source))
-        return [Unit(i, (src,), len(sources)) for i, src in enumerate(sources)]
+            sources.append((Source(f.uri, start, len(groups), origin=f.source), size * rows // max(total, 1)))
+        return [Unit(i, (src,), len(sources), cost) for i, (src, cost) in enumerate(sources)]
 
     def unit_key(self, file: InputFile, part: Source | None = None) -> str:
         """What reading one input file (or row groups of it) depends on: the settings, how its source is read, the

@@ -59,6 +59,7 @@ class Unit:
     index: int
     sources: tuple[Source, ...]
     of: int = 1
+    cost: int = 0  # about the bytes it reads: the task runner is handed the costliest units first
 
     @property
     def name(self) -> str:
@@ -173,7 +174,7 @@ class ShardedStage(Stage):
         target = self.config.shard_max_docs
         units: list[Unit] = []
         current: list[Source] = []
-        filled = 0
+        filled = cost = 0
         for f in manifest.files:
             start = 0
             while start < f.rows:
@@ -181,11 +182,12 @@ class ShardedStage(Stage):
                 current.append(Source(str(Path(input_dir) / f.name), start, start + take))
                 start += take
                 filled += take
+                cost += f.bytes * take // f.rows
                 if filled == target:
-                    units.append(Unit(len(units), tuple(current)))
-                    current, filled = [], 0
+                    units.append(Unit(len(units), tuple(current), cost=cost))
+                    current, filled, cost = [], 0, 0
         if current:
-            units.append(Unit(len(units), tuple(current)))
+            units.append(Unit(len(units), tuple(current), cost=cost))
         return [replace(u, of=len(units)) for u in units]
 
     def input_rows(self, unit: Unit, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:

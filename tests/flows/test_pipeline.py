@@ -119,6 +119,27 @@ def test_runner_settings_are_not_part_of_the_key(tmp_path, inputs):
     assert all(s["cache_hit"] for s in stages)
 
 
+def test_the_costliest_units_go_to_the_runner_first(tmp_path):
+    """One worker runs units in the order the runner is handed them: the biggest input file first, whatever its
+    place in the listing, so a large file listed last cannot keep one worker busy while the others idle."""
+    from tests.helpers import write_pages_warc
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for i, (name, pages) in enumerate([("a", 2), ("b", 30), ("c", 9)]):
+        write_pages_warc(d / f"{name}.warc.gz", pages, start=100 * i)
+    cfg = config(tmp_path, d, ingest={"shard_max_docs": 100}, extract={"shard_max_docs": 10},
+                 runner={"kind": "threads", "workers": 1})
+    stages = by_stage(run(cfg, ["ingest", "extract"])[0])
+
+    def written(stage: str) -> list[str]:  # its shards in the order they were written
+        shards = Path(stages[stage]["out_dir"]).glob("part-*.parquet")
+        return [p.name[:10] for p in sorted(shards, key=lambda p: p.stat().st_mtime_ns)]
+
+    assert written("ingest") == ["part-00001", "part-00002", "part-00000"]  # 30, 9 and 2 pages
+    assert written("extract")[-1] == "part-00004"  # 41 rows in units of 10: the last holds one
+
+
 def test_rerun_one_stage_against_a_chosen_upstream(tmp_path, inputs):
     from flows.pipeline import resolve_input
 
