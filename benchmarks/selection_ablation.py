@@ -42,6 +42,9 @@ def main() -> None:
     written = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("wrote ")]
     results = json.loads(Path(written[-1].replace(".md", ".json")).read_text())
     runs, summary = results["runs"], results["summary"]
+    if missing := [r["run_id"] for r in runs if r["bpb"] is None]:
+        sys.exit(f"no bits per byte on {args.eval_source} in {len(missing)} runs ({', '.join(missing)}): the source "
+                 "needs held-out documents (val_docs or val_fraction) and the runs must train (--to train)")
     print(f"{len(runs)} runs of {runs[0]['tokens']:,.0f} tokens each; bits per byte on the held-out "
           f"{args.eval_source} paragraphs (lower is better)")
     for r in runs:
