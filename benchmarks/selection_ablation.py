@@ -52,8 +52,11 @@ def main() -> None:
         print(f"  {r['variant']:42} seed {r['seed']}  bpb {r['bpb']:.4f}  CORE-7 {core}  {r['run_id']}")
     for s in summary:
         core = f", CORE-7 {s['core7_mean']:+.4f} (std {s['core7_std']:.4f})" if s["core7_std"] is not None else ""
+        unigram = f"; unigram {s['unigram_bpb']:.4f}" if s.get("unigram_bpb") is not None else ""
         print(f"{s['variant']:44} bpb mean {s['bpb_mean']:.4f}  min..max {s['bpb_min']:.4f}..{s['bpb_max']:.4f}  "
-              f"std {s['bpb_std']:.4f}{core}")
+              f"std {s['bpb_std']:.4f}{unigram}{core}")
+    print("unigram: a unigram model of the variant's training tokens on the same text (token frequencies alone); "
+          "a mean near it learned nothing more, so the data can show only through those frequencies")
     base, other = summary[0], summary[-1]
     diff = other["bpb_mean"] - base["bpb_mean"]
     separated = other["bpb_max"] < base["bpb_min"] or base["bpb_max"] < other["bpb_min"]

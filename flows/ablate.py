@@ -109,21 +109,25 @@ def run_ablation(path: Path, varies: list[str], *, seeds: list[int], eval_source
             bpb = got.get(f"train.final_val_bpb/{eval_source}")
             rows.append({"variant": label, **{f"vary.{k}": v for k, v in overrides.items()}, "seed": seed,
                          "run_id": run_id, "tokens": got.get("train.tokens_seen"), "bpb": bpb,
-                         "core7": got.get("evaluate.core7")})
+                         "unigram_bpb": got.get("unigram_bpb"), "core7": got.get("evaluate.core7")})
             say(f"ablate: {label}, seed {seed}: run {run_id}, {_fmt(rows[-1]['tokens'], ',.0f')} tokens, "
-                f"bpb on {eval_source} {_fmt(bpb, '.4f')}, CORE-7 {_fmt(rows[-1]['core7'], '+.4f')}")
+                f"bpb on {eval_source} {_fmt(bpb, '.4f')} (token frequencies alone: "
+                f"{_fmt(rows[-1]['unigram_bpb'], '.4f')}), CORE-7 {_fmt(rows[-1]['core7'], '+.4f')}")
     return rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: the runs, mean bpb with its spread (min..max and standard deviation over seeds), mean CORE-7."""
+    """Per variant: the runs, mean bpb with its spread (min..max and standard deviation over seeds), the unigram
+    model's bpb (its training tokens' frequencies; the same for every seed), mean CORE-7."""
     out = []
     for label in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == label]
         bpb = [r["bpb"] for r in mine if r["bpb"] is not None]
         core = [r["core7"] for r in mine if r["core7"] is not None]
+        unigram = [r["unigram_bpb"] for r in mine if r.get("unigram_bpb") is not None]
         out.append({"variant": label, "runs": len(mine), "tokens": mine[0]["tokens"],
                     "bpb_mean": statistics.fmean(bpb) if bpb else None,
+                    "unigram_bpb": statistics.fmean(unigram) if unigram else None,
                     "bpb_min": min(bpb) if bpb else None, "bpb_max": max(bpb) if bpb else None,
                     "bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else 0.0 if bpb else None,
                     "core7_mean": statistics.fmean(core) if core else None,
@@ -154,14 +158,21 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(rows: list[dict[str, Any]], summary: list[dict[str, Any]], eval_source: str) -> str:
     """The runs and the summary as Markdown."""
-    lines = [f"| variant | seed | run | tokens | bpb on {eval_source} | CORE-7 |", "|---|---:|---|---:|---:|---:|"]
+    lines = [f"| variant | seed | run | tokens | bpb on {eval_source} | unigram bpb | CORE-7 |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     lines += [f"| {r['variant']} | {r['seed']} | {r['run_id']} | {_fmt(r['tokens'], ',.0f')} | {_fmt(r['bpb'], '.4f')} "
-              f"| {_fmt(r['core7'], '+.4f')} |" for r in rows]
-    lines += ["", f"| variant | runs | bpb on {eval_source}: mean | min..max | std | CORE-7 mean (std) |",
-              "|---|---:|---:|---|---:|---|"]
+              f"| {_fmt(r.get('unigram_bpb'), '.4f')} | {_fmt(r['core7'], '+.4f')} |" for r in rows]
+    lines += ["", f"| variant | runs | bpb on {eval_source}: mean | min..max | std | unigram bpb | CORE-7 mean (std) |",
+              "|---|---:|---:|---|---:|---:|---|"]
     lines += [f"| {s['variant']} | {s['runs']} | {_fmt(s['bpb_mean'], '.4f')} | {_fmt(s['bpb_min'], '.4f')}.."
-              f"{_fmt(s['bpb_max'], '.4f')} | {_fmt(s['bpb_std'], '.4f')} | {_fmt(s['core7_mean'], '+.4f')} "
-              f"({_fmt(s['core7_std'], '.4f')}) |" for s in summary]
+              f"{_fmt(s['bpb_max'], '.4f')} | {_fmt(s['bpb_std'], '.4f')} | {_fmt(s.get('unigram_bpb'), '.4f')} "
+              f"| {_fmt(s['core7_mean'], '+.4f')} ({_fmt(s['core7_std'], '.4f')}) |" for s in summary]
+    learned = [s["unigram_bpb"] - s["bpb_mean"] for s in summary
+               if s.get("unigram_bpb") is not None and s["bpb_mean"] is not None]
+    if learned:
+        lines += ["", f"Each variant's mean bpb is {min(learned):+.4f} to {max(learned):+.4f} below its unigram bpb: what "
+                  "its runs learned beyond their training tokens' frequencies (near 0, a data change can show only "
+                  "through those frequencies)."]
     pairs = paired(rows)
     if pairs:
         lines += ["", f"| variant - {pairs[0]['against']} | per seed | mean | min..max | lower in |",

@@ -153,7 +153,9 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
     scored by bits per byte on the held-out slice of --eval-source (give that source `epochs = 0` so that no
     variant trains on it) and, with --to evaluate, CORE-7. Every run uses one tokenizer: the first variant's
     (put the baseline first), unless the config sets tokenize.tokenizer_path. Prints the runs and each variant's mean and spread over
-    the seeds, and writes them to <work_dir>/ablations/ablation-<time>.md and .json. Each run is in the warehouse
+    the seeds, and writes them to <work_dir>/ablations/ablation-<time>.md and .json. Beside each run's bpb is what
+    a unigram model of its training tokens scores on the same text: a run no better than that has learned only
+    token frequencies, too little for a data change to show beyond them. Each run is in the warehouse
     too (`crucible report --compare RUN_A RUN_B`).
 
     \b
@@ -184,6 +186,11 @@ def ablate(config: str, varies: tuple[str, ...], seeds: str, eval_source: str, l
             held = {f["source"] for f in wh.source_figures(run_id) if f.get("val_docs")}  # tokenize's figures
             if held == {eval_source}:
                 got[key] = got["train.final_val_bpb"]
+        tokens = wh.run_dataset(run_id, "tokenize")
+        if tokens is not None:  # what token frequencies alone score there: has the model learned more?
+            from model.data import unigram_bpb
+
+            got["unigram_bpb"] = unigram_bpb(tokens["uri"], eval_source)
         return got
 
     cfg = load_config(config)

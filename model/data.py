@@ -224,6 +224,30 @@ def replay_training(dataset_dir: str | Path, *, seq_len: int, seed: int, buffer_
     return out
 
 
+def unigram_bpb(dataset_dir: str | Path, source: str | None = None, smoothing: float = 0.5) -> float | None:
+    """Bits per byte, on the val split's documents of ``source`` (all of them: None), of a unigram model of the
+    train split as the mixture uses it (each document counted as often as it repeats; add-``smoothing`` counts):
+    what a model scores that learned the training data's token frequencies and nothing else. A trained model that
+    scores about this has learned nothing else yet, so no change to its data can show beyond those frequencies
+    (``crucible ablate`` prints both). Each document's tokens include the separator before it. None: no such
+    documents."""
+    train, val = TokenSplit(dataset_dir, "train"), TokenSplit(dataset_dir, "val")
+    counts = np.zeros(train.vocab_size, np.float64)
+    for i in range(len(train.names)):
+        tokens, offsets = train.shard(i)
+        weights = None if train.repeats is None else np.repeat(train.repeats[i], np.diff(offsets))
+        counts += np.bincount(tokens, weights=weights, minlength=train.vocab_size)[:train.vocab_size]
+    log_p = np.log((counts + smoothing) / (counts.sum() + smoothing * train.vocab_size))
+    nll, nbytes = 0.0, 0
+    for name in val.names:
+        tokens, offsets, table = read_token_shard(val.dir / name)
+        mine = np.ones(table.num_rows, bool) if source is None or "source" not in table.column_names else \
+            np.array([s == source for s in table.column("source").to_pylist()], bool)
+        nll -= float(log_p[tokens[np.repeat(mine, np.diff(offsets))]].sum())
+        nbytes += int(table.column("bytes").to_numpy()[mine].sum())
+    return nll / (np.log(2) * nbytes) if nbytes else None
+
+
 class ValLoader:
     """The val split once, in order, as (inputs, targets) batches; padding targets are ``IGNORE``."""
 

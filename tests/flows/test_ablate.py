@@ -66,6 +66,11 @@ def test_ablate_runs_each_variant_at_equal_tokens_with_one_tokenizer(tmp_path):
                                                          ("select.classifier.enabled=True", 0),
                                                          ("select.classifier.enabled=True", 1)]
     assert len({r["tokens"] for r in runs}) == 1 and all(r["bpb"] > 0 for r in runs)
+    by_variant = {}  # a unigram model of each run's training tokens: one per variant, whatever the seed
+    for r in runs:
+        by_variant.setdefault(r["variant"], set()).add(round(r["unigram_bpb"], 9))
+    assert all(len(v) == 1 for v in by_variant.values()) and all(v > 0 for vs in by_variant.values() for v in vs)
+    assert "unigram bpb" in result.output and "beyond their training tokens' frequencies" in result.output
     assert len(results["summary"]) == 2 and written.with_suffix(".md").is_file()
     wh = Warehouse(tmp_path / "work" / "warehouse.duckdb")
     tokenizers = {json.loads(wh.resolve_run(r["run_id"])["config_json"])["tokenize"]["tokenizer_path"] for r in runs}

@@ -161,3 +161,27 @@ def test_loader_reads_a_real_tokenize_dataset(tmp_path):
     pieces = [tok.decode(p) for p in np.split(np.array(row), np.nonzero(np.array(row) == 0)[0])[1:]]
     for text in pieces:
         assert any(doc.startswith(text) for doc in DOCS.values()), text
+
+
+def test_unigram_bpb_is_the_training_token_frequencies_scored_on_one_sources_held_out_bytes(tmp_path):
+    """Train: [SEP 1 1] and [SEP 2]; held out: a source "a" document [SEP 3 3] of 5 bytes and a "b" one. With
+    add-0.5 counts over a 1,000-token vocabulary, "a" costs -(log p(SEP) + 2 log p(3)) nats over 5 bytes."""
+    import math
+
+    from model.data import unigram_bpb
+
+    out = tmp_path / "tokens"
+    atomic_write_bytes(out / "_reduce" / "tokenizer.json", b"{}")
+    files = []
+    for name, ids, sizes, sources in (("part-00000-train.arrow", [[1, 1], [2]], [2, 1], ["a", "b"]),
+                                      ("part-00000-val.arrow", [[3, 3], [1, 2, 4]], [5, 9], ["a", "b"])):
+        _, sha = write_token_shard(out / name, [f"{name}:{i}" for i in range(2)], sizes, ids, separator=SEP,
+                                   vocab_size=1000, sources=sources)
+        files.append(ShardFile(name, 2, (out / name).stat().st_size, sha))
+    write_token_manifest(out, files, tokenizer=out / "_reduce" / "tokenizer.json", vocab_size=1000, separator_id=SEP,
+                         encoder="tiktoken", tokenizer_sha256="0" * 64)
+    p_sep, p_3 = 2.5 / (5 + 500), 0.5 / (5 + 500)  # SEP twice, 1 twice, 2 once in training; 3 never
+    expected = -(math.log(p_sep) + 2 * math.log(p_3)) / (math.log(2) * 5)
+    assert unigram_bpb(out, "a") == pytest.approx(expected, rel=1e-12)
+    assert unigram_bpb(out, "b") < unigram_bpb(out, "a")  # tokens it trained on, more bytes
+    assert unigram_bpb(out, "no such source") is None
