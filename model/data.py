@@ -230,7 +230,10 @@ def unigram_bpb(dataset_dir: str | Path, source: str | None = None, smoothing: f
     what a model scores that learned the training data's token frequencies and nothing else. A trained model that
     scores about this has learned nothing else yet, so no change to its data can show beyond those frequencies
     (``crucible ablate`` prints both). Each document's tokens include the separator before it. None: no such
-    documents."""
+    documents, or a split without any."""
+    splits = read_token_manifest(Path(dataset_dir))["splits"]
+    if not all((splits.get(split) or {}).get("docs") for split in ("train", "val")):
+        return None
     train, val = TokenSplit(dataset_dir, "train"), TokenSplit(dataset_dir, "val")
     counts = np.zeros(train.vocab_size, np.float64)
     for i in range(len(train.names)):

@@ -185,3 +185,4 @@ def test_unigram_bpb_is_the_training_token_frequencies_scored_on_one_sources_hel
     assert unigram_bpb(out, "a") == pytest.approx(expected, rel=1e-12)
     assert unigram_bpb(out, "b") < unigram_bpb(out, "a")  # tokens it trained on, more bytes
     assert unigram_bpb(out, "no such source") is None
+    assert unigram_bpb(token_dataset(tmp_path / "no-val", [4, 3]), None) is None  # nothing held out: nothing to score
