@@ -5,7 +5,9 @@ Python package only queries models; training one needs its C++ ``lmplz``, which 
 select trains this: the project's GPT (model/gpt.py), a couple of layers, on token rows cut from the reference
 text, with AdamW (beta2 0.95), linear warmup, cosine decay and global-norm clipping, as model/train.py does. It
 scores a document by the mean NLL of its first ``seq_len`` tokens, perplexity = exp(mean NLL in nats), in batches
-of documents of similar length, on the GPU when there is one.
+of documents of similar length, on the GPU when there is one. On CPU both run on one intra-op thread
+(``reproducible``): MKL's multi-threaded kernels round differently from one process to the next, and a run killed
+in select must write, when run again, the same model and the same perplexities to the last bit.
 
     lm = train_reference_lm(token_lists, LMParams(vocab_size=4096), out_dir)   # saves model.pt + lm.json
     ppl = perplexities(lm, token_lists_to_score)                              # numpy float64, one per document
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +51,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_before = 0
+
+
+@contextmanager
+def reproducible(device: torch.device) -> Iterator[None]:
+    """On CPU, torch on one thread while inside (shared by the threads inside at once; the count before comes back
+    when the last leaves): two fresh processes training the same model on two threads gave two different models in
+    about one run in three (first-step gradient norms differing in the 7th digit), on one thread never."""
+    global _threads_users, _threads_before
+    if device.type != "cpu":
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        _threads_users += 1
+        torch.set_num_threads(1)  # this thread's OpenMP regions and MKL's
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_before)
+
+
 def _config(p: LMParams) -> GPTConfig:
     return GPTConfig(vocab_size=p.vocab_size, depth=p.depth, d_model=p.d_model, n_heads=max(1, p.d_model // 64),
                      seq_len=p.seq_len)
@@ -65,8 +97,13 @@ def _rows(docs: Sequence[Sequence[int]], seq_len: int) -> torch.Tensor:
 def train_reference_lm(docs: Sequence[Sequence[int]], params: LMParams, out_dir: Path) -> dict[str, Any]:
     """Train on the documents' tokens (each starting with the separator), save ``model.pt`` and ``lm.json`` in
     ``out_dir`` atomically; returns what lm.json records (the settings, rows, the first and last training loss)."""
-    torch.manual_seed(params.seed)
     device = pick_device(params.device)
+    with reproducible(device):
+        return _train(docs, params, out_dir, device)
+
+
+def _train(docs: Sequence[Sequence[int]], params: LMParams, out_dir: Path, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(params.seed)
     rows = _rows(docs, params.seq_len)
     gen = torch.Generator().manual_seed(params.seed)
     model = GPT(_config(params)).to(device)
@@ -110,8 +147,13 @@ def load_reference_lm(out_dir: Path, device: str = "auto") -> GPT:
 def perplexities(model: GPT, docs: Sequence[Sequence[int]], batch_tokens: int = 16_384) -> np.ndarray:
     """exp(mean NLL in nats) of each document's first seq_len + 1 tokens (its first token, the separator, is only
     context); NaN for a document of fewer than two tokens. Documents are batched by length, padding ignored."""
-    seq = model.cfg.seq_len
     device = next(model.parameters()).device
+    with reproducible(device):
+        return _perplexities(model, docs, batch_tokens, device)
+
+
+def _perplexities(model: GPT, docs: Sequence[Sequence[int]], batch_tokens: int, device: torch.device) -> np.ndarray:
+    seq = model.cfg.seq_len
     docs = [list(d[:seq + 1]) for d in docs]
     out = np.full(len(docs), np.nan)
     order = sorted((i for i, d in enumerate(docs) if len(d) >= 2), key=lambda i: len(docs[i]))
