@@ -30,7 +30,8 @@ import trafilatura
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import ExtractConfig, IngestConfig, LanguageConfig, QualityConfig  # noqa: E402
-from tasks.extract import ExtractStage, extract, extractor_for  # noqa: E402
+from tasks.extract import ExtractStage  # noqa: E402
+from tasks.extractors import extract, pool_for  # noqa: E402
 from tasks.ingest import IngestStage  # noqa: E402
 from tasks.language import LanguageStage, classify  # noqa: E402
 from tasks.quality import QualityFilter, QualityStage  # noqa: E402
@@ -57,7 +58,7 @@ def run_stage(stage, input_dir: Path, workers: int, pool: str) -> tuple[float, P
 
 def _warm(stage) -> None:
     if isinstance(stage, ExtractStage):
-        extractor_for(stage.config)("<html><body><p>warm up</p></body></html>", None)
+        list(pool_for(stage.config).map([("<html><body><p>warm up</p></body></html>", None)]))
     elif isinstance(stage, LanguageStage):
         classify("warm up")
 

@@ -23,7 +23,7 @@ import trafilatura
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.config import ExtractConfig  # noqa: E402
-from tasks.extract import IsolatedExtractor  # noqa: E402
+from tasks.extractors import IsolatedExtractor  # noqa: E402
 from tasks.ingest import decode_html  # noqa: E402
 
 HTML = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "html"

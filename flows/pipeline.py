@@ -102,9 +102,13 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
         try:
             made = [configured(cfg, name) for name in stages]
             pooled = tuple(type(s).__module__ for s in made if s.enabled and s.uses_docpool)
-            if cfg.runner.kind == "threads" and pooled:
+            if cfg.runner.kind == "threads":
                 docpool.configure(cfg.runner.workers, preload=pooled)
-                docpool.warm()  # its workers start, and import those stages' modules, while the stages before run
+                if pooled:
+                    docpool.warm()  # its workers start, and import those stages' modules, while the stages before run
+                for stage in made:
+                    if stage.enabled:
+                        stage.warm()  # what its units use starts now (extraction's children), beside earlier stages
             with quiet_subflow():  # once for all stages: each settings copy costs ~0.1 s of pydantic validation
                 for name, stage in zip(stages, made):
                     if not stage.enabled:
@@ -131,5 +135,5 @@ def quiet_subflow() -> Iterator[None]:
         yield
 
 
-__all__ = ["pipeline_flow", "resolve_input", "effective_upstream", "stage_input", "reads_upstream", "code_version", "StageFailed",
-           "TRIGGERS"]
+__all__ = ["pipeline_flow", "resolve_input", "effective_upstream", "stage_input", "reads_upstream", "code_version",
+           "StageFailed", "TRIGGERS"]

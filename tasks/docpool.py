@@ -1,7 +1,7 @@
 """Per-document Python work (language ID, the quality rules) on worker processes, so it uses every core.
 
 The default task runner runs units on threads of one process. Extraction scales on them because its work happens in
-child processes (tasks/extract.py), but language ID and the quality rules are Python that holds the interpreter
+child processes (tasks/extractors.py), but language ID and the quality rules are Python that holds the interpreter
 lock: on threads, two workers ran them no faster than one, and a stage whose input is one unit (up to
 ``shard_max_docs`` documents) had a single worker anyway. So those stages send each batch's documents here:
 
@@ -172,6 +172,11 @@ def configure(workers: int, preload: tuple[str, ...] = ()) -> None:
             _pool.close()
             _pool = None
         _workers, _preload = workers, tuple(preload) or _preload
+
+
+def size() -> int:
+    """The processes this process may use for per-document work (``configure``'s workers; 1: none of its own)."""
+    return _workers
 
 
 def _get_pool() -> _Pool | None:

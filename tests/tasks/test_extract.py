@@ -74,7 +74,7 @@ def test_a_worker_stopped_by_a_user_signal_is_an_interruption_not_a_page_crash(s
     import signal
     import time
 
-    from tasks.extract import IsolatedExtractor
+    from tasks.extractors import IsolatedExtractor
     from tasks.procs import Interrupted
 
     extractor = IsolatedExtractor(ExtractConfig())
@@ -96,7 +96,7 @@ def test_a_worker_stopped_by_a_user_signal_is_an_interruption_not_a_page_crash(s
 def test_pages_sent_ahead_come_back_in_order_past_a_replaced_worker():
     """The child is sent pages ahead of their answers; when one page takes it down (here the CPU cap), the pages
     queued behind it go to the new child, and every answer still comes back in its page's place."""
-    from tasks.extract import IsolatedExtractor
+    from tasks.extractors import IsolatedExtractor
 
     huge = "<html><body>" + "<p>word word word</p>" * 2_500_000 + "</body></html>"
     pages = [(page("First"), "http://e.com/1"), None, (huge, "http://e.com/huge"), (page("Second"), "http://e.com/2"),
@@ -111,7 +111,7 @@ def test_pages_sent_ahead_come_back_in_order_past_a_replaced_worker():
 
 
 def test_a_reader_that_stops_early_leaves_no_answer_for_the_next():
-    from tasks.extract import IsolatedExtractor
+    from tasks.extractors import IsolatedExtractor
 
     extractor = IsolatedExtractor(ExtractConfig())
     try:
@@ -122,6 +122,85 @@ def test_a_reader_that_stops_early_leaves_no_answer_for_the_next():
                          None)[1][0] == "Next"
     finally:
         extractor.close()
+
+
+def test_one_unit_alone_sends_its_pages_to_every_idle_child():
+    """The last unit of a stage, or the only one, does not leave the pool's other children idle: its pages go to
+    every child, and the answers come back in page order."""
+    from tasks.extractors import ExtractorPool
+
+    pool = ExtractorPool(ExtractConfig(), size=2)
+    try:
+        pages = [None if i % 4 == 0 else (page(f"Page {i}", 3), f"http://e.com/{i}") for i in range(14)]
+        answers = list(pool.map(pages))
+        assert [status for status, _ in answers] == ["skip" if i % 4 == 0 else "ok" for i in range(14)]
+        assert [value[0] for status, value in answers if status == "ok"] == [f"Page {i}" for i in range(14) if i % 4]
+        assert pool.count == 2 and len(pool.idle) == 2 and all(c._proc is not None for c in pool.idle)
+    finally:
+        pool.close()
+
+
+def test_a_unit_that_starts_later_gets_a_borrowed_child_back():
+    """A unit holding every child gives the borrowed one back when another unit waits: no third child starts."""
+    import threading
+    import time
+
+    from tasks.extractors import ExtractorPool
+
+    pool = ExtractorPool(ExtractConfig(), size=2)
+    later: list = []
+    try:
+        first = pool.map([(page(f"First {i}", 3), None) for i in range(12)])
+        got = [next(first)]
+        assert pool.count == 2 and not pool.idle  # both children are the first unit's now
+        second = threading.Thread(target=lambda: later.extend(pool.map([(page(f"Second {i}", 3), None)
+                                                                          for i in range(3)])))
+        second.start()
+        deadline = time.monotonic() + 10
+        while not pool.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.waiting == 1
+        got += list(first)
+        second.join(timeout=30)
+        assert [v[0] for _, v in got] == [f"First {i}" for i in range(12)]
+        assert [v[0] for _, v in later] == [f"Second {i}" for i in range(3)]
+        assert pool.count == 2 and len(pool.idle) == 2
+    finally:
+        pool.close()
+
+
+def test_ctrl_c_stops_a_unit_between_answers_and_the_pool_goes_on():
+    from tasks.extractors import ExtractorPool
+    from tasks.procs import STOP, Interrupted
+
+    pool = ExtractorPool(ExtractConfig(), size=2)
+    try:
+        answers = pool.map([(page(f"Page {i}", 3), None) for i in range(10)])
+        next(answers)
+        STOP.set()
+        with pytest.raises(Interrupted):
+            list(answers)
+        STOP.clear()
+        assert [value[0] for _, value in pool.map([(page("After", 3), None)])] == ["After"]
+    finally:
+        STOP.clear()
+        pool.close()
+
+
+@pytest.mark.slow
+def test_a_units_pages_spread_over_children_come_back_in_order_past_a_replaced_one():
+    from tasks.extractors import ExtractorPool
+
+    huge = "<html><body>" + "<p>word word word</p>" * 2_500_000 + "</body></html>"
+    pages = [(page("First"), "http://e.com/1"), None, (huge, "http://e.com/huge"), (page("Second"), "http://e.com/2"),
+             None, (page("Third"), "http://e.com/3"), (page("Fourth"), "http://e.com/4")]
+    pool = ExtractorPool(ExtractConfig(cpu_time_limit_s=1), size=2)
+    try:
+        answers = list(pool.map(pages))
+    finally:
+        pool.close()
+    assert [status for status, _ in answers] == ["ok", "skip", "timeout", "ok", "skip", "ok", "ok"]
+    assert [value[0] for status, value in answers if status == "ok"] == ["First", "Second", "Third", "Fourth"]
 
 
 def _with_metadata(html, url, cfg):
@@ -154,7 +233,7 @@ def _real_pages():
 def test_title_and_text_are_those_of_the_metadata_pass_on_real_pages():
     """The title is taken from the parsed tree, without trafilatura's metadata pass (2.2x the extraction's cost):
     on 311 real pages, with their URLs and without, title and text are exactly what the metadata pass gave."""
-    from tasks.extract import extract as extract_page
+    from tasks.extractors import extract as extract_page
 
     cfg = ExtractConfig()
     pages = _real_pages()
@@ -167,7 +246,7 @@ def test_title_and_text_are_those_of_the_metadata_pass_on_real_pages():
 def test_title_and_text_are_those_of_the_metadata_pass_on_pydoc_pages(pydoc_warc):
     from warcio.archiveiterator import ArchiveIterator
 
-    from tasks.extract import extract as extract_page
+    from tasks.extractors import extract as extract_page
 
     cfg = ExtractConfig()
     with open(pydoc_warc, "rb") as fh:
@@ -183,7 +262,7 @@ def test_a_title_the_metadata_steps_fail_on_keeps_the_pages_text(monkeypatch):
     """Fault injection: trafilatura's meta-tag reader raising on a page costs its title, not its text."""
     import trafilatura.metadata
 
-    from tasks.extract import extract as extract_page
+    from tasks.extractors import extract as extract_page
 
     def broken(tree):
         raise ValueError("a meta tag trafilatura cannot read")
