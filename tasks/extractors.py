@@ -258,7 +258,7 @@ class ExtractorPool:
         """An idle child, or a new one within the limit; a unit's own child is waited for, a borrowed one not."""
         with self._cond:
             while True:
-                if self.idle:
+                if self.idle and (own or self.count - len(self.idle) < self.size):
                     child = self.idle.pop()
                     if child._proc is not None and child._proc.poll() is not None:  # died idle (killed, OOM)
                         child._stop()  # restarts at its next page, which is not blamed for the death
@@ -290,6 +290,16 @@ class ExtractorPool:
                 if child._proc is None:
                     child._start()
                 self._give(child)
+
+    def resize(self, size: int) -> None:
+        """Lend up to ``size`` children from now on; idle ones beyond that end now."""
+        with self._cond:
+            self.size = size
+            surplus = max(0, min(len(self.idle), self.count - max(size, self.units)))
+            ended, self.idle = self.idle[:surplus], self.idle[surplus:]
+            self.count -= surplus
+        for child in ended:
+            child.close()
 
     def close(self) -> None:
         """End the idle children now; those lent out end when they are given back."""
@@ -391,7 +401,8 @@ def pool_for(cfg: ExtractConfig) -> ExtractorPool:
             if _pool is not None:
                 _pool.close()
             _pool = ExtractorPool(cfg, docpool.size())
-        _pool.size = docpool.size()
+        if _pool.size != docpool.size():
+            _pool.resize(docpool.size())
         return _pool
 
 if __name__ == "__main__":

@@ -169,6 +169,24 @@ def test_a_unit_that_starts_later_gets_a_borrowed_child_back():
         pool.close()
 
 
+def test_a_pool_made_smaller_lends_no_more_children_than_its_size():
+    """A run with one worker after a run with two in the same process: its unit extracts on one child."""
+    from tasks.extractors import ExtractorPool
+
+    pool = ExtractorPool(ExtractConfig(), size=2)
+    try:
+        list(pool.map([(page(f"Page {i}", 3), None) for i in range(6)]))
+        assert pool.count == 2
+        pool.resize(1)
+        assert pool.count == 1 and len(pool.idle) == 1
+        answers = pool.map([(page(f"Again {i}", 3), None) for i in range(6)])
+        next(answers)
+        assert pool.count == 1 and not pool.idle  # nothing idle to borrow, and no second child started
+        assert [v[0] for _, v in answers] == [f"Again {i}" for i in range(1, 6)]
+    finally:
+        pool.close()
+
+
 def test_ctrl_c_stops_a_unit_between_answers_and_the_pool_goes_on():
     from tasks.extractors import ExtractorPool
     from tasks.procs import STOP, Interrupted
