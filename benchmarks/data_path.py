@@ -6,9 +6,8 @@
 
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
-drop logs, the warehouse), in a fresh work directory each time; runs alternate between one and two workers, so
-every two-worker run starts its own pool of language/quality processes (tasks/docpool.py), as a `crucible run`
-does. "bare": the library calls that do the same
+drop logs, the warehouse), in a fresh work directory each time; every run starts its own extraction children and
+language/quality processes (tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library calls that do the same
 document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
 text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
 encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
@@ -123,8 +122,12 @@ def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
 def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] = STAGES) -> tuple[float, int]:
     """``stages`` through Prefect in a fresh work directory: (seconds, documents ingested)."""
     from flows.pipeline import pipeline_flow
+    from tasks import docpool, extractors
     from tasks.config import parse_config
     from warehouse.lineage import Warehouse
+
+    docpool.shutdown()  # each run starts its worker processes, as a `crucible run` does
+    extractors.shutdown()
 
     cfg = parse_config({"paths": {"work_dir": str(tmp / f"work-{len(stages)}-{workers}-{n}")},
                         "runner": {"kind": "threads", "workers": workers},

@@ -405,5 +405,15 @@ def pool_for(cfg: ExtractConfig) -> ExtractorPool:
             _pool.resize(docpool.size())
         return _pool
 
+
+def shutdown() -> None:
+    """End this process's children (the next unit starts new ones), as a process that ends would."""
+    global _pool
+    with _lock:
+        if _pool is not None:
+            _pool.close()
+            _pool = None
+
+
 if __name__ == "__main__":
     _child_main()
