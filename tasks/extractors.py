@@ -355,9 +355,13 @@ class ExtractorPool:
                 self.units -= 1
 
     def _lane(self, lanes: dict[IsolatedExtractor, tuple[deque, deque]]) -> IsolatedExtractor | None:
-        """The child to send the next page to: an idle one, borrowed if need be, else the least loaded with room."""
+        """The child to send the next page to: an idle one, borrowed if need be, else the least loaded with room.
+        While another unit waits for a child, only this unit's own, so the borrowed ones empty and go back."""
+        if self.waiting:
+            own = next(iter(lanes))
+            return own if len(lanes[own][0]) < self.DEPTH else None
         child = min(lanes, key=lambda c: len(lanes[c][0]))
-        if lanes[child][0] and not self.waiting:
+        if lanes[child][0]:
             borrowed = self._take(own=False)
             if borrowed is not None:
                 lanes[borrowed] = (deque(), deque())

@@ -141,7 +141,8 @@ def test_one_unit_alone_sends_its_pages_to_every_idle_child():
 
 
 def test_a_unit_that_starts_later_gets_a_borrowed_child_back():
-    """A unit holding every child gives the borrowed one back when another unit waits: no third child starts."""
+    """A unit holding every child stops sending pages to the one it borrowed when another unit waits, and gives it
+    back once it is empty: the later unit finishes long before the first, and no third child starts."""
     import threading
     import time
 
@@ -150,7 +151,7 @@ def test_a_unit_that_starts_later_gets_a_borrowed_child_back():
     pool = ExtractorPool(ExtractConfig(), size=2)
     later: list = []
     try:
-        first = pool.map([(page(f"First {i}", 3), None) for i in range(12)])
+        first = pool.map([(page(f"First {i}", 3), None) for i in range(60)])
         got = [next(first)]
         assert pool.count == 2 and not pool.idle  # both children are the first unit's now
         second = threading.Thread(target=lambda: later.extend(pool.map([(page(f"Second {i}", 3), None)
@@ -160,9 +161,14 @@ def test_a_unit_that_starts_later_gets_a_borrowed_child_back():
         while not pool.waiting and time.monotonic() < deadline:
             time.sleep(0.01)
         assert pool.waiting == 1
-        got += list(first)
+        second_done_at = None
+        for answer in first:
+            got.append(answer)
+            if second_done_at is None and not second.is_alive():
+                second_done_at = len(got)
         second.join(timeout=30)
-        assert [v[0] for _, v in got] == [f"First {i}" for i in range(12)]
+        assert second_done_at is not None and second_done_at < 50, second_done_at
+        assert [v[0] for _, v in got] == [f"First {i}" for i in range(60)]
         assert [v[0] for _, v in later] == [f"Second {i}" for i in range(3)]
         assert pool.count == 2 and len(pool.idle) == 2
     finally:
