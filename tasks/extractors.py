@@ -10,6 +10,9 @@ pages queued behind it going to the new one.
 
 The pool's size is docpool's (tasks/docpool.py): the processes for per-document work that the run lends this
 process (the thread runner's workers; 1 where units run in processes of their own).
+
+Why one module: what a child does with a page (``extract``), the child and its parent's end of the pipe, and the pool
+that lends children to units are one mechanism, changed together; the stage (tasks/extract.py) reads and writes.
 """
 from __future__ import annotations
 
