@@ -7,8 +7,8 @@
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
 drop logs, the warehouse), in a fresh work directory each time; every run starts its own extraction children and
-language/quality processes (tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library calls that do the same
-document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
+language/quality processes (tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library
+calls that do the same document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
 text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
 encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
 duplicate clustering, the benchmark n-gram lookup, which have no library floor), so the ratio bounds its overhead

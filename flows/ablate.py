@@ -170,9 +170,9 @@ def table(rows: list[dict[str, Any]], summary: list[dict[str, Any]], eval_source
     learned = [s["unigram_bpb"] - s["bpb_mean"] for s in summary
                if s.get("unigram_bpb") is not None and s["bpb_mean"] is not None]
     if learned:
-        lines += ["", f"Each variant's mean bpb is {min(learned):+.4f} to {max(learned):+.4f} below its unigram bpb: what "
-                  "its runs learned beyond their training tokens' frequencies (near 0, a data change can show only "
-                  "through those frequencies)."]
+        lines += ["", f"Each variant's mean bpb is {min(learned):+.4f} to {max(learned):+.4f} below its unigram bpb: "
+                  "what its runs learned beyond their training tokens' frequencies (near 0, a data change can show "
+                  "only through those frequencies)."]
     pairs = paired(rows)
     if pairs:
         lines += ["", f"| variant - {pairs[0]['against']} | per seed | mean | min..max | lower in |",
@@ -198,5 +198,5 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: list[dict[
     return md, js
 
 
-__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "shared_tokenizer", "summarize", "paired", "table", "write_results",
-           "check_equal_tokens"]
+__all__ = ["parse_vary", "variants", "variant_config", "run_ablation", "shared_tokenizer", "summarize", "paired",
+           "table", "write_results", "check_equal_tokens"]

@@ -193,6 +193,50 @@ def test_a_pool_made_smaller_lends_no_more_children_than_its_size():
         pool.close()
 
 
+def test_a_child_that_stops_answering_costs_one_page_its_wall_time_cap_and_nothing_else():
+    """A child that blocks without using CPU (stopped here with SIGSTOP) is caught by the wall-time cap: its page is
+    a timeout, the pages queued behind it go to a new child, and every other answer comes back in its place."""
+    import os
+    import signal
+
+    from tasks.extractors import ExtractorPool
+
+    pool = ExtractorPool(ExtractConfig(wall_time_limit_s=1), size=2)
+    try:
+        pool.warm()
+        os.kill(pool.idle[0]._proc.pid, signal.SIGSTOP)
+        answers = list(pool.map([(page(f"Page {i}", 3), None) for i in range(6)]))
+    finally:
+        pool.close()
+    timeouts = [value for status, value in answers if status == "timeout"]
+    assert len(timeouts) == 1 and "wall time" in timeouts[0]
+    assert [value[0] for status, value in answers if status == "ok"] == [
+        f"Page {i}" for i, (status, _) in enumerate(answers) if status == "ok"]
+    assert len(answers) == 6
+
+
+@pytest.mark.slow
+def test_real_pages_give_the_same_shards_on_two_children_as_on_one(tmp_path):
+    """Real news, blog and test pages (shared corpora) with their URLs: the unit's pages spread over two children
+    give exactly the shards and drops one child gives."""
+    from tasks import docpool, extractors
+
+    htmls = [("text/html", html) for html, _ in _real_pages()[:80]]
+    htmls[5] = ("text/plain", "Already text.")
+    htmls[9] = ("text/html", "<html><body></body></html>")
+    try:
+        docpool.configure(2)
+        two = extract(tmp_path / "two", htmls)
+        assert extractors.pool_for(ExtractConfig()).count == 2
+        extractors.shutdown()
+        docpool.configure(1)
+        one = extract(tmp_path / "one", htmls)
+    finally:
+        extractors.shutdown()
+        docpool.configure(1)
+    assert two == one and len(one[0]) > 60 and one[1]["d9"] == "extract_empty"
+
+
 def test_ctrl_c_stops_a_unit_between_answers_and_the_pool_goes_on():
     from tasks.extractors import ExtractorPool
     from tasks.procs import STOP, Interrupted
