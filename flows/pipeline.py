@@ -6,21 +6,25 @@
 """
 from __future__ import annotations
 
+import contextvars
+import logging
 import subprocess
+import threading
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.stages import StageFailed, configured, describe_ending, ending_status, say, stage_flow
+from flows.stages import StageFailed, before_work, configured, describe_ending, ending_status, say, stage_flow
 from tasks import docpool
 from tasks.config import Config
 from tasks.registry import stage_class
 from warehouse.lineage import Warehouse, WarehouseError
 
+terminal = logging.getLogger("crucible")
 TRIGGERS = ("manual", "schedule", "rerun")
 
 
@@ -85,13 +89,30 @@ def stage_input(cfg: Config, stage: str, ref: str = "latest") -> dict[str, Any] 
     return resolve_input(Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s), stage, ref, cfg)
 
 
-@flow(name="crucible-pipeline", validate_parameters=False)
 def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
                   upstream: dict[str, Any] | None = None, recrawl: bool = False) -> str:
     """Run ``stages`` in order, each on the previous one's output (the first on ``upstream``); return the run id.
 
     A scheduled run always recrawls; otherwise an unchanged crawl is a cache hit unless ``recrawl`` is set.
+    The flow run (``crucible-pipeline``, stage subflows beneath it) sends Prefect's heartbeat events from a thread
+    of its own (``heartbeat``); the settings that switch Prefect's off are made once here for every flow in it.
     """
+    from prefect.settings import get_current_settings, temporary_settings
+
+    every = get_current_settings().flows.heartbeat_frequency
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        return _pipeline(cfg, stages, trigger, upstream, recrawl, every)
+
+
+@flow(name="crucible-pipeline", validate_parameters=False)
+def _pipeline(cfg: Config, stages: list[str], trigger: str, upstream: dict[str, Any] | None, recrawl: bool,
+              heartbeat_s: int | None) -> str:
+    with heartbeat(heartbeat_s):
+        return _run_stages(cfg, stages, trigger, upstream, recrawl)
+
+
+def _run_stages(cfg: Config, stages: list[str], trigger: str, upstream: dict[str, Any] | None,
+                recrawl: bool) -> str:
     wh = Warehouse(cfg.warehouse_path, cfg.warehouse.lock_timeout_s)
     with wh.pipeline_lock(cfg.warehouse.pipeline_wait_s) as claim:
         run_id = wh.start_run(config=cfg.to_dict(), config_hash=cfg.digest(),
@@ -101,15 +122,10 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
         say(f"pipeline run {run_id}: {' -> '.join(stages)}")
         try:
             made = [configured(cfg, name) for name in stages]
-            pooled = tuple(type(s).__module__ for s in made if s.enabled and s.uses_docpool)
             if cfg.runner.kind == "threads":
-                docpool.configure(cfg.runner.workers, preload=pooled)
-                if pooled:
-                    docpool.warm()  # its workers start, and import those stages' modules, while the stages before run
-                for stage in made:
-                    if stage.enabled:
-                        stage.warm()  # what its units use starts now (extraction's children), beside earlier stages
-            with quiet_subflow():  # once for all stages: each settings copy costs ~0.1 s of pydantic validation
+                docpool.configure(cfg.runner.workers,
+                                  preload=tuple(type(s).__module__ for s in made if s.enabled and s.uses_docpool))
+            with before_work(_warmer(cfg, stages, made)):
                 for name, stage in zip(stages, made):
                     if not stage.enabled:
                         say(f"{name}: skipped ({stage.disabled_because})")
@@ -122,17 +138,72 @@ def pipeline_flow(cfg: Config, stages: list[str], trigger: str = "manual",
     return run_id
 
 
-@contextmanager
-def quiet_subflow() -> Iterator[None]:
-    """Run a stage's subflow without a heartbeat thread of its own. Prefect joins a flow's heartbeat thread when
-    the flow ends, and that thread sleeps in one-second steps, so every subflow cost up to a second at its end
-    (3.7 s of a 10 s pipeline run over one small WARC file, profiled). The pipeline flow keeps its heartbeat,
-    which is what tells a server that the process died: its heartbeat thread started with the flow, under the
-    settings it had then, so the settings changed inside it reach only the subflows."""
-    from prefect.settings import temporary_settings
+def _warmer(cfg: Config, stages: list[str], made: list[Any]) -> Callable[[str], None]:
+    """What a stage that has work to do (no cache hit) calls first: on the thread runner, the worker processes of
+    it and of the enabled stages after it start in the background (docpool's workers import those stages' modules,
+    extraction starts its children), beside the stages that run before they need them. Once per run; a run whose
+    every stage is a cache hit starts none, nor does one whose only miss comes after every stage that uses them."""
+    started = False
 
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+    def warm(name: str) -> None:
+        nonlocal started
+        if started or cfg.runner.kind != "threads":
+            return
+        started = True
+        later = [s for s in made[stages.index(name):] if s.enabled]
+        if any(s.uses_docpool for s in later):
+            docpool.warm()
+        for stage in later:
+            stage.warm()
+
+    return warm
+
+
+@contextmanager
+def heartbeat(every: int | None) -> Iterator[None]:
+    """Send the running flow's heartbeat every ``every`` seconds (None: none), the first at once, as Prefect's
+    engine would (the same event, resource and related resources): a server that stops hearing it can mark the run
+    crashed. Prefect's own heartbeat thread sleeps in one-second steps and the flow waits for it when it ends, so
+    every pipeline run (and before, every stage subflow: 3.7 s of a 10 s run over one small WARC file) ended on the
+    next tick; this thread stops the moment the flow is done."""
+    import prefect
+    from prefect.context import FlowRunContext
+    from prefect.events import emit_event
+    from prefect.events.related import tags_as_related_resources
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if every is None or run is None:
         yield
+        return
+    resource = {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name or "",
+                "prefect.version": prefect.__version__}
+    related: list[Any] = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow",
+                           "prefect.resource.name": context.flow.name if context.flow else ""}]
+    if run.deployment_id:
+        related.append({"prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
+                        "prefect.resource.role": "deployment"})
+    related += tags_as_related_resources(set(run.tags or []))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+            except Exception as err:  # a heartbeat the API refuses is not worth failing the run for
+                terminal.debug("heartbeat not sent: %r", err)
+            if stop.wait(every):
+                return
+
+    # run in a copy of this context: the thread sees this flow's settings (the API URL) as its caller does
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(beat,), daemon=True,
+                              name="crucible-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=2)
 
 
 __all__ = ["pipeline_flow", "resolve_input", "effective_upstream", "stage_input", "reads_upstream", "code_version",

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -160,6 +161,27 @@ class FlowContext(StageContext):
 
 # -- the lifecycle ---------------------------------------------------------------------------------------------
 
+_before_work: ContextVar[Callable[[str], None] | None] = ContextVar("crucible_before_work", default=None)
+
+
+@contextmanager
+def before_work(hook: Callable[[str], None]) -> Iterator[None]:
+    """Stages that find no cached dataset call ``hook(stage_name)`` before their units start (the pipeline starts
+    worker processes then, so a run of cache hits starts none)."""
+    token = _before_work.set(hook)
+    try:
+        yield
+    finally:
+        _before_work.reset(token)
+
+
+def _call_before_work(stage_name: str) -> None:
+    # a function of its own: a Dask runner pickles stage_flow's function by value, and a ContextVar cannot be
+    hook = _before_work.get()
+    if hook is not None:
+        hook(stage_name)
+
+
 
 @flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)
 def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, Any] | None = None,
@@ -183,6 +205,7 @@ def stage_flow(cfg: Config, stage_name: str, run_id: str, upstream: dict[str, An
             records = f" ({hit['records']} records)" if hit.get("records") is not None else ""
             say(f"{stage.name}: cache hit {hit['dataset_id']}{records}{stage.cache_note()}")
             return _finish_cache_hit(wh, ctx.stage_run_id, hit, t0)
+        _call_before_work(stage.name)
         result = stage.execute(ctx, inp, out_dir, key)
         made = _record(wh, ctx, stage.name, result, t0)
         (Path(out_dir) / PROGRESS_FILE).unlink(missing_ok=True)  # finished: the stage run holds the counts now

@@ -113,6 +113,73 @@ def test_changed_extract_parameter_reruns_only_extract(tmp_path, inputs):
     assert by_stage(stages)["extract"]["output_dataset_id"] != by_stage(first)["extract"]["output_dataset_id"]
 
 
+def pool_children() -> dict[str, int]:
+    """This process's worker processes, by kind: docpool's workers and extraction's children."""
+    import psutil
+
+    found = {"docpool": 0, "extractors": 0}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:  # ended meanwhile
+            continue
+        for kind in found:
+            found[kind] += f"tasks.{kind}" in line
+    return found
+
+
+def test_worker_processes_start_only_for_stages_that_have_work(tmp_path, inputs):
+    """A rerun of cache hits starts no worker process; one whose first miss is quality starts docpool's workers
+    (quality uses them) and no extraction child (extract is a hit)."""
+    from tasks import docpool, extractors
+
+    cfg = config(tmp_path, inputs, runner={"kind": "threads", "workers": 2})
+    run(cfg)
+    assert pool_children() == {"docpool": 2, "extractors": 2}  # the first run used both kinds
+    try:
+        docpool.shutdown()
+        extractors.shutdown()
+        assert pool_children() == {"docpool": 0, "extractors": 0}
+        stages, _ = run(cfg)
+        assert all(s["cache_hit"] for s in stages)
+        assert pool_children() == {"docpool": 0, "extractors": 0}
+        stages, _ = run(config(tmp_path, inputs, runner={"kind": "threads", "workers": 2},
+                               quality={"gopher_min_words": 40}))
+        assert by_stage(stages)["extract"]["cache_hit"] and not by_stage(stages)["quality"]["cache_hit"]
+        assert pool_children() == {"docpool": 2, "extractors": 0}
+    finally:
+        docpool.shutdown()
+        extractors.shutdown()
+
+
+def test_the_pipeline_flow_sends_prefects_heartbeat_and_its_subflows_none(tmp_path, inputs):
+    """The pipeline's own heartbeat thread (flows/pipeline.py) sends what Prefect's engine would: the flow run's
+    heartbeat event, related to its flow; stage subflows send none."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    cfg = config(tmp_path, inputs)
+    _, run_id = run(cfg, ["ingest", "extract"])
+    flow_run_id = Warehouse(cfg.warehouse_path).resolve_run(run_id)["flow_run_id"]
+    beats: list = []
+    with get_client(sync_client=True) as client:
+        pipeline = client.read_flow_run(flow_run_id)
+        subflows = {str(r.id) for r in client.read_flow_runs(limit=50) if r.parent_task_run_id is not None}
+        deadline = time.monotonic() + 60  # the server stores events a few seconds after they are sent
+        while time.monotonic() < deadline:
+            beats = client.read_events(filter=EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"])),
+                                       limit=50).events
+            if any(e.resource.id == f"prefect.flow-run.{flow_run_id}" for e in beats):
+                break
+            time.sleep(0.5)
+    [beat] = [e for e in beats if e.resource.id == f"prefect.flow-run.{flow_run_id}"]  # one: runs are short
+    assert beat.resource.get("prefect.resource.name") == pipeline.name
+    assert [(r.id, r.role) for r in beat.related] == [(f"prefect.flow.{pipeline.flow_id}", "flow")]
+    assert len(subflows) >= 2 and not {e.resource.id.removeprefix("prefect.flow-run.") for e in beats} & subflows
+
+
 def test_runner_settings_are_not_part_of_the_key(tmp_path, inputs):
     run(config(tmp_path, inputs))
     stages, _ = run(config(tmp_path, inputs, runner={"workers": 1}))
