@@ -14,7 +14,9 @@ encoding, on the documents each step keeps. The stage does more than the bare ch
 duplicate clustering, the benchmark n-gram lookup, which have no library floor), so the ratio bounds its overhead
 from above. Stock warcio stops at the first damaged record of a file, so the bare chain reads fewer documents
 than ingest does: the ratio is of documents per second. Two bare workers are a process pool over the documents.
-Runs alternate; figures are medians.
+Runs alternate; figures are medians. Each stage run also reports the CPU seconds of every process it used (the
+Prefect server, extraction children and language/quality workers with it): over the machine's cores they bound
+how fast two workers can be, whatever they overlap. And the time of a rerun whose every stage is a cache hit.
 
 "same files": ingest -> extract -> language -> quality through Prefect on the 17 WARC/WAT/WET files (not the two
 ARC files, which datatrove cannot read), at 1 and 2 workers, against datatrove 0.10.1's WarcReader -> Trafilatura ->
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import glob
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -119,8 +122,25 @@ def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(pages)
 
 
-def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] = STAGES) -> tuple[float, int]:
-    """``stages`` through Prefect in a fresh work directory: (seconds, documents ingested)."""
+def cpu_seconds() -> float:
+    """CPU seconds this process and every process under it have used (the Prefect server, extraction children,
+    language/quality workers), those ended and waited for included."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])  # user, system, and the ended children's
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # ended meanwhile
+            pass
+    return total
+
+
+def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] = STAGES,
+          measure: dict[str, float] | None = None) -> tuple[float, int]:
+    """``stages`` through Prefect in a fresh work directory: (seconds, documents ingested). With ``measure``,
+    also the CPU seconds it took (every process) and the seconds of a rerun of the same config, all cache hits."""
     from flows.pipeline import pipeline_flow
     from tasks import docpool, extractors
     from tasks.config import parse_config
@@ -136,9 +156,16 @@ def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] =
                         # here (1.12x -> 1.02x datatrove at 1 worker; Prefect's task runs cost only ~11 ms a unit)
                         "ingest": {"inputs": files, "shard_max_docs": 200},
                         "extract": {"shard_max_docs": 50}, "quality": {"c4_drop_curly_bracket": False}})
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     run_id = pipeline_flow(cfg, stages, "manual", None)
     seconds = time.perf_counter() - t0
+    if measure is not None:
+        measure["cpu"] = cpu_seconds() - cpu0
+        docpool.shutdown()  # as a new `crucible run` would find it: no worker processes yet
+        extractors.shutdown()
+        t1 = time.perf_counter()
+        pipeline_flow(cfg, stages, "manual", None)
+        measure["rerun"] = time.perf_counter() - t1
     runs = Warehouse(cfg.warehouse_path).stage_runs(run_id)
     return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
 
@@ -244,18 +271,26 @@ def main() -> None:
             same_files(files, args.repeats, tmp)
             return
         for workers in (1, 2):
-            b, s, docs_b, docs_s = [], [], 0, 0
+            b, s, cpu, rerun, docs_b, docs_s = [], [], [], [], 0, 0
             for n in range(args.repeats):
                 seconds, docs_b = bare(files, workers, vocab)
                 b.append(seconds)
-                seconds, docs_s = stage(files, workers, tmp, n)
+                measured: dict[str, float] = {}
+                seconds, docs_s = stage(files, workers, tmp, n, measure=measured)
                 s.append(seconds)
+                cpu.append(measured["cpu"])
+                rerun.append(measured["rerun"])
             bm, sm = statistics.median(b), statistics.median(s)
-            medians[workers] = (bm, sm)
+            medians[workers] = (bm, sm, statistics.median(cpu), statistics.median(rerun))
             print(f"{workers:>8}{docs_b:>7}{bm:>8.1f}{docs_s:>7}{sm:>8.1f}{docs_b / bm:>13.1f}{docs_s / sm:>14.1f}"
                   f"{(docs_s / sm) / (docs_b / bm):>11.2f}x", flush=True)
-        (b1, s1), (b2, s2) = medians[1], medians[2]
+        (b1, s1, c1, r1), (b2, s2, c2, r2) = medians[1], medians[2]
         print(f"2 vs 1 worker: bare {b1 / b2:.2f}x, stage {s1 / s2:.2f}x")
+        # however well two workers overlap, a run cannot take less than its CPU seconds over the machine's cores
+        cores = os.cpu_count() or 1
+        print(f"stage CPU seconds (all processes): {c1:.1f} at 1 worker in {s1:.1f} s, {c2:.1f} at 2 workers in "
+              f"{s2:.1f} s; on {cores} cores 2 workers can be at most {s1 * cores / max(c2, 1e-9):.2f}x one")
+        print(f"rerun, every stage a cache hit: {r1:.1f} s (1 worker), {r2:.1f} s (2 workers)")
         if args.only is None:
             same_files(files, args.repeats, tmp)
 
