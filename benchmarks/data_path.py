@@ -48,10 +48,10 @@ WARC = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "warc"
 STAGES = ["ingest", "extract", "language", "quality", "dedup", "decontaminate", "tokenize"]
 # Where datatrove is not installed: its documents read per second (WarcReader -> Trafilatura -> GopherQualityFilter
 # -> JsonlWriter, datatrove 0.10.1 with spaCy) on the 17 WARC/WAT/WET files of ../shared/corpora/warc, measured by
-# same_files on this 2-core machine late on 2026-12-03, a quiet hour (16.0 / 21.9 and 11.2 / 14.6 at busier ones;
-# issue 22's 26.9 / 34.2 could not be reproduced here). The machine's load moves it: install datatrove to compare
-# side by side.
-DATATROVE = {1: 19.8, 2: 27.6}
+# same_files on this 2-core machine just after midnight on 2026-12-04, a quiet hour (19.8 / 27.6 late on 2026-12-03;
+# 16.0 / 21.9 and 11.2 / 14.6 at busier hours; issue 22's 26.9 / 34.2 could not be reproduced here). The machine's
+# load moves it: install datatrove to compare side by side.
+DATATROVE = {1: 20.3, 2: 28.6}
 
 
 def inputs(copies: int, tmp: Path) -> list[str]:

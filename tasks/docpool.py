@@ -21,8 +21,8 @@ A worker is a plain ``python -m tasks.docpool`` child talking over its stdin and
 it never imports the caller's ``__main__`` (multiprocessing's spawn would, and an unguarded script would then run
 itself again in every worker), it sits in a session of its own so the terminal's Ctrl-C reaches only the parent
 (which stops between batches; tasks/procs.py), and it dies with the parent process. ``warm`` starts the workers
-ahead of the first batch, importing the modules ``configure`` names (the stages'), while ingest and
-extraction run.
+ahead of the first batch, importing the modules ``configure`` names (the stages'); the pipeline calls it when the
+first stage with work to do begins, so they load while ingest and extraction run.
 """
 from __future__ import annotations
 

@@ -263,8 +263,9 @@ class Stage(ABC):
         """Before the key: make what the stage's input depends on that the project writes itself."""
 
     def warm(self) -> None:
-        """When a run starts, on the thread runner: start in the background what this stage's units will use
-        (extraction's child processes), so it is ready when the stages before it have run."""
+        """On the thread runner, when this stage or one before it in the run finds no cached dataset: start in the
+        background what this stage's units will use (extraction's child processes), so it is ready when the stages
+        before it have run."""
 
     def read_input(self, ctx: StageContext, upstream: dict[str, Any] | None) -> Input:
         """The upstream dataset, which must be the upstream stage's (a stage without one reads nothing)."""
