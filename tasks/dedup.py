@@ -3,8 +3,8 @@
 Three steps (see ``ReduceStage``):
 
 1. scan, per unit in parallel: each document's exact hash and its MinHash signature (word 5-gram shingles hashed
-   with numpy, datasketch's affine32 permutations applied to many documents at once), written as Parquet with its LSH band keys
-   ``(doc_id, band, band_hash)``;
+   with numpy, datasketch's affine32 permutations applied to many documents at once; on the thread runner, in
+   tasks/docpool.py's worker processes), written as Parquet with its LSH band keys ``(doc_id, band, band_hash)``;
 2. reduce, once: DuckDB groups the band keys out of core into candidate pairs, the pairs are verified against the
    estimated Jaccard (``threshold``), union-find joins them into clusters, and one survivor per cluster is kept:
    a document accepted by an earlier run, else one from the source with the highest ``priority`` (curated over
@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks import docpool
 from tasks.config import DedupConfig, stable_hash
 from tasks.ngrams import ngram_hashes, normalized_words, word_hashes
 from tasks.quality import SCHEMA as QUALITY_SCHEMA
@@ -71,6 +72,13 @@ def signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
     return minhash_rows([shingles(t, cfg.ngram) for t in texts], cfg.num_perm, cfg.seed)
 
 
+def hash_texts(texts: list[str], ngram: int, perms: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[str, Any]]:
+    """Each text's exact hash and, given the permutations, its MinHash signature row (one chunk of a unit's texts,
+    in a docpool worker or here). The permutations come from the caller, so a worker never imports datasketch."""
+    rows = _minhash_rows([shingles(t, ngram) for t in texts], *perms) if perms is not None else [None] * len(texts)
+    return [(exact_hash(t), row) for t, row in zip(texts, rows)]
+
+
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 _ROWS_PER_BLOCK = 1 << 16  # shingles permuted at once: 65,536 x num_perm uint32 (28 MB at 112 permutations)
 
@@ -91,8 +99,11 @@ def minhash_rows(sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray
     call per value and per set); here they run over blocks of many sets' values with one ``minimum.reduceat``, the
     same numbers (tests/tasks/test_dedup.py checks them against ``MinHash.bulk``). An empty set's row is all
     ones, datasketch's initial value."""
-    out = np.full((len(sets), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    a, b = _permutations(num_perm, seed)
+    return _minhash_rows(sets, *_permutations(num_perm, seed))
+
+
+def _minhash_rows(sets: list[np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.full((len(sets), len(a)), np.iinfo(np.uint32).max, dtype=np.uint32)
     s1, m1, s2, m2, s3 = _FMIX32
     present = [i for i, s in enumerate(sets) if len(s)]
     start = 0
@@ -139,6 +150,7 @@ def signature_params(cfg: DedupConfig) -> str:
 class DedupStage(ReduceStage):
     name = "dedup"
     role = "duplicates"
+    uses_docpool = True
     schema = SCHEMA
     size_column = "text"
 
@@ -157,14 +169,17 @@ class DedupStage(ReduceStage):
         rows = [r for r in self.input_rows(unit, ["doc_id", "text", "source"]) if r["source"] not in skipping]
         ids = [r["doc_id"] for r in rows]
         texts = [r["text"] or "" for r in rows]
+        cfg = self.config
+        # hashing and shingling are per-word Python: on the thread runner's threads they would share one lock
+        hashed = docpool.map(hash_texts, texts, cfg.ngram,
+                             _permutations(cfg.num_perm, cfg.seed) if cfg.minhash else None)
         docs = pa.table({"doc_id": pa.array(ids, pa.string()),
-                         "exact_hash": pa.array([exact_hash(t) for t in texts], pa.string()),
+                         "exact_hash": pa.array([h for h, _ in hashed], pa.string()),
                          "priority": pa.array([priority.get(r["source"], 0) for r in rows], pa.int32()),
                          "length": pa.array([len(t) for t in texts], pa.int64()),
                          "unit": pa.array([unit.name] * len(rows), pa.string())})
-        cfg = self.config
         if cfg.minhash:
-            sigs = signatures(texts, cfg)
+            sigs = np.array([row for _, row in hashed], dtype=np.uint32).reshape(len(hashed), cfg.num_perm)
             has_words = sigs[:, 0] != np.iinfo(np.uint32).max
             docs = docs.append_column("sig", pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm))
             keys = band_hashes(sigs[has_words], cfg.bands, cfg.rows)

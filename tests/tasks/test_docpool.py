@@ -72,6 +72,40 @@ def test_language_then_quality_on_two_workers_write_the_same_bytes_as_inline(udh
     assert read_dataset_manifest(tmp_path / "pool" / "quality").records > 0
 
 
+def test_dedup_scan_on_two_workers_writes_the_same_bytes_as_inline(udhr, tmp_path, pool):
+    """Exact hashes, MinHash signatures and band keys of real multilingual text (with near-copies and an empty text
+    added), computed in the workers, are byte for byte what the scan computes in this process."""
+    import pyarrow.parquet as pq
+
+    from tasks.config import DedupConfig
+    from tasks.dedup import DedupStage, signatures
+    from tasks.sharded import run_scan
+
+    rows = pq.read_table(sorted(udhr.glob("part-*.parquet"))).to_pylist()
+    extra = [{**rows[0], "doc_id": "copy", "text": rows[0]["text"] + " ."}, {**rows[1], "doc_id": "empty", "text": ""}]
+    writer = ShardWriter(tmp_path / "in", "part-00000", QualityStage.schema, max_docs=10**6, max_bytes=10**9)
+    for row in [*rows, *extra]:
+        writer.add({k: row.get(k) for k in QualityStage.schema.names})
+    write_dataset_manifest(tmp_path / "in", "quality", "k",
+                           [finish_unit(tmp_path / "in", ShardResult("part-00000"), writer, DropLog())])
+    stage = DedupStage(DedupConfig(incremental=False, shard_max_docs=100))
+    written = {}
+    sent = docpool.batches_sent
+    for mode in ("inline", "pool"):
+        docpool.configure(1 if mode == "inline" else 2)
+        out = tmp_path / mode
+        for unit in stage.plan(tmp_path / "in"):
+            run_scan(stage, unit, out)
+        written[mode] = {p.name: p.read_bytes() for p in sorted(stage.scratch_dir(out).glob("*.parquet"))}
+    assert written["pool"] == written["inline"] and len(written["pool"]) >= 4  # docs and bands of >= 2 units
+    assert docpool.batches_sent - sent >= 2
+    docs = pq.read_table(sorted(stage.scratch_dir(tmp_path / "pool").glob("docs-*.parquet"))).to_pylist()
+    by_id = {d["doc_id"]: d for d in docs}
+    first = by_id[rows[0]["doc_id"]]
+    assert by_id["copy"]["sig"] == first["sig"] and by_id["copy"]["exact_hash"] != first["exact_hash"]
+    assert by_id["empty"]["sig"] == list(signatures([""], stage.config)[0])  # all ones: it never collides
+
+
 def test_a_killed_worker_costs_its_batch_a_pass_inline_not_the_unit(pool):
     from tasks.language import classify, classify_texts
 
