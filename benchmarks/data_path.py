@@ -6,7 +6,8 @@
 
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
-drop logs, the warehouse), in a fresh work directory each time; every run starts its own extraction children and
+drop logs, the warehouse, the local Prefect server it starts: flows/server.py, without Prefect's services), in a
+fresh work directory each time; every run starts its own extraction children and
 language/quality processes (tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library
 calls that do the same document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
 text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
@@ -255,7 +256,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("crucible").setLevel(logging.WARNING)
-    from prefect.testing.utilities import prefect_test_harness
+    from flows.server import prefect_api
 
     from tasks.config import TokenizeConfig
 
@@ -265,7 +266,7 @@ def main() -> None:
     print(f"{'workers':>8}{'docs':>7}{'bare s':>8}{'docs':>7}{'stage s':>8}{'bare docs/s':>13}{'stage docs/s':>14}"
           f"{'stage/bare':>12}")
     medians = {}
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_api(tmp / "prefect-server"):  # the server `crucible run` starts (flows/server.py)
         stage(files, 1, tmp, -1)  # warm: the first flow run pays Prefect's start-up
         if args.only == "same-files":
             same_files(files, args.repeats, tmp)
