@@ -176,11 +176,10 @@ def before_work(hook: Callable[[str], None]) -> Iterator[None]:
 
 
 def _call_before_work(stage_name: str) -> None:
-    # a function of its own: a Dask runner pickles stage_flow's function by value, and a ContextVar cannot be
+    # a function of its own: a Dask runner pickles stage_flow's function by value, and a ContextVar cannot be pickled
     hook = _before_work.get()
     if hook is not None:
         hook(stage_name)
-
 
 
 @flow(name="crucible-stage", flow_run_name="{stage_name}", validate_parameters=False)

@@ -68,8 +68,9 @@ def shingles(text: str, n: int) -> np.ndarray:
 def signatures(texts: list[str], cfg: DedupConfig) -> np.ndarray:
     """MinHash signatures, one row of num_perm uint32 per text, datasketch's affine32 scheme.
 
-    A text with no words gets an all-ones row; it has no band keys, so it never collides."""
-    return minhash_rows([shingles(t, cfg.ngram) for t in texts], cfg.num_perm, cfg.seed)
+    A text with no words gets an all-ones row; it has no band keys, so it never collides. The scan computes them
+    the same way, through ``hash_texts``."""
+    return signature_matrix(hash_texts(texts, cfg.ngram, _permutations(cfg.num_perm, cfg.seed)), cfg.num_perm)
 
 
 def hash_texts(texts: list[str], ngram: int, perms: tuple[np.ndarray, np.ndarray] | None) -> list[tuple[str, Any]]:
@@ -77,6 +78,11 @@ def hash_texts(texts: list[str], ngram: int, perms: tuple[np.ndarray, np.ndarray
     in a docpool worker or here). The permutations come from the caller, so a worker never imports datasketch."""
     rows = _minhash_rows([shingles(t, ngram) for t in texts], *perms) if perms is not None else [None] * len(texts)
     return [(exact_hash(t), row) for t, row in zip(texts, rows)]
+
+
+def signature_matrix(hashed: list[tuple[str, Any]], num_perm: int) -> np.ndarray:
+    """``hash_texts``' signature rows as one (texts, num_perm) uint32 array."""
+    return np.array([row for _, row in hashed], dtype=np.uint32).reshape(len(hashed), num_perm)
 
 
 _FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
@@ -179,7 +185,7 @@ class DedupStage(ReduceStage):
                          "length": pa.array([len(t) for t in texts], pa.int64()),
                          "unit": pa.array([unit.name] * len(rows), pa.string())})
         if cfg.minhash:
-            sigs = np.array([row for _, row in hashed], dtype=np.uint32).reshape(len(hashed), cfg.num_perm)
+            sigs = signature_matrix(hashed, cfg.num_perm)
             has_words = sigs[:, 0] != np.iinfo(np.uint32).max
             docs = docs.append_column("sig", pa.FixedSizeListArray.from_arrays(pa.array(sigs.ravel()), cfg.num_perm))
             keys = band_hashes(sigs[has_words], cfg.bands, cfg.rows)

@@ -1,9 +1,10 @@
-"""Per-document Python work (language ID, the quality rules) on worker processes, so it uses every core.
+"""Per-document Python work (language ID, the quality rules, dedup's hashing) on worker processes, on every core.
 
 The default task runner runs units on threads of one process. Extraction scales on them because its work happens in
 child processes (tasks/extractors.py), but language ID and the quality rules are Python that holds the interpreter
 lock: on threads, two workers ran them no faster than one, and a stage whose input is one unit (up to
-``shard_max_docs`` documents) had a single worker anyway. So those stages send each batch's documents here:
+``shard_max_docs`` documents) had a single worker anyway. So those stages (and dedup's scan, whose hashing and
+shingling is per-word Python too) send each batch's documents here:
 
     docpool.configure(workers)                            # the flow's context, for the thread runner only
     labels = docpool.map(classify_texts, texts, 20_000)   # fn(chunk, *args) -> one result per item, in order

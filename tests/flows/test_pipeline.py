@@ -154,14 +154,16 @@ def test_worker_processes_start_only_for_stages_that_have_work(tmp_path, inputs)
 
 def test_the_pipeline_flow_sends_prefects_heartbeat_and_its_subflows_none(tmp_path, inputs):
     """The pipeline's own heartbeat thread (flows/pipeline.py) sends what Prefect's engine would: the flow run's
-    heartbeat event, related to its flow; stage subflows send none."""
+    heartbeat event, related to its flow and its tags (a deployment's run has tags); stage subflows send none."""
     import time
 
+    from prefect import tags
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
     cfg = config(tmp_path, inputs)
-    _, run_id = run(cfg, ["ingest", "extract"])
+    with tags("crucible", "nightly"):
+        _, run_id = run(cfg, ["ingest", "extract"])
     flow_run_id = Warehouse(cfg.warehouse_path).resolve_run(run_id)["flow_run_id"]
     beats: list = []
     with get_client(sync_client=True) as client:
@@ -176,7 +178,8 @@ def test_the_pipeline_flow_sends_prefects_heartbeat_and_its_subflows_none(tmp_pa
             time.sleep(0.5)
     [beat] = [e for e in beats if e.resource.id == f"prefect.flow-run.{flow_run_id}"]  # one: runs are short
     assert beat.resource.get("prefect.resource.name") == pipeline.name
-    assert [(r.id, r.role) for r in beat.related] == [(f"prefect.flow.{pipeline.flow_id}", "flow")]
+    assert sorted((r.id, r.role) for r in beat.related) == [
+        (f"prefect.flow.{pipeline.flow_id}", "flow"), ("prefect.tag.crucible", "tag"), ("prefect.tag.nightly", "tag")]
     assert len(subflows) >= 2 and not {e.resource.id.removeprefix("prefect.flow-run.") for e in beats} & subflows
 
 
