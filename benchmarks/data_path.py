@@ -7,17 +7,20 @@
 "stage": `pipeline_flow` over ingest, extract, language, quality, dedup, decontaminate and tokenize, exactly as
 `crucible run --from ingest --to tokenize` runs it (Prefect tasks on the thread runner, Parquet shards, manifests,
 drop logs, the warehouse, the local Prefect server it starts: flows/server.py, without Prefect's services), in a
-fresh work directory each time; every run starts its own extraction children and
-language/quality processes (tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library
-calls that do the same document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
-text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and tiktoken
-encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
+fresh work directory each time; every run starts its own extraction children and language/quality processes
+(tasks/extractors.py, tasks/docpool.py), as a `crucible run` does. "bare": the library calls that do the same
+document work, chained in plain loops: warcio (iterate, read each HTML response), ``trafilatura.extract`` (its
+text only, the stage's settings), langid, datasketch MinHash.bulk over word 5-grams, tokenizers BPE training and
+tiktoken encoding, on the documents each step keeps. The stage does more than the bare chain (the quality rules, the
 duplicate clustering, the benchmark n-gram lookup, which have no library floor), so the ratio bounds its overhead
 from above. Stock warcio stops at the first damaged record of a file, so the bare chain reads fewer documents
 than ingest does: the ratio is of documents per second. Two bare workers are a process pool over the documents.
 Runs alternate; figures are medians. Each stage run also reports the CPU seconds of every process it used (the
 Prefect server, extraction children and language/quality workers with it): over the machine's cores they bound
-how fast two workers can be, whatever they overlap. And the time of a rerun whose every stage is a cache hit.
+how fast two workers can be, whatever they overlap. Beside them, the share of both cores that two workers kept busy,
+the share "two workers >= 1.8x one" would need, and how much faster two processes are than one here on work with
+no serial part at all (the bare pages through trafilatura, page by page): the machine's own ceiling. And the time
+of a rerun whose every stage is a cache hit.
 
 "same files": ingest -> extract -> language -> quality through Prefect on the 17 WARC/WAT/WET files (not the two
 ARC files, which datatrove cannot read), at 1 and 2 workers, against datatrove 0.10.1's WarcReader -> Trafilatura ->
@@ -123,6 +126,33 @@ def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(pages)
 
 
+def _extract_page(page: tuple[str, str]) -> int:
+    import trafilatura
+
+    return len(trafilatura.extract(page[0], url=page[1], include_comments=False) or "")
+
+
+def parallel_ceiling(files: list[str], repeats: int) -> float:
+    """How much faster two processes are than one on this machine for work with no serial part at all: the bare
+    chain's pages through ``trafilatura.extract``, costliest first, one page at a time, on a pool of 1 and then 2
+    processes already started (alternating, median). Two workers of the pipeline cannot scale better than this."""
+    pages = sorted((p for f in files for p in _pages(f)), key=lambda p: -len(p[0]))
+    pools = {n: ProcessPoolExecutor(n) for n in (1, 2)}
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for pool in pools.values():  # started and trafilatura imported before anything is timed
+            list(pool.map(_extract_page, pages[-4:]))
+        for _ in range(repeats):
+            for n, pool in pools.items():
+                t0 = time.perf_counter()
+                list(pool.map(_extract_page, pages, chunksize=1))
+                seconds[n].append(time.perf_counter() - t0)
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    return statistics.median(seconds[1]) / statistics.median(seconds[2])
+
+
 def cpu_seconds() -> float:
     """CPU seconds this process and every process under it have used (the Prefect server, extraction children,
     language/quality workers), those ended and waited for included."""
@@ -168,6 +198,8 @@ def stage(files: list[str], workers: int, tmp: Path, n: int, stages: list[str] =
         pipeline_flow(cfg, stages, "manual", None)
         measure["rerun"] = time.perf_counter() - t1
     runs = Warehouse(cfg.warehouse_path).stage_runs(run_id)
+    if measure is not None:
+        measure["extract"] = next(s["seconds"] for s in runs if s["stage"] == "extract")
     return seconds, next(s["docs_out"] for s in runs if s["stage"] == "ingest")
 
 
@@ -272,7 +304,7 @@ def main() -> None:
             same_files(files, args.repeats, tmp)
             return
         for workers in (1, 2):
-            b, s, cpu, rerun, docs_b, docs_s = [], [], [], [], 0, 0
+            b, s, cpu, rerun, extract, docs_b, docs_s = [], [], [], [], [], 0, 0
             for n in range(args.repeats):
                 seconds, docs_b = bare(files, workers, vocab)
                 b.append(seconds)
@@ -281,16 +313,23 @@ def main() -> None:
                 s.append(seconds)
                 cpu.append(measured["cpu"])
                 rerun.append(measured["rerun"])
+                extract.append(measured["extract"])
             bm, sm = statistics.median(b), statistics.median(s)
-            medians[workers] = (bm, sm, statistics.median(cpu), statistics.median(rerun))
+            medians[workers] = (bm, sm, statistics.median(cpu), statistics.median(rerun), statistics.median(extract))
             print(f"{workers:>8}{docs_b:>7}{bm:>8.1f}{docs_s:>7}{sm:>8.1f}{docs_b / bm:>13.1f}{docs_s / sm:>14.1f}"
                   f"{(docs_s / sm) / (docs_b / bm):>11.2f}x", flush=True)
-        (b1, s1, c1, r1), (b2, s2, c2, r2) = medians[1], medians[2]
-        print(f"2 vs 1 worker: bare {b1 / b2:.2f}x, stage {s1 / s2:.2f}x")
+        (b1, s1, c1, r1, e1), (b2, s2, c2, r2, e2) = medians[1], medians[2]
+        print(f"2 vs 1 worker: bare {b1 / b2:.2f}x, stage {s1 / s2:.2f}x (the extract stage {e1:.1f} / {e2:.1f} s, "
+              f"{e1 / e2:.2f}x; the rest of the run {s1 - e1:.1f} / {s2 - e2:.1f} s, {(s1 - e1) / (s2 - e2):.2f}x)")
         # however well two workers overlap, a run cannot take less than its CPU seconds over the machine's cores
         cores = os.cpu_count() or 1
         print(f"stage CPU seconds (all processes): {c1:.1f} at 1 worker in {s1:.1f} s, {c2:.1f} at 2 workers in "
               f"{s2:.1f} s; on {cores} cores 2 workers can be at most {s1 * cores / max(c2, 1e-9):.2f}x one")
+        # what the cores delivered: the 2-worker run's CPU seconds over its cores x seconds, against the share that
+        # 1.8x would need, and against what work with no serial part at all gets from two processes here
+        print(f"cores busy at 2 workers: {c2 / (cores * s2):.0%}; 1.8x one worker would need "
+              f"{c2 / (cores * s1 / 1.8):.0%}; work with no serial part (trafilatura.extract alone, page by page) "
+              f"scales {parallel_ceiling(files, args.repeats):.2f}x on 2 processes here")
         print(f"rerun, every stage a cache hit: {r1:.1f} s (1 worker), {r2:.1f} s (2 workers)")
         if args.only is None:
             same_files(files, args.repeats, tmp)
