@@ -43,7 +43,7 @@ from protego import Protego
 
 from tasks.config import CrawlConfig
 from tasks.encodings import ContentDecoder, EncodingRefused
-from tasks.ingest import looks_binary
+from tasks.charsets import looks_binary
 from tasks.shards import write_parquet_atomic
 from tasks.urls import DEFAULT_PORTS, extract_links, is_ip, normalize_url, refused_address, registered_domain
 from tasks.warc import RotatingWarcWriter

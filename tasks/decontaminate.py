@@ -24,13 +24,12 @@ import pyarrow.parquet as pq
 
 from tasks.config import DecontaminateConfig, stable_hash
 from tasks.contamination import ItemIndex, line_ranges, match_words
-from tasks.select import SCHEMA as SELECT_SCHEMA
+from tasks.schemas import DECONTAMINATE as SCHEMA
 from tasks.evalsets import benchmark_files, ensure_smoke, fingerprint, smoke_dir
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
 from tasks.sharded import ReduceStage, Unit
 from tasks.stage import StageContext
 
-SCHEMA = pa.schema([*SELECT_SCHEMA, pa.field("contaminated", pa.bool_())])
 HITS_SCHEMA = pa.schema([("doc_id", pa.string()), ("unit", pa.string()), ("task", pa.string()),
                          ("item", pa.int32()), ("n", pa.int16()), ("position", pa.int32()),
                          ("ngram", pa.string()), ("score", pa.float64()), ("segment", pa.string())])

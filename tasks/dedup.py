@@ -40,14 +40,12 @@ import pyarrow.parquet as pq
 from tasks import docpool
 from tasks.config import DedupConfig, stable_hash
 from tasks.ngrams import ngram_hashes, normalized_words, word_hashes
-from tasks.quality import SCHEMA as QUALITY_SCHEMA
+from tasks.schemas import DEDUP as SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter, write_parquet_atomic
 from tasks.sharded import ReduceStage, Unit
 from tasks.dedup_cluster import cluster_documents, count_segments
 from tasks.segments import SEGMENT_SCHEMA, remove_segments, segment_hashes
 
-SCHEMA = pa.schema([*QUALITY_SCHEMA, pa.field("exact_hash", pa.string()), pa.field("minhash_cluster_id", pa.string()),
-                    pa.field("dedup_kept", pa.bool_())])
 _SPACES = re.compile(r"\s+")
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 

@@ -16,16 +16,11 @@ import re
 from collections import deque
 from typing import Iterator
 
-import pyarrow as pa
-
 from tasks.config import ExtractConfig
 from tasks.extractors import pool_for
-from tasks.ingest import SOURCE_FIELDS
+from tasks.schemas import EXTRACT as SCHEMA, SOURCE_COLUMNS
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Unit
-
-SOURCE_COLUMNS = [f.name for f in SOURCE_FIELDS]
-SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("title", pa.string()), pa.field("text", pa.large_string())])
 
 
 MAX_PARSER_DEPTH = 255  # libxml2's HTML parser keeps no deeper elements (without XML_PARSE_HUGE)

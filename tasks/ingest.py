@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
-import pyarrow as pa
 
 from tasks.config import IngestConfig, SourceConfig, stable_hash
 from tasks.charsets import charset_of as _charset_of, decode_html, fetch_time as _fetch_time, looks_binary  # noqa: F401
@@ -38,24 +37,10 @@ from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
 from tasks.records import ArchiveReader
+from tasks import schemas
 from tasks.warc import is_archive
 
-# The source columns every later stage carries along: they tie each document to its WARC record.
-SOURCE_FIELDS = [
-    pa.field("doc_id", pa.string()),
-    pa.field("url", pa.string()),
-    pa.field("host", pa.string()),
-    pa.field("warc_file", pa.string()),
-    pa.field("warc_offset", pa.int64()),
-    pa.field("fetch_time", pa.timestamp("us", tz="UTC")),
-    pa.field("http_status", pa.int32()),
-    pa.field("content_type", pa.string()),
-    pa.field("source", pa.string()),     # the [[sources]] entry the document came from
-    pa.field("metadata", pa.string()),   # a JSON object of the fields a jsonl/parquet source keeps, or null
-]
-SCHEMA = pa.schema([*SOURCE_FIELDS, pa.field("record_id", pa.string()), pa.field("charset", pa.string()),
-                    pa.field("html", pa.large_string())])  # record_id: the WARC-Record-ID (none for ARC, files)
-
+SCHEMA = schemas.INGEST  # the source columns every later stage carries along, the WARC-Record-ID, charset and html
 
 
 def page_time(fh: IO[bytes], uri: str) -> datetime | None:

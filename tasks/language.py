@@ -19,11 +19,10 @@ import pyarrow as pa
 from tasks import docpool
 from tasks.atomic import atomic_file, hash_cache_dir
 from tasks.config import LanguageConfig
-from tasks.extract import SCHEMA as EXTRACT_SCHEMA
+from tasks.schemas import LANGUAGE as SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Unit
 
-SCHEMA = pa.schema([*EXTRACT_SCHEMA, pa.field("lang", pa.string()), pa.field("lang_score", pa.float64())])
 
 _identifier = None
 _lock = threading.Lock()

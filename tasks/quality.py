@@ -24,15 +24,12 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-import pyarrow as pa
-
 from tasks import docpool
 from tasks.config import QualityConfig
-from tasks.language import SCHEMA as LANGUAGE_SCHEMA
+from tasks.schemas import QUALITY as SCHEMA
 from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Unit
 
-SCHEMA = pa.schema([*LANGUAGE_SCHEMA, pa.field("pii_redactions", pa.int32())])
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "–", "-", "*", "·", "‣", "⁃", "◦")

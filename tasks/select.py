@@ -41,14 +41,13 @@ import pyarrow.parquet as pq
 from tasks.atomic import cached_sha256, file_sha256
 from tasks.classifier import ClassifierParams, load_classifier, positive_scores, train_classifier
 from tasks.config import SelectConfig, SourceConfig, stable_hash
-from tasks.dedup import SCHEMA as DEDUP_SCHEMA
+from tasks.schemas import SELECT as SCHEMA
 from tasks.procs import check_stop
 from tasks.shards import DropLog, ShardResult, ShardWriter, atomic_write_json, write_parquet_atomic
 from tasks.sharded import ReduceStage, Unit, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult
 from tasks.tokenizer import fraction_cutoff, seeded_hash, train_bpe, validation_hash
 
-SCHEMA = pa.schema([*DEDUP_SCHEMA, pa.field("quality_score", pa.float32()), pa.field("perplexity", pa.float32())])
 SAMPLE_SCHEMA = pa.schema([("doc_id", pa.string()), ("label", pa.string()), ("rank", pa.uint64()),
                            ("vhash", pa.uint64()), ("text", pa.large_string())])
 SCORE_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("quality_score", pa.float32()),

@@ -55,3 +55,26 @@ def test_editing_a_module_a_stage_does_not_run_leaves_it_cached(tree):
 def test_stage_code_versions_use_the_closure():
     for stage in ORDER:
         assert stage_class(stage).code_version() == codeversion.code_version(roots(stage)), stage
+
+
+DOCUMENT_STAGES = ("crawl", "ingest", "extract", "language", "quality", "dedup", "select", "decontaminate", "tokenize")
+
+
+def test_a_data_stage_runs_no_other_stages_code():
+    # a stage names the columns it reads through tasks/schemas.py, not through the module of the stage that wrote them
+    modules = {stage_class(s).__module__ for s in ORDER}
+    for stage in DOCUMENT_STAGES:
+        others = set(codeversion.closure(roots(stage))) & modules - {stage_class(stage).__module__}
+        assert not others, (stage, sorted(others))
+
+
+def test_an_edit_to_the_warc_reader_reruns_ingest_alone_and_one_to_the_schemas_every_data_stage(tree):
+    before = {s: codeversion.code_version(roots(s)) for s in DOCUMENT_STAGES}
+    records = tree / "tasks" / "records.py"  # ingest's tolerant WARC/ARC reader
+    records.write_text(records.read_text() + "\n# an edit\n")
+    after = {s: codeversion.code_version(roots(s)) for s in DOCUMENT_STAGES}
+    assert [s for s in DOCUMENT_STAGES if after[s] != before[s]] == ["ingest"]
+    schemas = tree / "tasks" / "schemas.py"
+    schemas.write_text(schemas.read_text() + "\n# an edit\n")
+    again = {s: codeversion.code_version(roots(s)) for s in DOCUMENT_STAGES}
+    assert [s for s in DOCUMENT_STAGES if again[s] == after[s]] == ["crawl", "tokenize"]
