@@ -131,7 +131,7 @@ def run(args: EvalArgs) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from model.train import setup
-    from tasks.tokenize import load_encoder
+    from tasks.tokenizer import load_encoder
 
     d = setup(args.device)
     t0 = time.time()

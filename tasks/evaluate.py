@@ -19,7 +19,7 @@ from tasks.atomic import file_sha256
 from tasks.config import EvaluateConfig, stable_hash
 from tasks.evalsets import benchmark_files, ensure_smoke, fingerprint, smoke_dir
 from tasks.stage import Dataset, Input, Records, StageContext, StageFailed, StageResult
-from tasks.train import TorchrunStage
+from tasks.torchrun import TorchrunStage
 from warehouse.lineage import WarehouseError
 from warehouse.provenance import provenance_file
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -39,8 +38,8 @@ from tasks.atomic import file_sha256
 from tasks.mixture import MIXTURE_FILE, build_mixture, mixture_summary, write_mixture
 from tasks.stage import StageResult
 from tasks.token_shards import read_token_shard
-from tasks.tokenizer import (TiktokenEncoder, TokenizersEncoder, fastest_encoder, fraction_cutoff, seeded_hash,
-                             train_bpe, validation_hash)
+from tasks.tokenizer import (TokenizersEncoder, fastest_encoder, fraction_cutoff, load_encoder,
+                             seeded_hash, train_bpe, validation_hash)
 
 SCATTER_SCHEMA = pa.schema([("shard", pa.uint32()), ("doc_id", pa.string()), ("text", pa.string()),
                             ("source", pa.string()), ("vhash", pa.uint64()), ("rank", pa.uint64()),
@@ -48,22 +47,6 @@ SCATTER_SCHEMA = pa.schema([("shard", pa.uint32()), ("doc_id", pa.string()), ("t
 PROBE_DOCS, PROBE_BYTES = 64, 1 << 18  # the equality probe: this many sample documents, at most this much text
 
 
-_loaded: dict[str, Any] = {}
-_lock = threading.Lock()
-
-
-def load_encoder(path: Path, encoder: str, built: tuple[Any, Any] | None = None):
-    """(tokenizer, encoder) for a saved tokenizer.json, built once per process (``built``: the pair, to keep)."""
-    from tokenizers import Tokenizer
-
-    key = f"{path}:{encoder}:{path.stat().st_mtime_ns}"
-    with _lock:
-        if built is not None:
-            _loaded[key] = built
-        if key not in _loaded:
-            tok = Tokenizer.from_file(str(path))
-            _loaded[key] = (tok, TiktokenEncoder(tok) if encoder == "tiktoken" else TokenizersEncoder(tok))
-        return _loaded[key]
 
 
 

@@ -5,6 +5,7 @@ Training (as nanochat does it, with one library to train and another to encode):
     tok = train_bpe(texts, vocab_size=8192, special_tokens=["<|bos|>"])
     tok.save("tokenizer.json")                       # the artefact, stored with its hash
     enc = fastest_encoder(tok, probe_texts)          # tiktoken if it agrees with tok on every probe, else tok
+    tok, enc = load_encoder(path, "tiktoken")        # a saved tokenizer.json, loaded once per process
 
 The tokenizer is byte-level BPE over a GPT-4-style split pattern (the same regex drives both libraries, so their
 pre-tokenization agrees); every byte is in the base vocabulary, so any text encodes and decodes back exactly.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Iterable, Protocol
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Protocol
 
 # GPT-4's split pattern (cl100k), as nanochat uses it, with numbers split into runs of at most 3 digits.
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
@@ -130,3 +133,21 @@ def is_validation(doc_id: str, fraction: float, seed: int = 0) -> bool:
     if fraction <= 0:
         return False
     return validation_hash(doc_id, seed) < fraction * 2**64
+
+
+_loaded: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def load_encoder(path: Path, encoder: str, built: tuple[Any, Any] | None = None):
+    """(tokenizer, encoder) for a saved tokenizer.json, built once per process (``built``: the pair, to keep)."""
+    from tokenizers import Tokenizer
+
+    key = f"{path}:{encoder}:{path.stat().st_mtime_ns}"
+    with _lock:
+        if built is not None:
+            _loaded[key] = built
+        if key not in _loaded:
+            tok = Tokenizer.from_file(str(path))
+            _loaded[key] = (tok, TiktokenEncoder(tok) if encoder == "tiktoken" else TokenizersEncoder(tok))
+        return _loaded[key]

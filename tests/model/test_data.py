@@ -151,7 +151,7 @@ def test_an_empty_val_split_says_what_to_change(tmp_path):
 
 def test_loader_reads_a_real_tokenize_dataset(tmp_path):
     from tests.tasks.test_tokenize import DOCS, tokenize
-    from tasks.tokenize import load_encoder
+    from tasks.tokenizer import load_encoder
 
     out, _, _ = tokenize(tmp_path)
     tok, _ = load_encoder(out / "_reduce" / "tokenizer.json", "tokenizers")

@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory):
 
 def test_the_export_loads_in_transformers_with_the_same_logits_and_bos_first(tmp_path, checkpoint):
     transformers = pytest.importorskip("transformers")
-    from tasks.tokenize import load_encoder
+    from tasks.tokenizer import load_encoder
 
     hf_dir = export(checkpoint, tmp_path / "hf")
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, local_files_only=True, dtype=torch.float32)
