@@ -93,13 +93,19 @@ def _pages(path: str) -> list[tuple[str, str]]:
     return pages
 
 
+def _extract(page: tuple[str, str]) -> str | None:
+    """Bare ``trafilatura.extract`` of one (html, url) page, with the stage's settings."""
+    import trafilatura
+
+    return trafilatura.extract(page[0], url=page[1], include_comments=False)
+
+
 def _document(page: tuple[str, str]):
     """extract -> language -> MinHash for one page; the text if it is kept."""
-    import trafilatura
     from datasketch import MinHash
     from tasks.language import classify
 
-    text = trafilatura.extract(page[0], url=page[1], include_comments=False)
+    text = _extract(page)
     if not text:
         return None
     lang, _score = classify(text)
@@ -126,12 +132,6 @@ def bare(files: list[str], workers: int, vocab: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(pages)
 
 
-def _extract_page(page: tuple[str, str]) -> int:
-    import trafilatura
-
-    return len(trafilatura.extract(page[0], url=page[1], include_comments=False) or "")
-
-
 def parallel_ceiling(files: list[str], repeats: int) -> float:
     """How much faster two processes are than one on this machine for work with no serial part at all: the bare
     chain's pages through ``trafilatura.extract``, costliest first, one page at a time, on a pool of 1 and then 2
@@ -141,11 +141,11 @@ def parallel_ceiling(files: list[str], repeats: int) -> float:
     seconds: dict[int, list[float]] = {1: [], 2: []}
     try:
         for pool in pools.values():  # started and trafilatura imported before anything is timed
-            list(pool.map(_extract_page, pages[-4:]))
+            list(pool.map(_extract, pages[-4:]))
         for _ in range(repeats):
             for n, pool in pools.items():
                 t0 = time.perf_counter()
-                list(pool.map(_extract_page, pages, chunksize=1))
+                list(pool.map(_extract, pages, chunksize=1))
                 seconds[n].append(time.perf_counter() - t0)
     finally:
         for pool in pools.values():

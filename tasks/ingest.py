@@ -37,10 +37,8 @@ from tasks.shards import DropLog, ShardResult, ShardWriter
 from tasks.sharded import ShardedStage, Source, Unit, UnitIndex, prepare_output
 from tasks.stage import Dataset, Input, StageContext, StageResult, UnitFailed
 from tasks.records import ArchiveReader
-from tasks import schemas
+from tasks.schemas import INGEST as SCHEMA
 from tasks.warc import is_archive
-
-SCHEMA = schemas.INGEST  # the source columns every later stage carries along, the WARC-Record-ID, charset and html
 
 
 def page_time(fh: IO[bytes], uri: str) -> datetime | None:
